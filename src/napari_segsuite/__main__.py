@@ -1,0 +1,7 @@
+"""``python -m napari_segsuite`` runs the command line."""
+
+import sys
+
+from napari_segsuite.cli import main
+
+sys.exit(main())

@@ -1,0 +1,457 @@
+"""napari layers <-> plain arrays: the one place that knows napari's coordinates.
+
+- :func:`current_plane` takes the 2D plane of an Image layer that the viewer
+  shows at its current position, from a layer of any dimensionality, RGB or
+  not, with an optional channel axis.
+- :func:`points_on_plane` and :func:`shapes_on_plane` turn prompt layers'
+  coordinates (world space) into the image's data space on that plane,
+  honouring scale, translate, rotate/shear/affine and the displayed axes.
+- :func:`write_plane` writes a 2D result into an aligned Labels layer (same
+  transform as the image), into the right plane of an nD volume, leaving the
+  other planes untouched, with provenance in ``metadata`` and one row per
+  label in ``features``; the change is recorded in the Labels undo history.
+
+Call these on the GUI thread only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from napari_segsuite.core.errors import InputError
+from napari_segsuite.core.labels import LABEL_DTYPE, label_table
+
+if TYPE_CHECKING:
+    import napari
+
+METADATA_KEY = "segsuite"
+
+
+@dataclass(frozen=True)
+class PlaneSelection:
+    """Where a 2D plane sits in an nD image layer's data.
+
+    Parameters
+    ----------
+    index : tuple
+        Index into the layer's data: ints on sliced axes, ``slice(None)`` on
+        the two plane axes, the channel axis and the RGB axis.
+    axes : (int, int)
+        The data axes of the plane's rows and columns (ascending).
+    shape : (int, int)
+        The plane's (rows, cols).
+    layer_shape : tuple
+        Shape of the layer's spatial data (no RGB axis, no channel axis).
+    channel_axis : int or None
+        Data axis holding channels that travel with the plane.
+    """
+
+    index: tuple
+    axes: tuple[int, int]
+    shape: tuple[int, int]
+    layer_shape: tuple[int, ...]
+    channel_axis: int | None = None
+    rgb: bool = False
+
+    @property
+    def labels_index(self) -> tuple:
+        """Index of the plane in a Labels volume of ``layer_shape``."""
+        idx = list(self.index[: len(self.index) - (1 if self.rgb else 0)])
+        if self.channel_axis is not None:
+            del idx[self.channel_axis]
+        return tuple(idx)
+
+    @property
+    def key(self) -> str:
+        """A short text naming the plane, e.g. ``"z=3"`` style ``"0:3"`` (``"2d"`` for 2D)."""
+        parts = [f"{axis}:{i}" for axis, i in enumerate(self.labels_index) if not isinstance(i, slice)]
+        return ",".join(parts) or "2d"
+
+
+def _base_data(layer) -> Any:
+    data = layer.data
+    if getattr(layer, "multiscale", False):
+        data = data[0]
+    return data
+
+
+def plane_axes(viewer: napari.Viewer, layer) -> tuple[int, int]:
+    """The layer's data axes shown as rows and columns of the canvas (ascending)."""
+    world_ndim = viewer.dims.ndim
+    offset = world_ndim - layer.ndim
+    shown = [d - offset for d in viewer.dims.order[-2:]]
+    if any(d < 0 for d in shown):
+        raise InputError(
+            f"Layer '{layer.name}' has {layer.ndim} dimensions and is not shown in the "
+            "displayed axes; change the displayed axes or pick another layer."
+        )
+    a, b = sorted(shown)
+    return a, b
+
+
+def current_plane(
+    viewer: napari.Viewer,
+    layer,
+    *,
+    channel_axis: int | None = None,
+) -> tuple[np.ndarray, PlaneSelection]:
+    """The 2D plane of ``layer`` at the viewer's current position.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    layer : napari.layers.Image (or Labels)
+        Any dimensionality; RGB(A) layers keep their colour axis last; multiscale
+        layers give their full-resolution level; dask/zarr data is read for this
+        plane only.
+    channel_axis : int, optional
+        A data axis of channels to keep with the plane (moved last).
+
+    Returns
+    -------
+    plane : ndarray
+        (H, W), or (H, W, C) for RGB(A) or with ``channel_axis``.
+    selection : PlaneSelection
+    """
+    rgb = bool(getattr(layer, "rgb", False))
+    data = _base_data(layer)
+    spatial_shape = tuple(data.shape[:-1]) if rgb else tuple(data.shape)
+    if channel_axis is not None:
+        if rgb:
+            raise InputError("An RGB layer has its colours already; do not set a channel axis.")
+        if not 0 <= channel_axis < len(spatial_shape):
+            raise InputError(f"Channel axis {channel_axis} does not exist in a {len(spatial_shape)}D layer.")
+    axes = plane_axes(viewer, layer)
+    if channel_axis in axes:
+        raise InputError("The channel axis is one of the displayed axes; display two spatial axes.")
+    point = layer.world_to_data(viewer.dims.point)
+    index: list = []
+    for axis, size in enumerate(spatial_shape):
+        if axis in axes or axis == channel_axis:
+            index.append(slice(None))
+            continue
+        i = int(np.round(point[axis]))
+        if not 0 <= i < size:
+            raise InputError(
+                f"The viewer's position is outside layer '{layer.name}' along axis {axis} "
+                f"(index {i}, size {size}); move the slider onto the image."
+            )
+        index.append(i)
+    if rgb:
+        index.append(slice(None))
+    plane = np.asarray(data[tuple(index)])
+    if channel_axis is not None:
+        # Remaining axes are in data order: plane rows, cols and the channel axis.
+        kept = [a for a in range(len(spatial_shape)) if isinstance(index[a], slice)]
+        plane = np.moveaxis(plane, kept.index(channel_axis), -1)
+    labels_shape = tuple(s for a, s in enumerate(spatial_shape) if a != channel_axis)
+    sel = PlaneSelection(
+        index=tuple(index),
+        axes=axes,
+        shape=(spatial_shape[axes[0]], spatial_shape[axes[1]]),
+        layer_shape=labels_shape,
+        channel_axis=channel_axis,
+        rgb=rgb,
+    )
+    return plane, sel
+
+
+def _to_image_data(world_coords: np.ndarray, image) -> np.ndarray:
+    return np.array([image.world_to_data(c) for c in world_coords], dtype=float).reshape(len(world_coords), -1)
+
+
+def _layer_to_world(layer, data_coords: np.ndarray, viewer_point: np.ndarray) -> np.ndarray:
+    """World coordinates of ``data_coords`` (N, layer.ndim); missing world dims from the viewer."""
+    world_ndim = len(viewer_point)
+    out = np.tile(np.asarray(viewer_point, dtype=float), (len(data_coords), 1))
+    for row, c in zip(out, data_coords, strict=True):
+        row[world_ndim - layer.ndim:] = layer.data_to_world(c)
+    return out
+
+
+def _on_plane(coords: np.ndarray, sel: PlaneSelection, tolerance: float = 0.5) -> np.ndarray:
+    keep = np.ones(len(coords), dtype=bool)
+    for axis, i in enumerate(sel.labels_index):
+        if isinstance(i, slice):
+            continue
+        keep &= np.abs(coords[:, axis] - i) <= tolerance
+    return keep
+
+
+def _spatial_coords(coords: np.ndarray, sel: PlaneSelection) -> np.ndarray:
+    """Drop the channel axis column (if any) so columns match ``labels_index``."""
+    if sel.channel_axis is None:
+        return coords
+    return np.delete(coords, sel.channel_axis, axis=1)
+
+
+def points_on_plane(
+    viewer: napari.Viewer,
+    points_layer,
+    image_layer,
+    sel: PlaneSelection,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Points of ``points_layer`` that lie on the selected plane, in the image's data space.
+
+    Returns
+    -------
+    coords : ndarray (N, 2)
+        (row, col) on the plane, in pixels of the image data (not rounded).
+    which : ndarray (N,) int
+        Indices of those points in ``points_layer.data``.
+    """
+    data = np.asarray(points_layer.data, dtype=float).reshape(-1, points_layer.ndim)
+    if len(data) == 0:
+        return np.zeros((0, 2)), np.zeros(0, dtype=int)
+    world = _layer_to_world(points_layer, data, np.asarray(viewer.dims.point, dtype=float))
+    img = _spatial_coords(_to_image_data(world, image_layer), sel)
+    keep = _on_plane(img, sel)
+    return img[keep][:, list(sel.axes)], np.flatnonzero(keep)
+
+
+@dataclass(frozen=True)
+class ShapePrompt:
+    """A shape from a Shapes layer, in the image's plane coordinates."""
+
+    kind: str
+    vertices: np.ndarray  # (V, 2) row, col
+    index: int
+
+    @property
+    def box(self) -> np.ndarray:
+        """(row0, col0, row1, col1) around the vertices."""
+        return np.concatenate([self.vertices.min(axis=0), self.vertices.max(axis=0)])
+
+    def mask(self, shape: tuple[int, int]) -> np.ndarray:
+        """The shape filled as a boolean mask of ``shape`` (polygon fill of its outline)."""
+        from skimage.draw import polygon
+
+        out = np.zeros(shape, dtype=bool)
+        verts = self.vertices
+        if self.kind == "ellipse":
+            verts = _ellipse_outline(verts)
+        rr, cc = polygon(verts[:, 0], verts[:, 1], shape=shape)
+        out[rr, cc] = True
+        return out
+
+
+def _ellipse_outline(corners: np.ndarray, n: int = 64) -> np.ndarray:
+    """napari stores an ellipse as the four corners of its bounding box."""
+    center = corners.mean(axis=0)
+    half = (corners.max(axis=0) - corners.min(axis=0)) / 2
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return np.stack([center[0] + half[0] * np.sin(t), center[1] + half[1] * np.cos(t)], axis=1)
+
+
+def shapes_on_plane(
+    viewer: napari.Viewer,
+    shapes_layer,
+    image_layer,
+    sel: PlaneSelection,
+) -> list[ShapePrompt]:
+    """Shapes of ``shapes_layer`` that lie on the selected plane, in the image's data space."""
+    prompts = []
+    point = np.asarray(viewer.dims.point, dtype=float)
+    for i, (verts, kind) in enumerate(zip(shapes_layer.data, shapes_layer.shape_type, strict=True)):
+        verts = np.asarray(verts, dtype=float)
+        world = _layer_to_world(shapes_layer, verts, point)
+        img = _spatial_coords(_to_image_data(world, image_layer), sel)
+        if not _on_plane(img, sel).all():
+            continue
+        prompts.append(ShapePrompt(kind=kind, vertices=img[:, list(sel.axes)], index=i))
+    return prompts
+
+
+def output_layer_name(image_layer, task: str) -> str:
+    """Name of a task's output layer, e.g. ``"coins [semantic]"``."""
+    return f"{image_layer.name} [{task}]"
+
+
+def _same_transform_kwargs(image_layer, labels_shape: tuple[int, ...], channel_axis: int | None) -> dict:
+    keep = [a for a in range(len(labels_shape) + (channel_axis is not None)) if a != channel_axis]
+
+    def pick(values):
+        values = np.asarray(values)
+        return values[keep] if channel_axis is not None else values
+
+    kwargs = {"scale": pick(image_layer.scale), "translate": pick(image_layer.translate)}
+    if channel_axis is None:
+        kwargs["affine"] = image_layer.affine.affine_matrix
+        kwargs["rotate"] = image_layer.rotate
+        kwargs["shear"] = image_layer.shear
+    return kwargs
+
+
+def find_or_create_labels(
+    viewer: napari.Viewer,
+    image_layer,
+    sel: PlaneSelection,
+    name: str,
+    *,
+    target=None,
+):
+    """The Labels layer a result goes into, created aligned with the image if needed.
+
+    Parameters
+    ----------
+    target : napari.layers.Labels, optional
+        A user-chosen layer; must have the image's spatial shape.
+
+    Raises
+    ------
+    InputError
+        When ``target`` (or an existing layer called ``name``) has another shape.
+    """
+    from napari.layers import Labels
+
+    layer = target
+    if layer is None and name in viewer.layers:
+        layer = viewer.layers[name]
+        if not isinstance(layer, Labels):
+            raise InputError(f"A layer named '{name}' exists and is not a Labels layer; rename it.")
+    if layer is not None:
+        if tuple(layer.data.shape) != tuple(sel.layer_shape):
+            raise InputError(
+                f"Labels layer '{layer.name}' has shape {tuple(layer.data.shape)} but image "
+                f"'{image_layer.name}' needs {tuple(sel.layer_shape)}; pick or create a matching layer."
+            )
+        return layer
+    data = np.zeros(sel.layer_shape, dtype=LABEL_DTYPE)
+    layer = Labels(data, name=name, **_same_transform_kwargs(image_layer, sel.layer_shape, sel.channel_axis))
+    viewer.add_layer(layer)
+    return layer
+
+
+def write_plane(
+    viewer: napari.Viewer,
+    image_layer,
+    sel: PlaneSelection,
+    labels2d: np.ndarray,
+    *,
+    task: str,
+    provenance: dict | None = None,
+    extra_features: dict[int, dict] | None = None,
+    target=None,
+    name: str | None = None,
+    mode: str = "replace",
+):
+    """Write a 2D label result into the image's output Labels layer.
+
+    Parameters
+    ----------
+    labels2d : ndarray (H, W) int
+        The result for the plane ``sel``.
+    task : str
+        Task name, used for the layer name and metadata.
+    provenance : dict, optional
+        Model and parameters; stored in ``layer.metadata["segsuite"]``, under
+        the plane's key for nD layers.
+    extra_features : dict, optional
+        ``{label_id: {column: value}}`` for ``layer.features``.
+    target : Labels, optional
+        Write here instead of the default ``"<image> [<task>]"`` layer.
+    mode : {"replace", "merge"}
+        ``replace`` sets the whole plane to ``labels2d``; ``merge`` writes only
+        the non-zero pixels of ``labels2d`` into unlabeled pixels.
+
+    Returns
+    -------
+    napari.layers.Labels
+        The layer written to. The write is one step in its undo history.
+    """
+    labels2d = np.asarray(labels2d)
+    if labels2d.shape != sel.shape:
+        raise InputError(f"Result of shape {labels2d.shape} does not fit the plane {sel.shape}.")
+    if mode not in ("replace", "merge"):
+        raise InputError(f"Unknown write mode {mode!r}.")
+    if labels2d.size and int(labels2d.max(initial=0)) > np.iinfo(LABEL_DTYPE).max:
+        raise InputError("Label ids beyond int32 cannot be written to the Labels layer.")
+    layer = find_or_create_labels(viewer, image_layer, sel, name or output_layer_name(image_layer, task), target=target)
+    idx = sel.labels_index
+    old = np.asarray(layer.data[idx])
+    new = old.copy() if mode == "merge" else np.zeros_like(old)
+    if mode == "merge":
+        put = (labels2d != 0) & (old == 0)
+        new[put] = labels2d[put]
+    else:
+        new[...] = labels2d.astype(old.dtype, copy=False)
+    changed = np.nonzero(new != old)
+    if changed[0].size:
+        full = _expand_index(idx, changed)
+        layer.data_setitem(full, new[changed])
+    _update_features(layer, idx, extra_features)
+    meta = dict(layer.metadata.get(METADATA_KEY, {}))
+    record = {"task": task, **(provenance or {})}
+    meta["task"] = task
+    meta["source_image"] = image_layer.name
+    if sel.key == "2d":
+        meta.update(record)
+    else:
+        planes = dict(meta.get("planes", {}))
+        planes[sel.key] = record
+        meta["planes"] = planes
+        meta["last"] = record
+    layer.metadata = {**layer.metadata, METADATA_KEY: meta}
+    return layer
+
+
+def _expand_index(plane_index: tuple, plane_coords: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """Full-volume integer indices of pixels given in plane coordinates."""
+    n = plane_coords[0].size
+    out, k = [], 0
+    for i in plane_index:
+        if isinstance(i, slice):
+            out.append(plane_coords[k])
+            k += 1
+        else:
+            out.append(np.full(n, i, dtype=np.intp))
+    return tuple(out)
+
+
+FEATURES_FULL_VOLUME_LIMIT = 64_000_000
+
+
+def _update_features(layer, plane_index: tuple, extra: dict[int, dict] | None) -> None:
+    """One row per label in ``layer.features``: id, area, bbox, plus extra columns.
+
+    Areas and boxes cover the whole volume when it has at most
+    :data:`FEATURES_FULL_VOLUME_LIMIT` voxels, else the written plane. Extra
+    columns of labels not in ``extra`` keep their earlier values; rows of
+    labels that no longer exist are dropped.
+    """
+    import pandas as pd
+
+    data = layer.data
+    source = np.asarray(data) if data.size <= FEATURES_FULL_VOLUME_LIMIT else np.asarray(data[plane_index])
+    table = pd.DataFrame(label_table(source)).set_index("index", drop=False)
+    old = layer.features
+    if len(old) and "index" in old.columns:
+        old = old.drop_duplicates("index").set_index("index", drop=False)
+        for col in old.columns:
+            if col not in table.columns:
+                table[col] = old[col].reindex(table.index)
+    if extra:
+        ex = pd.DataFrame.from_dict(extra, orient="index")
+        rows = ex.index.intersection(table.index)
+        for col in ex.columns:
+            if col not in table.columns:
+                table[col] = pd.Series([None] * len(table), index=table.index, dtype=object)
+            table.loc[rows, col] = ex.loc[rows, col]
+    layer.features = table.reset_index(drop=True)
+
+
+@dataclass
+class PromptSet:
+    """Prompts read from layers for one plane (plain arrays, GUI-free)."""
+
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    point_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    shapes: list[ShapePrompt] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        """True when there is neither a point nor a shape."""
+        return len(self.points) == 0 and not self.shapes

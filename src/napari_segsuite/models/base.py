@@ -1,0 +1,161 @@
+"""The one runner interface every model family implements.
+
+A :class:`Runner` wraps a loaded model: it knows its family, the tasks it can
+do, its device, its class names and its provenance. Widgets and tasks only talk
+to runners; adding a model family means adding one module under ``models/``
+and one line in :data:`FAMILIES`.
+
+Task-specific prediction methods are declared here so that every family
+implements the same signatures:
+
+- ``predict_semantic(image_rgb_uint8) -> logits (C, H, W) float32`` for semantic
+- ``predict_instances(image_rgb_uint8, **params) -> InstancePrediction`` for instance
+- ``predict_panoptic(image_rgb_uint8, **params) -> (segments (H, W), rows)`` for panoptic
+- ``set_image`` / ``predict_prompt`` for promptable models (SAM, SAM 2.1)
+
+A family raises :class:`NotImplementedError` (with a message naming the task)
+for what it cannot do; :meth:`Runner.require` turns that into a user message
+before any work starts.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, ClassVar
+
+from napari_segsuite.core.device import resolve_device
+from napari_segsuite.core.errors import InputError
+from napari_segsuite.models.offline import guard_llvm_clash
+from napari_segsuite.models.store import ModelSource, ModelStore, default_store
+
+#: family name -> "module:RunnerClass", imported only when a model is loaded.
+FAMILIES: dict[str, str] = {
+    "sam": "napari_segsuite.models.sam:SamRunner",
+    "sam2": "napari_segsuite.models.sam2:Sam2Runner",
+    "yolo": "napari_segsuite.models.yolo:YoloRunner",
+    "torchvision": "napari_segsuite.models.torchvision_models:TorchvisionRunner",
+    "segformer": "napari_segsuite.models.hf_segmentation:SegformerRunner",
+    "mask2former": "napari_segsuite.models.hf_segmentation:Mask2FormerRunner",
+    "unet": "napari_segsuite.models.unet:UnetRunner",
+}
+
+
+class Runner:
+    """A loaded model with its device, classes and provenance.
+
+    Subclasses set :attr:`family` and implement :meth:`_load` (and the task
+    methods they support).
+
+    Parameters
+    ----------
+    model : object
+        The library's model object (a ``torch.nn.Module`` or a wrapper).
+    source : ModelSource
+        Where it came from.
+    device : str
+        The torch device it lives on.
+    tasks : tuple of str
+        What this particular checkpoint can do.
+    class_names : dict of int to str, optional
+        Class id -> name.
+    processor : object, optional
+        The library's pre/post-processor (transformers).
+    info : dict, optional
+        Architecture details for provenance.
+    """
+
+    family: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        model: Any,
+        source: ModelSource,
+        device: str,
+        tasks: tuple[str, ...],
+        class_names: dict[int, str] | None = None,
+        processor: Any = None,
+        info: dict | None = None,
+    ):
+        self.model = model
+        self.source = source
+        self.device = device
+        self.tasks = tasks
+        self.class_names = class_names or {}
+        self.processor = processor
+        self.info = dict(info or {})
+
+    # -- loading ------------------------------------------------------------
+    @classmethod
+    def load(cls, source: ModelSource, device: str = "auto") -> Runner:
+        """Load ``source`` on ``device`` ("auto", "cpu", "cuda", "mps")."""
+        guard_llvm_clash()
+        return cls._load(source, resolve_device(device))
+
+    @classmethod
+    def _load(cls, source: ModelSource, device: str) -> Runner:
+        raise NotImplementedError
+
+    # -- common -------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The model's registry name or file name."""
+        return self.source.name
+
+    def require(self, task: str) -> None:
+        """Raise a user-facing error if this model cannot do ``task``."""
+        if task not in self.tasks:
+            raise InputError(
+                f"Model '{self.name}' ({self.family}) does {', '.join(self.tasks) or 'nothing'} "
+                f"segmentation, not {task}. Choose a {task} model."
+            )
+
+    def provenance(self) -> dict:
+        """Plain data for ``layer.metadata``: source, device, architecture."""
+        return {**self.source.provenance(), "device": self.device, "tasks": list(self.tasks), **self.info}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} on {self.device}, tasks={self.tasks}>"
+
+
+def runner_class(family: str) -> type[Runner]:
+    """Import and return the runner class of ``family``."""
+    try:
+        target = FAMILIES[family]
+    except KeyError:
+        raise InputError(
+            f"Unknown model family {family!r}; known: {', '.join(sorted(FAMILIES))}."
+        ) from None
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def load_model(
+    spec,
+    device: str = "auto",
+    *,
+    family: str | None = None,
+    store: ModelStore | None = None,
+) -> Runner:
+    """Load a model by registry name or local path, offline.
+
+    Parameters
+    ----------
+    spec : str, path, ModelEntry or ModelSource
+        Registry name (``"sam_vit_b"``), a local checkpoint file or folder, or
+        an already resolved source.
+    device : str
+        "auto", "cpu", "cuda" or "mps".
+    family : str, optional
+        Family of a local checkpoint when it cannot be detected.
+    store : ModelStore, optional
+        Defaults to :func:`default_store`.
+
+    Returns
+    -------
+    Runner
+    """
+    if isinstance(spec, Runner):
+        return spec
+    guard_llvm_clash()
+    source = spec if isinstance(spec, ModelSource) else (store or default_store()).resolve(spec, family=family)
+    return runner_class(source.family).load(source, device)

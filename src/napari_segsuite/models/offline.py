@@ -1,0 +1,92 @@
+"""The deep-learning libraries' offline switches, set before they are imported.
+
+Downloads in napari-segsuite are deliberate: the model store fetches a file only
+when the user asks it to. Everything else (transformers resolving a processor,
+ultralytics fetching a font or a missing weight file, huggingface_hub pinging
+the hub) is switched off here. :func:`allow_hub_downloads` lifts the switch for
+the duration of one deliberate download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+    # ultralytics compares this to the string "true"; "1" does nothing.
+    "YOLO_OFFLINE": "true",
+    "YOLO_VERBOSE": "false",
+}
+
+
+def set_offline_env() -> None:
+    """Set the libraries' offline variables unless the user already chose a value."""
+    guard_llvm_clash()
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def import_transformers():
+    """Import transformers with the hub switched to offline mode."""
+    set_offline_env()
+    import transformers
+
+    return transformers
+
+
+def import_ultralytics():
+    """Import ultralytics with its offline switch and quiet logging."""
+    set_offline_env()
+    import ultralytics
+
+    return ultralytics
+
+
+@contextlib.contextmanager
+def allow_hub_downloads():
+    """Let huggingface_hub reach the network inside this block (a deliberate download)."""
+    set_offline_env()
+    from huggingface_hub import constants
+
+    old = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = False
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old
+
+
+def guard_llvm_clash() -> bool:
+    """Keep torch from importing triton when an OpenGL driver's LLVM is already loaded.
+
+    The CUDA builds of torch ship triton, whose ``libtriton.so`` carries its own
+    LLVM. Importing it into a process where Mesa's OpenGL driver (llvmpipe,
+    radeonsi: what napari gets under Xvfb, in VMs and on many Linux laptops) has
+    loaded ``libLLVM`` crashes the process with a segmentation fault. torch
+    only imports triton opportunistically (for ``torch.compile``, which
+    napari-segsuite does not use) and treats an ImportError as "no triton",
+    so when ``libLLVM`` is mapped and triton is not yet imported, triton is
+    marked as unavailable. Elsewhere this does nothing.
+
+    Returns
+    -------
+    bool
+        Whether triton was marked unavailable.
+    """
+    import sys
+
+    if "triton" in sys.modules or not sys.platform.startswith("linux"):
+        return False
+    try:
+        with open("/proc/self/maps") as maps:
+            clash = any("libLLVM" in line for line in maps)
+    except OSError:
+        return False
+    if clash:
+        sys.modules["triton"] = None  # `import triton` now raises ImportError
+    return clash

@@ -1,0 +1,191 @@
+"""The shared widget scaffolding in a real napari viewer: pickers, workers, cancel, errors."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from napari.utils.notifications import notification_manager
+
+from napari_segsuite.core.errors import InputError
+from napari_segsuite.core.progress import Progress
+from napari_segsuite.widgets.base import LOCAL
+from napari_segsuite.widgets.instance import InstanceWidget
+from napari_segsuite.widgets.panoptic import PanopticWidget
+from napari_segsuite.widgets.sam_prompt import SamPromptWidget
+from napari_segsuite.widgets.semantic import SemanticWidget
+
+pytestmark = pytest.mark.widget
+WIDGET_NAMES = ["Semantic Segmentation", "Instance Segmentation", "Panoptic Segmentation", "SAM Prompt Segmentation"]
+
+
+@pytest.fixture
+def notes():
+    """Messages of the napari notifications shown during the test."""
+    seen = []
+
+    def grab(event):
+        note = getattr(event, "notification", event)  # napari passes the Notification itself
+        seen.append(str(note.message))
+
+    notification_manager.notification_ready.connect(grab)
+    yield seen
+    notification_manager.notification_ready.disconnect(grab)
+
+
+def _wait_idle(qtbot, widget, timeout=20000):
+    qtbot.waitUntil(lambda: not widget.jobs.busy and widget.run_button.enabled, timeout=timeout)
+
+
+@pytest.mark.parametrize("name", WIDGET_NAMES)
+def test_widgets_dock_through_the_manifest(make_napari_viewer, name):
+    viewer = make_napari_viewer(show=False)
+    viewer.add_image(np.zeros((10, 10)), name="img")
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-segsuite", name)
+    assert widget.image.value is viewer.layers["img"]
+    assert widget.device.choices == ("auto", "cpu", "cuda", "mps")
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+def test_image_picker_follows_the_layer_list(make_napari_viewer):
+    viewer = make_napari_viewer(show=False)
+    widget = SemanticWidget(viewer)
+    assert widget.image.value is None
+    viewer.add_image(np.zeros((5, 5)), name="a")
+    viewer.add_labels(np.zeros((5, 5), int), name="not an image")
+    viewer.add_image(np.zeros((5, 5)), name="b")
+    assert [c for c in widget.image.choices if c is not None] == [viewer.layers["a"], viewer.layers["b"]]
+    del viewer.layers["a"]
+    assert [c for c in widget.image.choices if c is not None] == [viewer.layers["b"]]
+
+
+def test_model_picker_lists_registry_models_for_the_task(make_napari_viewer):
+    viewer = make_napari_viewer(show=False)
+    names = {
+        cls: [c[1] for c in cls(viewer).models._choices()]
+        for cls in (SemanticWidget, InstanceWidget, PanopticWidget, SamPromptWidget)
+    }
+    assert "segformer_b0_ade" in names[SemanticWidget] and "lraspp_mobilenet_v3_large_voc" in names[SemanticWidget]
+    assert "yolo11n_seg" in names[InstanceWidget] and "maskrcnn_resnet50_fpn_coco" in names[InstanceWidget]
+    assert names[PanopticWidget][0].startswith("mask2former") and "sam_vit_b" not in names[PanopticWidget]
+    assert names[SamPromptWidget][:3] == ["sam_vit_b", "sam_vit_l", "sam_vit_h"]
+    assert all(n[-1] == LOCAL for n in names.values())
+
+
+def test_cache_folder_setting_changes_availability(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer(show=False)
+    widget = SemanticWidget(viewer)
+    widget.models.model.value = "segformer_b0_ade"
+    assert not widget.models.download.native.isHidden()
+    folder = tmp_path / "models" / "segformer" / "nvidia--segformer-b0-finetuned-ade-512-512"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"")
+    widget.models.cache.value = str(tmp_path / "models")
+    assert widget.store.cache_dir == tmp_path / "models"
+    assert widget.models.download.native.isHidden()
+    assert "not downloaded" not in {v: k for k, v in widget.models._choices()}["segformer_b0_ade"]
+
+
+def test_run_loads_a_local_checkpoint_in_a_worker(make_napari_viewer, qtbot, tiny_sam_path):
+    viewer = make_napari_viewer(show=False)
+    viewer.add_image(np.zeros((20, 20)), name="img")
+    widget = SamPromptWidget(viewer)
+    widget.models.model.value = LOCAL
+    widget.models.local.value = str(tiny_sam_path)
+    widget.device.value = "cpu"
+    widget.run()
+    assert widget.cancel_button.enabled and not widget.run_button.enabled
+    _wait_idle(qtbot, widget)
+    assert widget.jobs.last_error is None, widget.jobs.last_error
+    assert "is loaded on cpu" in widget.message.value
+    assert widget._runner.family == "sam"
+
+
+def test_missing_model_is_a_notification_and_the_widget_stays_usable(make_napari_viewer, qtbot, notes):
+    viewer = make_napari_viewer(show=False)
+    viewer.add_image(np.zeros((20, 20)), name="img")
+    widget = SamPromptWidget(viewer)
+    widget.models.model.value = "sam_vit_b"
+    widget.run()
+    _wait_idle(qtbot, widget)
+    assert any("sam_vit_b_01ec64.pth" in n and "not on this machine" in n for n in notes)
+    assert "not on this machine" in widget.message.value
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+    assert len(viewer.layers) == 1
+
+
+def test_no_image_is_a_clear_message(make_napari_viewer, notes):
+    viewer = make_napari_viewer(show=False)
+    widget = SemanticWidget(viewer)
+    widget.run()
+    assert any("Open an image" in n for n in notes)
+    assert not widget.jobs.busy
+
+
+def test_cancel_stops_at_the_next_yield_and_changes_no_layer(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=False)
+    image = viewer.add_image(np.zeros((8, 8)), name="img")
+    widget = SemanticWidget(viewer)
+    steps, results = [], []
+
+    def slow_job():
+        for i in range(200):
+            steps.append(i)
+            time.sleep(0.02)
+            yield Progress(i, 200, f"step {i}")
+        return np.ones((8, 8), int)
+
+    widget._start(slow_job, lambda r: results.append(viewer.add_labels(r)), "slow")
+    qtbot.waitUntil(lambda: widget.progress.value > 0, timeout=5000)
+    widget.cancel_button.changed.emit(True)
+    _wait_idle(qtbot, widget)
+    assert results == [] and len(steps) < 200
+    assert list(viewer.layers) == [image]
+    assert "Cancelled" in widget.message.value
+
+
+def test_errors_in_the_job_become_notifications(make_napari_viewer, qtbot, notes):
+    viewer = make_napari_viewer(show=False)
+    widget = SemanticWidget(viewer)
+
+    def failing():
+        yield Progress(1, 2, "half")
+        raise InputError("The image has 5 channels; this model takes 3. Pick a channel axis.")
+
+    widget._start(failing, lambda r: None, "failing")
+    _wait_idle(qtbot, widget)
+    assert any("5 channels" in n for n in notes)
+    assert "5 channels" in widget.message.value
+
+
+def test_progress_reaches_the_widget(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=False)
+    widget = SemanticWidget(viewer)
+    seen = []
+    widget.jobs.on_progress = lambda p: (seen.append(p.step), widget._on_progress(p))
+
+    def job():
+        for i in range(1, 5):
+            yield Progress(i, 4, f"{i}/4")
+        return "done"
+
+    got = []
+    widget._start(job, got.append, "job")
+    _wait_idle(qtbot, widget)
+    assert seen == [1, 2, 3, 4] and got == ["done"] and widget.progress.value == 100
+
+
+def test_smoke_mode_writes_a_screenshot(tmp_path):
+    png = tmp_path / "shot.png"
+    exe = Path(sys.executable).parent / "napari-segsuite"
+    result = subprocess.run([str(exe), "view", "--smoke", str(png)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 widgets docked, 0 failed" in result.stdout
+    from skimage.io import imread
+
+    shot = imread(png)
+    assert shot.shape[0] >= 600 and shot.shape[1] >= 1000
+    assert shot[..., :3].std() > 10  # not a blank window
