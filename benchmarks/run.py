@@ -5,7 +5,8 @@ benchmark runs its case several times in fresh subprocesses and reports the
 median wall time and the peak resident memory of the process. This machine is
 shared and noisy: compare rows of one run, not runs of different days.
 
-Later features add benchmarks with :func:`benchmark`.
+Features add benchmarks in ``benchmarks/bench_<name>.py`` modules, which
+register functions with :func:`benchmark`; they are imported automatically.
 """
 
 from __future__ import annotations
@@ -118,8 +119,19 @@ def print_table(title: str, rows: list[dict]) -> None:
         print("| " + " | ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) + " |")
 
 
+def load_feature_benchmarks() -> None:
+    """Import every ``bench_*.py`` next to this file (they register with :func:`benchmark`)."""
+    import importlib
+
+    sys.path.insert(0, str(HERE))
+    sys.modules.setdefault("run", sys.modules[__name__])
+    for path in sorted(HERE.glob("bench_*.py")):
+        importlib.import_module(path.stem)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the named benchmarks (all by default) and print their tables."""
+    load_feature_benchmarks()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help=f"benchmarks to run: {', '.join(BENCHMARKS)}")
     parser.add_argument("--repeats", type=int, default=5)
