@@ -24,6 +24,7 @@ from napari_segsuite.core.progress import Progress, run_sync
 from napari_segsuite.models.base import Runner, load_model
 from napari_segsuite.models.registry import ModelEntry, entries_for, get_entry
 from napari_segsuite.models.store import ModelSource, ModelStore, default_store
+from napari_segsuite.tasks.sam_session import SamSession
 
 __all__ = [
     "CheckpointError",
@@ -36,6 +37,7 @@ __all__ = [
     "ModelStore",
     "Progress",
     "Runner",
+    "SamSession",
     "SegSuiteError",
     "download_model",
     "get_entry",

@@ -1,0 +1,113 @@
+"""SamSession gives what segment_anything's SamPredictor gives, with napari's conventions."""
+
+import numpy as np
+import pytest
+from segment_anything import SamPredictor
+
+from napari_segsuite.api import SamSession
+from napari_segsuite.core.errors import InputError
+from napari_segsuite.models.base import load_model
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(3)
+    return {
+        "rgb": rng.integers(0, 255, (120, 160, 3), dtype=np.uint8),
+        "gray": rng.integers(0, 255, (90, 70), dtype=np.uint8),
+    }
+
+
+@pytest.fixture
+def pair(tiny_sam_path):
+    session = SamSession(str(tiny_sam_path), device="cpu")
+    reference = SamPredictor(load_model(tiny_sam_path, "cpu").model)
+    return session, reference
+
+
+def _ref_rgb(image):
+    return image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=-1)
+
+
+@pytest.mark.parametrize("name", ["rgb", "gray"])
+def test_points_boxes_and_both_match_sampredictor(pair, images, name):
+    session, ref = pair
+    image = images[name]
+    session.set_image(image)
+    ref.set_image(_ref_rgb(image))
+    h, w = image.shape[:2]
+    pts = np.array([[h // 3, w // 4], [h // 2, w // 2]])
+    labels = np.array([1, 0])
+    box = np.array([h // 5, w // 6, h // 2, w // 2])
+    cases = [
+        ({"points": pts, "point_labels": labels}, {"point_coords": pts[:, ::-1], "point_labels": labels}),
+        ({"box": box}, {"box": np.array([box[1], box[0], box[3], box[2]])}),
+        ({"points": pts[:1], "box": box, "multimask": False},
+         {"point_coords": pts[:1, ::-1], "point_labels": np.array([1]),
+          "box": np.array([box[1], box[0], box[3], box[2]]), "multimask_output": False}),
+    ]
+    for ours_kw, ref_kw in cases:
+        masks, scores = session.predict(**ours_kw)
+        rmasks, rscores, _ = ref.predict(**ref_kw)
+        assert masks.shape == rmasks.shape and masks.shape[1:] == (h, w)
+        np.testing.assert_array_equal(masks, rmasks)
+        np.testing.assert_allclose(scores, rscores, rtol=1e-6)
+
+
+def test_switching_images_uses_the_cache_and_stays_exact(pair, images):
+    session, ref = pair
+    pts = np.array([[20, 30]])
+    for name in ("rgb", "gray", "rgb", "gray"):
+        session.set_image(images[name])
+        ref.set_image(_ref_rgb(images[name]))
+        masks, scores = session.predict(points=pts)
+        rmasks, rscores, _ = ref.predict(point_coords=pts[:, ::-1], point_labels=np.array([1]))
+        np.testing.assert_array_equal(masks, rmasks)
+        np.testing.assert_allclose(scores, rscores, rtol=1e-6)
+    assert session.encoder_runs == 2
+    assert session.is_cached(images["rgb"])
+
+
+def test_cache_is_bounded_least_recently_used(tiny_sam_path):
+    session = SamSession(str(tiny_sam_path), device="cpu", cache_size=2)
+    imgs = [np.full((32, 32), v, np.uint8) for v in (10, 20, 30)]
+    for img in imgs:
+        session.set_image(img)
+    assert not session.is_cached(imgs[0]) and session.is_cached(imgs[1]) and session.is_cached(imgs[2])
+
+
+def test_mask_prompt_refines(pair, images):
+    session, _ = pair
+    session.set_image(images["gray"])
+    prior = np.zeros(images["gray"].shape, bool)
+    prior[20:50, 10:40] = True
+    masks, scores = session.predict(points=np.array([[30, 20]]), mask=prior, multimask=False)
+    assert masks.shape == (1, 90, 70) and scores.shape == (1,)
+    logits = session.mask_prompt(prior)
+    low = tuple(session.predictor.model.prompt_encoder.mask_input_size)  # 256 for 1024-pixel models
+    assert logits.shape == (1, *low) and logits.max() > 0 > logits.min()
+
+
+def test_bad_prompts_are_clear_errors(pair, images):
+    session, _ = pair
+    with pytest.raises(InputError, match="Set an image"):
+        session.predict(points=np.array([[1, 1]]))
+    session.set_image(images["gray"])
+    with pytest.raises(InputError, match="no prompt"):
+        session.predict()
+    with pytest.raises(InputError, match="outside"):
+        session.predict(points=np.array([[500, 5]]))
+    with pytest.raises(InputError, match="no area"):
+        session.predict(box=np.array([10, 10, 10, 40]))
+    with pytest.raises(InputError, match="point_labels"):
+        session.predict(points=np.array([[5, 5]]), point_labels=np.array([2]))
+    with pytest.raises(InputError, match="mask prompt"):
+        session.predict(mask=np.zeros((3, 3), bool))
+
+
+def test_non_sam_model_is_refused(tmp_path):
+    from napari_segsuite.testing.tiny_models import build_tiny_segformer
+
+    folder = build_tiny_segformer(tmp_path / "seg")
+    with pytest.raises(InputError, match="Segment Anything"):
+        SamSession(str(folder), device="cpu")
