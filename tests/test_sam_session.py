@@ -84,7 +84,7 @@ def test_mask_prompt_refines(pair, images):
     masks, scores = session.predict(points=np.array([[30, 20]]), mask=prior, multimask=False)
     assert masks.shape == (1, 90, 70) and scores.shape == (1,)
     logits = session.mask_prompt(prior)
-    low = tuple(session.predictor.model.prompt_encoder.mask_input_size)  # 256 for 1024-pixel models
+    low = tuple(session.runner.model.prompt_encoder.mask_input_size)  # 256 for 1024-pixel models
     assert logits.shape == (1, *low) and logits.max() > 0 > logits.min()
 
 
@@ -111,3 +111,53 @@ def test_non_sam_model_is_refused(tmp_path):
     folder = build_tiny_segformer(tmp_path / "seg")
     with pytest.raises(InputError, match="Segment Anything"):
         SamSession(str(folder), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_sam2(tmp_path_factory):
+    from napari_segsuite.testing.tiny_models import build_tiny_sam2
+
+    return build_tiny_sam2(tmp_path_factory.mktemp("sam2") / "tiny_sam2")
+
+
+def test_sam2_matches_transformers_directly(tiny_sam2, images):
+    import torch
+    from transformers import Sam2Model, Sam2Processor
+
+    session = SamSession(str(tiny_sam2), device="cpu")
+    model = Sam2Model.from_pretrained(tiny_sam2).eval()
+    processor = Sam2Processor.from_pretrained(tiny_sam2)
+    image = images["rgb"]
+    session.set_image(image)
+    pts = np.array([[30, 40], [60, 100]])
+    for kw, ref_kw in [
+        ({"points": pts, "point_labels": np.array([1, 0])},
+         {"input_points": [[[[40, 30], [100, 60]]]], "input_labels": [[[1, 0]]]}),
+        ({"box": np.array([10, 20, 80, 120])}, {"input_boxes": [[[20, 10, 120, 80]]]}),
+    ]:
+        masks, scores = session.predict(**kw)
+        inputs = processor(images=image, return_tensors="pt", **ref_kw)
+        with torch.no_grad():
+            out = model(**inputs, multimask_output=True)
+        ref_masks = processor.post_process_masks(out.pred_masks, inputs["original_sizes"])[0][0].numpy()
+        assert masks.shape == (3, 120, 160)
+        np.testing.assert_array_equal(masks, ref_masks)
+        np.testing.assert_allclose(scores, out.iou_scores[0, 0].numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="Mask prompts need a SAM"):
+        session.predict(points=pts[:1], mask=np.zeros((120, 160), bool))
+
+
+def test_disk_cache_reuses_embeddings_across_sessions(tiny_sam_path, tmp_path, images):
+    first = SamSession(str(tiny_sam_path), device="cpu", disk_cache=tmp_path / "emb")
+    first.set_image(images["gray"])
+    masks_a, scores_a = first.predict(points=np.array([[10, 10]]))
+    assert first.encoder_runs == 1 and len(list((tmp_path / "emb").glob("*.pt"))) == 1
+    second = SamSession(str(tiny_sam_path), device="cpu", disk_cache=tmp_path / "emb")
+    second.set_image(images["gray"])
+    assert second.encoder_runs == 0
+    masks_b, scores_b = second.predict(points=np.array([[10, 10]]))
+    np.testing.assert_array_equal(masks_a, masks_b)
+    changed = images["gray"].copy()
+    changed[0, 0] ^= 1
+    second.set_image(changed)
+    assert second.encoder_runs == 1  # a changed image is encoded again

@@ -1,8 +1,9 @@
 """Promptable Segment Anything sessions with a cache of image embeddings.
 
-:class:`SamSession` wraps ``segment_anything.SamPredictor``: prompts go to the
-predictor unchanged, so for the same image and prompts the masks and scores
-equal the library's. What it adds is napari's conventions (points as
+:class:`SamSession` serves SAM (``segment_anything``; prompts go to
+``SamPredictor`` unchanged, so for the same image and prompts the masks and
+scores equal the library's) and SAM 2.1 (``transformers``' ``Sam2Model`` and
+``Sam2Processor``, used the way their documentation shows). What it adds is napari's conventions (points as
 ``(row, col)``, boxes as ``(row0, col0, row1, col1)``), checks that turn bad
 prompts into clear errors, and an embedding cache (bounded, least recently
 used) keyed by the image's content and the model, so prompts on an image seen
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Generator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,11 +27,100 @@ from napari_segsuite.core.progress import Progress, run_sync
 
 @dataclass
 class Embedding:
-    """What SAM's predictor keeps after encoding one image."""
+    """An encoded image: the encoder's output and the sizes needed to decode prompts."""
 
     features: Any
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+
+
+class _SamBackend:
+    """segment_anything: encoder and decoder through ``SamPredictor``."""
+
+    def __init__(self, runner):
+        from segment_anything import SamPredictor
+
+        self.runner = runner
+        self.model = runner.model
+        self._make = lambda: SamPredictor(self.model)
+        self.transform = self._make().transform
+
+    def encode(self, rgb: np.ndarray) -> Embedding:
+        # The same steps as SamPredictor.set_image, without touching a shared predictor,
+        # so that a background prefetch and foreground prompts never interfere.
+        import torch
+
+        predictor = self._make()
+        predictor.set_image(rgb)
+        with torch.no_grad():
+            return Embedding(predictor.features, tuple(predictor.original_size), tuple(predictor.input_size))
+
+    def predictor_for(self, emb: Embedding):
+        p = self._make()
+        p.features = emb.features
+        p.original_size = emb.original_size
+        p.input_size = emb.input_size
+        p.is_image_set = True
+        return p
+
+    def predict(self, emb, coords_xy, labels, box_xyxy, mask_input, multimask):
+        masks, scores, _ = self.predictor_for(emb).predict(
+            point_coords=coords_xy, point_labels=labels, box=box_xyxy, mask_input=mask_input,
+            multimask_output=multimask,
+        )
+        return masks.astype(bool), scores.astype(np.float32)
+
+    def mask_prompt(self, emb: Embedding, mask: np.ndarray) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        resized = self.transform.apply_image((mask.astype(np.uint8) * 255)[..., None].repeat(3, -1))[..., 0]
+        size = self.model.image_encoder.img_size
+        padded = np.zeros((size, size), np.float32)
+        padded[: resized.shape[0], : resized.shape[1]] = resized > 127
+        low = self.model.prompt_encoder.mask_input_size
+        t = F.interpolate(torch.from_numpy(padded)[None, None], size=low, mode="bilinear", align_corners=False)
+        return ((t[0].numpy() - 0.5) * 20.0).astype(np.float32)
+
+
+class _Sam2Backend:
+    """SAM 2.1 through transformers: ``get_image_embeddings`` once, then prompt decoding."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.model = runner.model
+        self.processor = runner.processor
+
+    def encode(self, rgb: np.ndarray) -> Embedding:
+        import torch
+
+        inputs = self.processor(images=rgb, return_tensors="pt")
+        with torch.no_grad():
+            feats = self.model.get_image_embeddings(inputs["pixel_values"].to(self.runner.device))
+        size = tuple(int(v) for v in inputs["pixel_values"].shape[-2:])
+        return Embedding(feats, tuple(rgb.shape[:2]), size)
+
+    def predict(self, emb, coords_xy, labels, box_xyxy, mask_input, multimask):
+        import torch
+
+        if mask_input is not None:
+            raise InputError("Mask prompts need a SAM (segment-anything) model; SAM 2.1 takes points and boxes.")
+        kwargs: dict = {"original_sizes": [list(emb.original_size)], "return_tensors": "pt"}
+        if coords_xy is not None:
+            kwargs["input_points"] = [[coords_xy.tolist()]]
+            kwargs["input_labels"] = [[labels.tolist()]]
+        if box_xyxy is not None:
+            kwargs["input_boxes"] = [[box_xyxy.tolist()]]
+        inputs = self.processor(**kwargs)
+        model_inputs = {k: inputs[k].to(self.runner.device) for k in ("input_points", "input_labels", "input_boxes") if k in inputs}
+        with torch.no_grad():
+            out = self.model(image_embeddings=emb.features, multimask_output=multimask, **model_inputs)
+        masks = self.processor.post_process_masks(out.pred_masks.cpu(), inputs["original_sizes"])[0][0]
+        scores = out.iou_scores[0, 0].float().cpu().numpy()
+        return masks.numpy().astype(bool), scores.astype(np.float32)
+
+    def mask_prompt(self, emb, mask):
+        raise InputError("Mask prompts need a SAM (segment-anything) model; SAM 2.1 takes points and boxes.")
 
 
 class SamSession:
@@ -38,71 +129,120 @@ class SamSession:
     Parameters
     ----------
     model : str, path or Runner
-        A SAM registry name, a SAM-format checkpoint, or a loaded ``SamRunner``.
+        A SAM or SAM 2.1 registry name, a checkpoint file or folder, or a loaded runner.
     device : str
         "auto", "cpu", "cuda" or "mps".
     cache_size : int
-        How many image embeddings to keep in memory.
+        How many image embeddings to keep in memory (least recently used go first).
+    disk_cache : path, optional
+        A folder where embeddings are also saved; a file is used again only when
+        the image content and the model checkpoint are the same.
     """
 
-    def __init__(self, model, device: str = "auto", cache_size: int = 8, store=None):
-        from segment_anything import SamPredictor
-
+    def __init__(self, model, device: str = "auto", cache_size: int = 8, store=None, disk_cache=None):
         from napari_segsuite.models.base import load_model
 
         self.runner = load_model(model, device, store=store)
-        if self.runner.family != "sam":
+        if self.runner.family == "sam":
+            self.backend = _SamBackend(self.runner)
+        elif self.runner.family == "sam2":
+            self.backend = _Sam2Backend(self.runner)
+        else:
             raise InputError(
-                f"SamSession needs a Segment Anything model; '{self.runner.name}' is {self.runner.family}."
+                f"SamSession needs a Segment Anything model (SAM or SAM 2.1); '{self.runner.name}' is "
+                f"{self.runner.family}."
             )
-        self.predictor = SamPredictor(self.runner.model)
         self.cache_size = cache_size
+        self.disk_cache = Path(disk_cache) if disk_cache else None
         self._cache: OrderedDict[str, Embedding] = OrderedDict()
+        self.current: Embedding | None = None
         self.image_key: str | None = None
         self.image_shape: tuple[int, int] | None = None
         self.encoder_runs = 0
 
     # -- images ---------------------------------------------------------------------
-    def _key(self, rgb: np.ndarray) -> str:
-        return f"{self.runner.source.path}:{self.runner.source.sha256}:{image_signature(rgb)}"
+    def _model_id(self) -> str:
+        src = self.runner.source
+        return f"{src.family}:{src.path}:{src.sha256 or ''}"
+
+    def key_for(self, image2d: np.ndarray) -> str:
+        """The cache key of ``image2d`` for this model."""
+        import hashlib
+
+        rgb = prepare_rgb_uint8(image2d)
+        model = hashlib.blake2b(self._model_id().encode(), digest_size=8).hexdigest()
+        return f"{model}-{image_signature(rgb)}"
+
+    def encode_job(self, image2d: np.ndarray) -> Generator[Progress, None, str]:
+        """Encode ``image2d`` into the cache (no prompt state changes); returns the key.
+
+        Safe to run in a background thread while prompts are answered on
+        another image (prefetch of the next planes).
+        """
+        rgb = prepare_rgb_uint8(image2d)
+        key = self.key_for(rgb)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            yield Progress(1, 1, "Embedding from cache")
+            return key
+        emb = self._load_disk(key)
+        if emb is None:
+            yield Progress(0, 1, "Encoding image")
+            emb = self.backend.encode(rgb)
+            self.encoder_runs += 1
+            self._save_disk(key, emb)
+        self._cache[key] = emb
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        yield Progress(1, 1, "Image encoded")
+        return key
 
     def set_image_job(self, image2d: np.ndarray) -> Generator[Progress, None, str]:
-        """Encode ``image2d`` (or take its embedding from the cache) as a job; returns the cache key."""
-        rgb = prepare_rgb_uint8(image2d)
-        key = self._key(rgb)
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._cache.move_to_end(key)
-            self._restore(cached)
-            yield Progress(1, 1, "Embedding from cache")
-        else:
-            yield Progress(0, 1, "Encoding image")
-            self.predictor.set_image(rgb)
-            self.encoder_runs += 1
-            p = self.predictor
-            self._cache[key] = Embedding(p.features, tuple(p.original_size), tuple(p.input_size))
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-            yield Progress(1, 1, "Image encoded")
+        """Make ``image2d`` the image prompts refer to (encoding it if needed), as a job."""
+        key = yield from self.encode_job(image2d)
+        self.current = self._cache[key]
         self.image_key = key
-        self.image_shape = tuple(rgb.shape[:2])
+        self.image_shape = tuple(np.asarray(image2d).shape[:2])
         return key
 
     def set_image(self, image2d: np.ndarray) -> None:
         """Encode ``image2d`` (H, W) or (H, W, C) of any dtype, using the cache when possible."""
         run_sync(self.set_image_job(image2d))
 
-    def _restore(self, emb: Embedding) -> None:
-        p = self.predictor
-        p.reset_image()
-        p.features = emb.features
-        p.original_size = emb.original_size
-        p.input_size = emb.input_size
-        p.is_image_set = True
-
     def is_cached(self, image2d: np.ndarray) -> bool:
-        """Whether ``image2d``'s embedding is in the cache."""
-        return self._key(prepare_rgb_uint8(image2d)) in self._cache
+        """Whether ``image2d``'s embedding is in the memory cache."""
+        return self.key_for(image2d) in self._cache
+
+    def _disk_path(self, key: str) -> Path | None:
+        return self.disk_cache / f"{key}.pt" if self.disk_cache else None
+
+    def _load_disk(self, key: str) -> Embedding | None:
+        path = self._disk_path(key)
+        if path is None or not path.is_file():
+            return None
+        import torch
+
+        try:
+            data = torch.load(path, map_location=self.runner.device, weights_only=True)
+            return Embedding(data["features"], tuple(data["original_size"]), tuple(data["input_size"]))
+        except Exception:  # a damaged cache file is recomputed, never trusted
+            return None
+
+    def _save_disk(self, key: str, emb: Embedding) -> None:
+        path = self._disk_path(key)
+        if path is None:
+            return
+        import os
+        import tempfile
+
+        import torch
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
+        os.close(fd)
+        torch.save({"features": emb.features, "original_size": list(emb.original_size),
+                    "input_size": list(emb.input_size)}, tmp)
+        os.replace(tmp, path)
 
     # -- prompts --------------------------------------------------------------------
     def predict(
@@ -124,7 +264,7 @@ class SamSession:
         box : (4,) array, optional
             (row0, col0, row1, col1).
         mask : (H, W) bool array, optional
-            An existing mask to refine (turned into SAM's low-resolution mask prompt).
+            An existing mask to refine (SAM's low-resolution mask prompt; SAM only).
         multimask : bool
             Three candidates (True) or one.
 
@@ -133,7 +273,7 @@ class SamSession:
         masks : (N, H, W) bool
         scores : (N,) float32, the predicted IoU of each mask
         """
-        if self.image_shape is None:
+        if self.current is None or self.image_shape is None:
             raise InputError("Set an image before prompting.")
         h, w = self.image_shape
         coords = labels = None
@@ -159,25 +299,11 @@ class SamSession:
         mask_input = None if mask is None else self.mask_prompt(mask)
         if coords is None and sam_box is None and mask_input is None:
             raise InputError("There is no prompt: add a point or a box first.")
-        masks, scores, _ = self.predictor.predict(
-            point_coords=coords, point_labels=labels, box=sam_box, mask_input=mask_input,
-            multimask_output=multimask,
-        )
-        return masks.astype(bool), scores.astype(np.float32)
+        return self.backend.predict(self.current, coords, labels, sam_box, mask_input, multimask)
 
     def mask_prompt(self, mask: np.ndarray) -> np.ndarray:
         """An image-sized mask as SAM's low-resolution logits prompt ((1, 256, 256) for 1024-pixel models)."""
-        import torch
-        import torch.nn.functional as F
-
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != self.image_shape:
             raise InputError(f"The mask prompt has shape {mask.shape}, the image {self.image_shape}.")
-        p = self.predictor
-        resized = p.transform.apply_image((mask.astype(np.uint8) * 255)[..., None].repeat(3, -1))[..., 0]
-        size = p.model.image_encoder.img_size
-        padded = np.zeros((size, size), np.float32)
-        padded[: resized.shape[0], : resized.shape[1]] = resized > 127
-        low = p.model.prompt_encoder.mask_input_size
-        t = F.interpolate(torch.from_numpy(padded)[None, None], size=low, mode="bilinear", align_corners=False)
-        return ((t[0].numpy() - 0.5) * 20.0).astype(np.float32)
+        return self.backend.mask_prompt(self.current, mask)
