@@ -157,6 +157,7 @@ def test_disk_cache_reuses_embeddings_across_sessions(tiny_sam_path, tmp_path, i
     assert second.encoder_runs == 0
     masks_b, scores_b = second.predict(points=np.array([[10, 10]]))
     np.testing.assert_array_equal(masks_a, masks_b)
+    np.testing.assert_allclose(scores_a, scores_b)
     changed = images["gray"].copy()
     changed[0, 0] ^= 1
     second.set_image(changed)

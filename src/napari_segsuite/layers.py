@@ -353,9 +353,10 @@ def write_plane(
         ``{label_id: {column: value}}`` for ``layer.features``.
     target : Labels, optional
         Write here instead of the default ``"<image> [<task>]"`` layer.
-    mode : {"replace", "merge"}
+    mode : {"replace", "merge", "paint"}
         ``replace`` sets the whole plane to ``labels2d``; ``merge`` writes only
-        the non-zero pixels of ``labels2d`` into unlabeled pixels.
+        the non-zero pixels of ``labels2d`` into unlabeled pixels; ``paint``
+        writes the non-zero pixels of ``labels2d`` over whatever is there.
 
     Returns
     -------
@@ -365,16 +366,16 @@ def write_plane(
     labels2d = np.asarray(labels2d)
     if labels2d.shape != sel.shape:
         raise InputError(f"Result of shape {labels2d.shape} does not fit the plane {sel.shape}.")
-    if mode not in ("replace", "merge"):
+    if mode not in ("replace", "merge", "paint"):
         raise InputError(f"Unknown write mode {mode!r}.")
     if labels2d.size and int(labels2d.max(initial=0)) > np.iinfo(LABEL_DTYPE).max:
         raise InputError("Label ids beyond int32 cannot be written to the Labels layer.")
     layer = find_or_create_labels(viewer, image_layer, sel, name or output_layer_name(image_layer, task), target=target)
     idx = sel.labels_index
     old = np.asarray(layer.data[idx])
-    new = old.copy() if mode == "merge" else np.zeros_like(old)
-    if mode == "merge":
-        put = (labels2d != 0) & (old == 0)
+    new = np.zeros_like(old) if mode == "replace" else old.copy()
+    if mode in ("merge", "paint"):
+        put = (labels2d != 0) & (old == 0) if mode == "merge" else labels2d != 0
         new[put] = labels2d[put]
     else:
         new[...] = labels2d.astype(old.dtype, copy=False)

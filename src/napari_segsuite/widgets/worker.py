@@ -48,8 +48,8 @@ class JobRunner:
 
     @property
     def busy(self) -> bool:
-        """Whether a job is running."""
-        return self.worker is not None and self.worker.is_running
+        """Whether a job was started and has not ended yet (queued jobs count)."""
+        return self.worker is not None
 
     def start(
         self,

@@ -1,0 +1,211 @@
+"""The SAM prompt widget in a real viewer: prompts in, preview, candidates, commit, undo, planes."""
+
+import numpy as np
+import pytest
+from app_model.types import KeyBinding
+from napari.utils.notifications import notification_manager
+
+from napari_segsuite.api import SamSession
+from napari_segsuite.widgets.base import LOCAL
+from napari_segsuite.widgets.sam_prompt import POSITIVE, SamPromptWidget
+
+pytestmark = pytest.mark.widget
+
+
+@pytest.fixture
+def notes():
+    seen = []
+
+    def grab(event):
+        seen.append(str(getattr(event, "notification", event).message))
+
+    notification_manager.notification_ready.connect(grab)
+    yield seen
+    notification_manager.notification_ready.disconnect(grab)
+
+
+@pytest.fixture
+def stack():
+    rng = np.random.default_rng(5)
+    return rng.integers(0, 255, (4, 60, 80), dtype=np.uint8)
+
+
+@pytest.fixture
+def setup(make_napari_viewer, tiny_sam_path, stack, tmp_path):
+    viewer = make_napari_viewer(show=False)
+    image = viewer.add_image(stack, name="cells", scale=(3.0, 0.5, 0.5), translate=(2.0, 10.0, -4.0))
+    widget = SamPromptWidget(viewer)
+    widget.models.model.value = LOCAL
+    widget.models.local.value = str(tiny_sam_path)
+    widget.device.value = "cpu"
+    widget.autosave_dir.value = str(tmp_path / "autosave")
+    viewer.dims.set_point(0, 2.0)  # plane z=0
+    return viewer, image, widget
+
+
+def _idle(qtbot, widget, timeout=30000):
+    qtbot.waitUntil(lambda: not widget._timer.isActive() and not widget.jobs.busy and not widget._pending,
+                    timeout=timeout)
+
+
+def _world(image, z, r, c):
+    """Data coordinates of the prompt layers, which share the image's transform."""
+    assert np.allclose(image.scale, (3.0, 0.5, 0.5))
+    return np.array([z, r, c], dtype=float)
+
+
+def _press(viewer, key):
+    viewer.keymap[KeyBinding.from_str(key)](viewer)
+
+
+def test_point_prompt_preview_equals_the_session_on_the_right_plane(setup, qtbot, tiny_sam_path, stack):
+    viewer, image, widget = setup
+    viewer.dims.set_point(0, 2.0 + 3.0 * 2)  # plane z=2
+    points, _ = widget.ensure_prompt_layers()
+    points.add(_world(image, 2, 20, 30))
+    _idle(qtbot, widget)
+    assert len(widget._objects) == 1, (widget.message.value, widget.jobs.last_error)
+    ref = SamSession(str(tiny_sam_path), device="cpu")
+    ref.set_image(stack[2])
+    masks, scores = ref.predict(points=np.array([[20.0, 30.0]]), point_labels=np.array([1]))
+    np.testing.assert_array_equal(widget._objects[0]["masks"], masks)
+    np.testing.assert_allclose(widget._objects[0]["scores"], scores, rtol=1e-6)
+    best = int(np.argmax(scores))
+    preview = widget.preview_layer.data
+    np.testing.assert_array_equal(preview[2] > 0, masks[best])
+    assert not preview[[0, 1, 3]].any()
+    assert widget.candidate_buttons[best].text.startswith(f"{best + 1}: ")
+    # Alt-2 shows the second candidate
+    _press(viewer, "Alt-2")
+    np.testing.assert_array_equal(widget.preview_layer.data[2] > 0, masks[1])
+    # commit: label 1 in plane 2 only, aligned with the image, one undo step
+    _press(viewer, "Shift-C")
+    target = viewer.layers["cells [sam]"]
+    np.testing.assert_allclose(target.scale, image.scale)
+    np.testing.assert_allclose(target.translate, image.translate)
+    np.testing.assert_array_equal(target.data[2] == 1, masks[1])
+    assert not target.data[[0, 1, 3]].any()
+    assert len(points.data) == 0 and not widget.preview_layer.data.any()
+    assert list(target.features["index"]) == [1]
+    assert target.features["score"][0] == pytest.approx(float(scores[1]))
+    target.undo()
+    assert not target.data.any()
+    target.redo()
+    assert (target.data[2] == 1).sum() == masks[1].sum()
+
+
+def test_negative_points_and_existing_labels_are_kept(setup, qtbot, tiny_sam_path, stack):
+    viewer, image, widget = setup
+    viewer.dims.set_point(0, 2.0)  # z=0
+    points, _ = widget.ensure_prompt_layers()
+    target = viewer.add_labels(np.zeros(stack.shape, np.int32), name="mine", scale=image.scale, translate=image.translate)
+    target.data[0, :30, :] = 7
+    widget.target.reset_choices()
+    widget.target.value = target
+    widget.multimask.value = False
+    points.add(_world(image, 0, 40, 40))
+    _press(viewer, "Shift-N")
+    points.add(_world(image, 0, 10, 10))
+    assert list(points.features[POSITIVE]) == [True, False]
+    _idle(qtbot, widget)
+    ref = SamSession(str(tiny_sam_path), device="cpu")
+    ref.set_image(stack[0])
+    masks, _ = ref.predict(points=np.array([[40.0, 40.0], [10.0, 10.0]]), point_labels=np.array([1, 0]), multimask=False)
+    np.testing.assert_array_equal(widget._objects[0]["masks"], masks)
+    widget.commit()
+    assert (target.data[0, :30] == 7).all()  # never overwritten
+    np.testing.assert_array_equal(target.data[0, 30:] == 8, masks[0][30:])
+
+
+def test_boxes_are_objects_of_one_batch_and_plane_switching_uses_the_cache(setup, qtbot):
+    viewer, image, widget = setup
+    viewer.dims.set_point(0, 2.0 + 3.0)  # z=1
+    _, boxes = widget.ensure_prompt_layers()
+
+    def rect(z, r0, c0, r1, c1):
+        return np.array([_world(image, z, r, c) for r, c in ((r0, c0), (r0, c1), (r1, c1), (r1, c0))])
+
+    boxes.add_rectangles(rect(1, 5, 5, 25, 30))
+    boxes.add_rectangles(rect(1, 30, 40, 55, 75))
+    _idle(qtbot, widget)
+    assert len(widget._objects) == 2 and all(o["masks"].shape[0] == 1 for o in widget._objects)
+    widget.commit()
+    target = viewer.layers["cells [sam]"]
+    assert set(np.unique(target.data[1])) <= {0, 1, 2}
+    runs = widget.session.encoder_runs
+    viewer.dims.set_point(0, 2.0 + 3.0 * 3)  # z=3
+    widget.points_layer.add(_world(image, 3, 30, 40))
+    _idle(qtbot, widget)
+    widget.commit()
+    assert widget.session.encoder_runs == runs + 1
+    assert target.data[3].max() == target.data.max() and target.data[1].max() <= 2
+    viewer.dims.set_point(0, 2.0 + 3.0)  # back to z=1: cached
+    widget.points_layer.add(_world(image, 1, 40, 10))
+    _idle(qtbot, widget)
+    assert widget.session.encoder_runs == runs + 1
+
+
+def test_stale_results_are_dropped(setup, qtbot):
+    _, image, widget = setup
+    points, _ = widget.ensure_prompt_layers()
+    points.add(_world(image, 0, 20, 20))
+    widget.request_preview()  # starts now, with one point
+    points.add(_world(image, 0, 40, 60))  # newer prompts before it returns
+    _idle(qtbot, widget)
+    # what is shown belongs to the two-point prompt set
+    ref = widget.session
+    masks, _ = ref.predict(points=np.array([[20.0, 20.0], [40.0, 60.0]]), point_labels=np.array([1, 1]))
+    np.testing.assert_array_equal(widget._objects[0]["masks"], masks)
+
+
+def test_cancel_an_encoding_changes_no_layer(setup, qtbot):
+    viewer, _, widget = setup
+    before = list(viewer.layers)
+    widget.run()
+    widget.jobs.cancel()
+    _idle(qtbot, widget)
+    assert list(viewer.layers) == before
+    assert "Cancelled" in widget.message.value
+
+
+def test_autosave_and_restore(setup, qtbot, tmp_path):
+    viewer, image, widget = setup
+    points, _ = widget.ensure_prompt_layers()
+    points.add(_world(image, 0, 30, 30))
+    _idle(qtbot, widget)
+    widget.commit()
+    widget._autosave_thread.join()
+    target = viewer.layers["cells [sam]"]
+    saved = np.load(widget.last_autosave)
+    np.testing.assert_array_equal(saved, target.data)
+    assert widget.last_autosave.parent == tmp_path / "autosave"
+    target.data_setitem(np.nonzero(target.data), 0)
+    widget.restore_autosave()
+    np.testing.assert_array_equal(target.data, saved)
+
+
+def test_bad_inputs_notify_and_change_no_label(setup, qtbot, notes, tmp_path):
+    viewer, image, widget = setup
+    wrong = viewer.add_labels(np.full((5, 5), 3, np.int32), name="wrong")
+    widget.target.reset_choices()
+    widget.target.value = wrong
+    points, _ = widget.ensure_prompt_layers()
+    points.add(_world(image, 0, 30, 30))
+    _idle(qtbot, widget)
+    widget.commit()
+    assert any("has shape" in n for n in notes) and (wrong.data == 3).all()
+    # a point outside the image on the current plane
+    widget.target.value = None
+    widget.clear()
+    points.add(_world(image, 0, 30, 500))
+    _idle(qtbot, widget)
+    assert any("outside" in n for n in notes)
+    assert "cells [sam]" not in viewer.layers
+    # a checkpoint that is not SAM
+    from napari_segsuite.testing.tiny_models import build_tiny_segformer
+
+    widget.models.local.value = str(build_tiny_segformer(tmp_path / "seg"))
+    widget.clear()
+    points.add(_world(image, 0, 30, 30))
+    _idle(qtbot, widget)
+    assert any("Segment Anything" in n for n in notes)
