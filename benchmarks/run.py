@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     for name in args.names or list(BENCHMARKS):
-        print_table(f"{name} (median of {args.repeats} fresh processes)", BENCHMARKS[name](args.repeats))
+        print_table(f"{name} (repeats={args.repeats})", BENCHMARKS[name](args.repeats))
     return 0
 
 

@@ -209,3 +209,20 @@ def test_bad_inputs_notify_and_change_no_label(setup, qtbot, notes, tmp_path):
     points.add(_world(image, 0, 30, 30))
     _idle(qtbot, widget)
     assert any("Segment Anything" in n for n in notes)
+
+
+def test_prefetch_encodes_the_neighbouring_planes(setup, qtbot, stack):
+    viewer, image, widget = setup
+    widget.prefetch.value = True
+    viewer.dims.set_point(0, 2.0 + 3.0)  # z=1
+    points, _ = widget.ensure_prompt_layers()
+    points.add(_world(image, 1, 20, 20))
+    _idle(qtbot, widget)
+    qtbot.waitUntil(lambda: widget._prefetch_worker is None and len(widget.prefetched) == 2, timeout=30000)
+    assert widget.session.is_cached(stack[0]) and widget.session.is_cached(stack[2])
+    runs = widget.session.encoder_runs
+    viewer.dims.set_point(0, 2.0 + 3.0 * 2)  # z=2 was prefetched
+    points.add(_world(image, 2, 30, 30))
+    _idle(qtbot, widget)
+    assert widget.session.encoder_runs == runs and len(widget._objects) == 1
+    qtbot.waitUntil(lambda: widget._prefetch_worker is None, timeout=30000)

@@ -56,11 +56,16 @@ class _SamBackend:
             return Embedding(predictor.features, tuple(predictor.original_size), tuple(predictor.input_size))
 
     def predictor_for(self, emb: Embedding):
+        """A predictor holding ``emb`` (reused while the same embedding is prompted)."""
+        cached = getattr(self, "_last", None)
+        if cached is not None and cached[0] is emb:
+            return cached[1]
         p = self._make()
         p.features = emb.features
         p.original_size = emb.original_size
         p.input_size = emb.input_size
         p.is_image_set = True
+        self._last = (emb, p)
         return p
 
     def predict(self, emb, coords_xy, labels, box_xyxy, mask_input, multimask):

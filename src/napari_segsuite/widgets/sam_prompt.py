@@ -76,12 +76,14 @@ class SamPromptWidget(SegmentationWidget):
         self.restore_button = PushButton(text="Restore autosave")
         self.embedding_dir = FileEdit(label="Embedding cache", mode="d", value="",
                                       tooltip="Optional folder that keeps image embeddings between sessions")
+        self.prefetch = CheckBox(text="Prefetch neighbouring planes", value=False,
+                                 tooltip="Encode the next and previous planes in the background while you work")
         self.task_options.extend([
             self.target, self.overwrite, self.multimask, self.negative, self.refine_id,
             Container(widgets=self.candidate_buttons, layout="horizontal", labels=False, label="Candidates"),
             Container(widgets=[self.commit_button, self.clear_button], layout="horizontal", labels=False),
             Container(widgets=[self.undo_button, self.redo_button], layout="horizontal", labels=False),
-            self.autosave_dir, self.restore_button, self.embedding_dir,
+            self.autosave_dir, self.restore_button, self.embedding_dir, self.prefetch,
         ])
         self.session = None
         self._session_key = None
@@ -95,6 +97,8 @@ class SamPromptWidget(SegmentationWidget):
         self._image_for_prompts = None
         self.last_autosave: Path | None = None
         self._autosave_thread: threading.Thread | None = None
+        self._prefetch_worker = None
+        self.prefetched: list[str] = []
         self._timer = QTimer()
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
@@ -216,6 +220,7 @@ class SamPromptWidget(SegmentationWidget):
                 "draw boxes, Shift-C commits."
             )
             self.schedule_preview()
+            self.start_prefetch()
 
         return (lambda: self._session_job(plane)), on_result
 
@@ -295,6 +300,7 @@ class SamPromptWidget(SegmentationWidget):
             return results
 
         def on_result(results) -> None:
+            self.start_prefetch()
             if generation != self._generation:
                 return  # newer prompts arrived meanwhile; their preview follows
             self._show_objects(results, sel)
@@ -341,6 +347,59 @@ class SamPromptWidget(SegmentationWidget):
             return
         self._objects[0]["choice"] = index
         self._render_preview()
+
+    # -- prefetch -----------------------------------------------------------------------------
+    def neighbour_planes(self) -> list[np.ndarray]:
+        """The planes before and after the current one along the slider axes (GUI thread)."""
+        image = self.selected_image()
+        _, sel = current_plane(self.viewer, image)
+        data = image.data[0] if getattr(image, "multiscale", False) else image.data
+        planes = []
+        for axis, i in enumerate(sel.index[: len(sel.layer_shape)]):
+            if isinstance(i, slice):
+                continue
+            for j in (i + 1, i - 1):
+                if 0 <= j < data.shape[axis]:
+                    idx = list(sel.index)
+                    idx[axis] = j
+                    planes.append(np.asarray(data[tuple(idx)]))
+            break  # the innermost slider only (z, or t for 2D+t)
+        return planes
+
+    def start_prefetch(self) -> None:
+        """Encode the neighbouring planes in a background thread, one at a time.
+
+        The encoder runs beside the prompt decoder (separate predictors, no
+        shared state), so prompts never wait for it; each plane is encoded once
+        and then answers from the cache.
+        """
+        if not self.prefetch.value or self.session is None:
+            return
+        if self._prefetch_worker is not None:
+            return
+        try:
+            todo = [p for p in self.neighbour_planes() if not self.session.is_cached(p)]
+        except SegSuiteError:
+            return
+        if not todo:
+            return
+        from superqt.utils import create_worker
+
+        session = self.session
+
+        def job():
+            for plane in todo:
+                key = yield from session.encode_job(plane)
+                self.prefetched.append(key)
+            return len(todo)
+
+        def finished(*_):
+            self._prefetch_worker = None
+
+        worker = create_worker(job, _start_thread=False, _connect={"errored": finished})
+        worker.finished.connect(finished)
+        self._prefetch_worker = worker
+        worker.start()
 
     # -- commit, clear, undo ----------------------------------------------------------------
     def _target_name(self, image) -> str:
