@@ -1,0 +1,1 @@
+"""Segmentation tasks as generator jobs (no Qt, no napari)."""
