@@ -282,3 +282,18 @@ def test_csv_export(tmp_path):
     assert list(table["class_name"]) == ["cell", "all"]
     assert table["pq"].tolist() == [1.0, 1.0]
     assert res.objects_table()["status"].tolist() == ["matched"]
+
+
+def test_dense_and_sorted_id_paths_agree(rng):
+    from napari_segsuite.core.metrics import DENSE_ID_LIMIT
+
+    pred = rng.integers(0, 30, (60, 60))
+    gt = rng.integers(0, 20, (60, 60))
+    shift = DENSE_ID_LIMIT + 7
+    dense, sparse = overlap(pred, gt), overlap(np.where(pred > 0, pred + shift, 0), np.where(gt > 0, gt + shift, 0))
+    np.testing.assert_array_equal(dense.iou_matrix(), sparse.iou_matrix())
+    np.testing.assert_array_equal(dense.pred_ids + shift, sparse.pred_ids)
+    a = evaluate(pred, gt, pred_classes={i: i % 3 for i in range(30)}, gt_classes={i: i % 3 for i in range(20)})
+    b = evaluate(np.where(pred > 0, pred + shift, 0), np.where(gt > 0, gt + shift, 0),
+                 pred_classes={i + shift: i % 3 for i in range(30)}, gt_classes={i + shift: i % 3 for i in range(20)})
+    assert a.summary == b.summary

@@ -123,9 +123,26 @@ class Overlap:
         return out
 
 
+#: Largest id for which ids are renumbered with a lookup table (else with a sort).
+DENSE_ID_LIMIT = 1 << 24
+
+
 def _compact(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids without 0, index image with 0 for background and 1.. for ids, areas)."""
-    ids, inverse, counts = np.unique(arr.ravel(), return_inverse=True, return_counts=True)
+    """(ids without 0, flat index image with 0 for background and 1.. for ids, areas).
+
+    Ids up to :data:`DENSE_ID_LIMIT` go through a bincount and a lookup table
+    (one pass); larger ids (int64, uint64) through ``np.unique`` (a sort).
+    """
+    flat = arr.ravel()
+    top = int(flat.max(initial=0))
+    if top <= DENSE_ID_LIMIT:
+        counts = np.bincount(flat.astype(np.intp, copy=False), minlength=top + 1)
+        ids = np.flatnonzero(counts)
+        ids = ids[ids != 0]
+        lut = np.zeros(top + 1, dtype=np.int64)
+        lut[ids] = np.arange(1, len(ids) + 1)
+        return ids.astype(arr.dtype), lut[flat], counts[ids].astype(np.int64)
+    ids, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
     inverse = inverse.reshape(-1)
     if len(ids) and ids[0] == 0:
         return ids[1:], inverse, counts[1:].astype(np.int64)
@@ -142,10 +159,15 @@ def overlap(pred, gt) -> Overlap:
     check_same_shape(pred, gt)
     pred_ids, p, pred_area = _compact(pred)
     gt_ids, g, gt_area = _compact(gt)
-    both = (p > 0) & (g > 0)
-    key = (p[both].astype(np.int64) - 1) * max(len(gt_ids), 1) + (g[both].astype(np.int64) - 1)
-    keys, inter = np.unique(key, return_counts=True)
     n_gt = max(len(gt_ids), 1)
+    both = (p > 0) & (g > 0)
+    key = (p[both] - 1) * n_gt + (g[both] - 1)
+    if len(pred_ids) * n_gt <= max(DENSE_ID_LIMIT, key.size):
+        counts = np.bincount(key, minlength=len(pred_ids) * n_gt)
+        keys = np.flatnonzero(counts)
+        inter = counts[keys]
+    else:
+        keys, inter = np.unique(key, return_counts=True)
     pairs = np.stack([keys // n_gt, keys % n_gt], axis=1).astype(np.intp).reshape(-1, 2)
     return Overlap(pred_ids, gt_ids, pred_area, gt_area, pairs, inter.astype(np.int64))
 
@@ -223,6 +245,18 @@ def class_map(labels, classes: Mapping[int, int] | None, offset: int = 1) -> np.
         [0 if i == 0 else int((classes or {}).get(int(i), 0)) + offset for i in ids], dtype=np.int64
     )
     return values[inverse.reshape(-1)].reshape(arr.shape)
+
+
+def _semantic_from_overlap(ov: Overlap, p_cls: np.ndarray, g_cls: np.ndarray) -> dict[int, dict]:
+    """Per-class IoU and Dice of the class maps, summed from the segment overlap (no second pass)."""
+    out = {}
+    same = p_cls[ov.pairs[:, 0]] == g_cls[ov.pairs[:, 1]] if len(ov.pairs) else np.zeros(0, bool)
+    for c in sorted(set(p_cls.tolist()) | set(g_cls.tolist())):
+        a = int(ov.pred_area[p_cls == c].sum())
+        b = int(ov.gt_area[g_cls == c].sum())
+        i = int(ov.inter[same & (p_cls[ov.pairs[:, 0]] == c)].sum()) if len(ov.pairs) else 0
+        out[c] = {"iou": i / (a + b - i) if a + b - i else 1.0, "dice": 2 * i / (a + b) if a + b else 1.0}
+    return out
 
 
 # -- instance matching ------------------------------------------------------------
@@ -461,13 +495,7 @@ def evaluate(
     matching = match_segments(ov, p_cls, g_cls, MATCH_IOU)
     aps = coco_average_precision(ov, p_cls, g_cls, scores, max_dets=max_dets)
 
-    # semantic scores from class maps (class id + 1 so that class 0 is not background)
-    pred_arr = check_label_image(pred)
-    gt_arr = check_label_image(gt)
-    sem = {
-        r["class_id"] - 1: r
-        for r in semantic_scores(class_map(pred_arr, pred_classes), class_map(gt_arr, gt_classes))
-    }
+    sem = _semantic_from_overlap(ov, p_cls, g_cls)
 
     pred_index = {int(v): k for k, v in enumerate(ov.pred_ids)}
     gt_index = {int(v): k for k, v in enumerate(ov.gt_ids)}
