@@ -199,3 +199,19 @@ def test_smoke_runs_a_panoptic_model_on_the_sample(make_napari_viewer):
     widget.smoke()
     layer = viewer.layers["coins [panoptic]"]
     assert layer.data.shape == viewer.layers["coins"].data.shape and len(layer.features) >= 1
+
+
+def test_writes_the_current_plane_of_a_stack(make_napari_viewer, qtbot, tiny_panoptic, image):
+    viewer = make_napari_viewer(show=False)
+    stack = np.stack([np.roll(image, 3 * k, axis=1) for k in range(4)])
+    viewer.add_image(stack, name="stack", scale=(3.0, 1.0, 1.0))
+    viewer.dims.set_point(0, 6.0)  # plane 2
+    widget = _widget(viewer, tiny_panoptic)
+    _run(qtbot, widget)
+    assert widget.jobs.last_error is None, widget.jobs.last_error
+    layer = viewer.layers["stack [panoptic]"]
+    assert layer.data.shape == stack.shape
+    expected = api.segment_panoptic(stack[2], str(tiny_panoptic), "cpu", label_ids_to_fuse=[0], **LOW)
+    np.testing.assert_array_equal(layer.data[2], expected.labels)
+    assert not layer.data[[0, 1, 3]].any()
+    assert "0:2" in layer.metadata["segsuite"]["planes"]
