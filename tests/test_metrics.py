@@ -297,3 +297,9 @@ def test_dense_and_sorted_id_paths_agree(rng):
     b = evaluate(np.where(pred > 0, pred + shift, 0), np.where(gt > 0, gt + shift, 0),
                  pred_classes={i + shift: i % 3 for i in range(30)}, gt_classes={i + shift: i % 3 for i in range(20)})
     assert a.summary == b.summary
+
+
+def test_classes_on_one_side_only_give_class_agnostic_scores():
+    gt = _boxes((10, 10), [(0, 5, 0, 5), (5, 10, 5, 10)])
+    res = evaluate(gt, gt, pred_classes={1: 4, 2: 7}, class_names={4: "a"})
+    assert res.summary["pq"] == 1.0 and [r["class_id"] for r in res.per_class] == [0]

@@ -133,6 +133,8 @@ def test_split_views_and_evaluation_against_itself(runner, image):
     report = api.evaluate(result, result.labels, gt_classes=dict(zip(result.table["segment_id"], result.table["class_id"], strict=True)))
     assert report.summary["pq"] == 1.0 and report.summary["iou"] == 1.0
     assert report.summary["ap"] == pytest.approx(1.0)
+    # a ground truth without classes: class-agnostic comparison
+    assert api.evaluate(result, result.labels.astype(np.int64)).summary["pq"] == 1.0
 
 
 def test_evaluate_with_label_divisor():

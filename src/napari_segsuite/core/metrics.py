@@ -473,7 +473,8 @@ def evaluate(
         (an instance or a stuff region).
     pred_classes, gt_classes : mapping, optional
         ``{segment id: class id}``. Without them every segment is of class 0
-        (class-agnostic scores).
+        (class-agnostic scores). When only one of the two is given it is
+        ignored too: classes can only be compared when both images have them.
     pred_scores : mapping, optional
         ``{segment id: confidence}`` for AP; without it predictions are ranked
         by decreasing area.
@@ -489,6 +490,9 @@ def evaluate(
     """
     ov = overlap(pred, gt)
     names = dict(class_names or {})
+    if bool(pred_classes) != bool(gt_classes):  # one side only: class-agnostic, names don't apply
+        pred_classes = gt_classes = None
+        names = {}
     p_cls = _class_array(ov.pred_ids, pred_classes)
     g_cls = _class_array(ov.gt_ids, gt_classes)
     scores = _rank(ov.pred_ids, ov.pred_area, pred_scores)
