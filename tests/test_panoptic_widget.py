@@ -76,6 +76,7 @@ def test_run_writes_one_layer_with_features(make_napari_viewer, qtbot, tiny_pano
     meta = layer.metadata["segsuite"]
     assert meta["task"] == "panoptic" and meta["parameters"]["label_ids_to_fuse"] == [0]
     assert "segments" in widget.message.value
+    assert widget.pred_layer.value is layer
 
 
 def test_split_and_divisor_outputs(make_napari_viewer, qtbot, tiny_panoptic, image):
@@ -142,6 +143,16 @@ def test_evaluation_table_error_layers_and_csv(make_napari_viewer, qtbot, tiny_p
     assert table["pq"].iloc[-1] == pytest.approx(result.summary["pq"])
     objects = pd.read_csv(tmp_path / "scores_objects.csv")
     assert set(objects["status"]) == {"matched", "spurious", "missed"}
+
+    # with classes on both sides, then class-agnostic on request
+    gt_layer.features = pd.DataFrame({"index": [1, 2**40], "class_id": [0, 3]})
+    widget.evaluate()
+    qtbot.waitUntil(lambda: widget.jobs.worker is None, timeout=30000)
+    assert {r["class_id"] for r in widget.last_evaluation.per_class} >= {0, 3}
+    widget.ignore_classes.value = True
+    widget.evaluate()
+    qtbot.waitUntil(lambda: widget.jobs.worker is None, timeout=30000)
+    assert [r["class_id"] for r in widget.last_evaluation.per_class] == [0]
 
 
 def test_bad_inputs_are_notifications_and_write_no_layer(make_napari_viewer, qtbot, tiny_panoptic, image, notes, tmp_path):

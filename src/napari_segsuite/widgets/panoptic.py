@@ -190,12 +190,14 @@ class PanopticWidget(SegmentationWidget):
         else:
             layers = [write_plane(self.viewer, image, sel, result.labels, task="panoptic",
                                   provenance=provenance, extra_features=result.features())]
+        self.reset_choices()
+        if self.pred_layer.value is None or self.pred_layer.value not in self.viewer.layers:
+            self.pred_layer.value = layers[-1]
         n_things = int(result.table["is_thing"].sum()) if len(result.table) else 0
         self.message.value = (
             f"{len(result.table)} segments ({n_things} things, {len(result.table) - n_things} stuff) "
             f"in {', '.join(layer.name for layer in layers)}."
         )
-        self.reset_choices()
         return layers
 
     # -- evaluation -------------------------------------------------------------------
@@ -203,6 +205,7 @@ class PanopticWidget(SegmentationWidget):
         self.show_evaluation = CheckBox(text="Evaluate against ground truth", value=False)
         self.pred_layer = ComboBox(label="Prediction", choices=self._labels_choices, nullable=True)
         self.gt_layer = ComboBox(label="Ground truth", choices=self._labels_choices, nullable=True)
+        self.ignore_classes = CheckBox(text="Ignore classes (class-agnostic scores)", value=False)
         self.error_layers = CheckBox(text="Show false positives and misses as layers", value=True)
         self.evaluate_button = PushButton(text="Evaluate")
         self.eval_summary = Label(value="")
@@ -213,7 +216,7 @@ class PanopticWidget(SegmentationWidget):
         self.export_button = PushButton(text="Export CSV", enabled=False)
         self.evaluation = Container(
             labels=True, visible=False,
-            widgets=[self.pred_layer, self.gt_layer, self.error_layers, self.evaluate_button,
+            widgets=[self.pred_layer, self.gt_layer, self.ignore_classes, self.error_layers, self.evaluate_button,
                      self.eval_summary, self.eval_table, self.csv_path, self.export_button],
         )
         self.extend([self.show_evaluation, self.evaluation])
@@ -243,8 +246,8 @@ class PanopticWidget(SegmentationWidget):
         pred_classes, pred_scores, names = layer_classes(pred_layer)
         gt_classes, _, gt_names = layer_classes(gt_layer)
         names = {**gt_names, **names}
-        if (pred_classes is None) != (gt_classes is None):
-            # one side has classes, the other not: compare class-agnostically
+        if self.ignore_classes.value or (pred_classes is None) != (gt_classes is None):
+            # asked for, or one side has classes and the other not: compare class-agnostically
             pred_classes = gt_classes = None
             names = {}
         show_errors = bool(self.error_layers.value)
