@@ -152,3 +152,48 @@ def test_default_stuff_ids():
     assert default_stuff_ids(133) == tuple(range(80, 133))
     assert default_stuff_ids(19) == tuple(range(11))
     assert default_stuff_ids(4) == ()
+
+
+# -- the second way: semantic + instance fusion ----------------------------------------
+
+
+def test_fuse_semantic_and_instances_by_hand():
+    from napari_segsuite.tasks.panoptic import fuse_semantic_instance
+
+    semantic = np.zeros((10, 10), int)
+    semantic[:, 5:] = 2  # "sky" on the right; class 0 on the left
+    masks = np.zeros((4, 10, 10), bool)
+    masks[0, 0:4, 0:4] = True          # score 0.9, class 1
+    masks[1, 2:6, 2:6] = True          # score 0.8: 4 of its 16 pixels taken, kept on the free ones
+    masks[2, 0:3, 0:3] = True          # score 0.7: fully covered -> dropped
+    masks[3, 8:10, 8:10] = True        # score 0.3: under the threshold -> dropped
+    result = fuse_semantic_instance(
+        semantic, masks, [1, 1, 1, 1], [0.9, 0.8, 0.7, 0.3], stuff_classes=[2], min_stuff_area=5,
+        class_names={1: "cell", 2: "sky"},
+    )
+    t = result.table
+    assert t["class_name"].tolist() == ["cell", "cell", "sky"]
+    assert t["is_thing"].tolist() == [True, True, False]
+    assert t["area"].tolist() == [16, 12, 50 - 4]  # sky loses the 4 pixels of instance 2 (rows 2-5, col 5)
+    assert np.isnan(t["score"].iloc[2])
+    assert (result.labels[0:4, 0:4] == 1).all() and result.labels[5, 5] == 2
+    assert result.labels[9, 0] == 0  # class 0 is not in stuff_classes
+    # the label image form gives the same answer
+    labels = np.zeros((10, 10), int)
+    for k in (1, 0):  # paint the lower score first so the higher one wins the overlap
+        labels[masks[k] & (labels == 0) if k == 1 else masks[k]] = k + 1
+    same = fuse_semantic_instance(semantic, labels, {1: 1, 2: 1}, {1: 0.9, 2: 0.8}, stuff_classes=[2], min_stuff_area=5)
+    np.testing.assert_array_equal(same.labels, result.labels)
+    coded = fuse_semantic_instance(semantic, masks, [1, 1, 1, 1], [0.9, 0.8, 0.7, 0.3], stuff_classes=[2],
+                                   min_stuff_area=5, label_divisor=100)
+    assert sorted(coded.table["segment_id"]) == [101, 102, 201]
+
+
+def test_fuse_checks_its_input():
+    from napari_segsuite.tasks.panoptic import fuse_semantic_instance
+
+    assert api.fuse_semantic_instance(np.zeros((2, 2), int), np.ones((1, 2, 2), bool), [1]).table["area"].tolist() == [4]
+    with pytest.raises(InputError, match="same image"):
+        fuse_semantic_instance(np.zeros((4, 4), int), np.zeros((1, 5, 5), bool), [1])
+    result = fuse_semantic_instance(np.zeros((4, 4), int), np.zeros((0, 4, 4), bool), [], stuff_classes=[])
+    assert not result.labels.any() and len(result.table) == 0

@@ -39,6 +39,7 @@ __all__ = [
     "SegSuiteError",
     "download_model",
     "evaluate",
+    "fuse_semantic_instance",
     "get_entry",
     "list_models",
     "load_model",
@@ -186,3 +187,19 @@ def evaluate(
         labels, gt, pred_classes=pred_classes, gt_classes=gt_classes, pred_scores=pred_scores,
         class_names=class_names, max_dets=max_dets,
     )
+
+
+def fuse_semantic_instance(semantic, instances, instance_classes, instance_scores=None, **options):
+    """Panoptic segmentation from a semantic class map and instance masks (Panoptic FPN heuristic).
+
+    See :func:`napari_segsuite.tasks.panoptic.fuse_semantic_instance` for the
+    parameters (``stuff_classes``, ``score_threshold``, ``overlap_threshold``,
+    ``min_stuff_area``, ``class_names``, ``label_divisor``).
+
+    Returns
+    -------
+    napari_segsuite.tasks.panoptic.PanopticResult
+    """
+    from napari_segsuite.tasks.panoptic import fuse_semantic_instance as fuse
+
+    return fuse(semantic, instances, instance_classes, instance_scores, **options)

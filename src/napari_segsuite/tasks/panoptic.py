@@ -270,3 +270,130 @@ def panoptic_job(
     result = build_result(segments, rows, runner.class_names, params, fuse)
     result.parameters["model"] = runner.name
     return result
+
+
+# -- the second way: fusing a semantic and an instance prediction ----------------------
+
+
+def fuse_semantic_instance(
+    semantic: np.ndarray,
+    instances: np.ndarray,
+    instance_classes,
+    instance_scores=None,
+    *,
+    stuff_classes: Iterable[int] | None = None,
+    score_threshold: float = 0.5,
+    overlap_threshold: float = 0.5,
+    min_stuff_area: int = 64,
+    class_names: dict[int, str] | None = None,
+    label_divisor: int | None = None,
+) -> PanopticResult:
+    """Combine a semantic class map and instance masks into one panoptic segmentation.
+
+    The Panoptic FPN heuristic (Kirillov et al., 2019; detectron2's
+    ``combine_semantic_and_instance_outputs``): instances are pasted in
+    decreasing score order, skipping those under ``score_threshold`` and those
+    whose mask is covered by earlier instances for more than
+    ``overlap_threshold`` of its area (the rest of them fills only free pixels);
+    then each stuff class of the semantic map fills the pixels still free, as
+    one region, when that leaves at least ``min_stuff_area`` pixels.
+
+    Parameters
+    ----------
+    semantic : ndarray (H, W) int
+        Class id per pixel.
+    instances : ndarray
+        A label image (H, W) (0: background, ids with ``instance_classes`` and
+        ``instance_scores`` as mappings id -> value) or boolean masks (N, H, W)
+        (with sequences of length N).
+    instance_classes : mapping or sequence
+        Class of each instance.
+    instance_scores : mapping or sequence, optional
+        Confidence of each instance (default 1.0: all kept, in the given order).
+    stuff_classes : iterable of int, optional
+        Classes of the semantic map that are stuff; default: every class that
+        no instance has (class 0 included: pass the list to leave a
+        background class out).
+    score_threshold, overlap_threshold : float
+    min_stuff_area : int
+    class_names : dict, optional
+    label_divisor : int, optional
+        As in :func:`encode_label_divisor`.
+
+    Returns
+    -------
+    PanopticResult
+        Stuff regions have no score (NaN in the table).
+    """
+    import pandas as pd
+
+    semantic = np.asarray(semantic)
+    inst = np.asarray(instances)
+    if inst.ndim == 3:
+        masks = inst.astype(bool)
+        ids = list(range(1, len(masks) + 1))
+        classes = {i: int(c) for i, c in zip(ids, instance_classes, strict=True)}
+        scores = ({i: float(s) for i, s in zip(ids, instance_scores, strict=True)}
+                  if instance_scores is not None else dict.fromkeys(ids, 1.0))
+        get_mask = masks.__getitem__
+        index = {i: i - 1 for i in ids}
+    elif inst.ndim == 2:
+        ids = [int(i) for i in np.unique(inst) if i]
+        classes = {i: int(instance_classes[i]) for i in ids}
+        scores = ({i: float(instance_scores[i]) for i in ids} if instance_scores is not None
+                  else dict.fromkeys(ids, 1.0))
+        index = {i: i for i in ids}
+
+        def get_mask(i):
+            return inst == i
+    else:
+        raise InputError(f"Instances must be a label image (H, W) or masks (N, H, W), got shape {inst.shape}.")
+    if inst.shape[-2:] != semantic.shape:
+        raise InputError(
+            f"The semantic map has shape {semantic.shape} but the instances have {inst.shape[-2:]}; "
+            "both must come from the same image."
+        )
+    for name, value in (("score_threshold", score_threshold), ("overlap_threshold", overlap_threshold)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise InputError(f"{name} must be between 0 and 1, got {value}.")
+    if stuff_classes is None:
+        stuff = {int(c) for c in np.unique(semantic)} - set(classes.values())
+    else:
+        stuff = {int(c) for c in stuff_classes}
+
+    panoptic = np.zeros(semantic.shape, dtype=LABEL_DTYPE)
+    rows: list[dict] = []
+    order = sorted(ids, key=lambda i: -scores[i])  # stable: ties keep the given order
+    for i in order:
+        if scores[i] < score_threshold:
+            continue
+        mask = get_mask(index[i])
+        area = int(mask.sum())
+        if area == 0:
+            continue
+        taken = mask & (panoptic > 0)
+        if taken.sum() / area > overlap_threshold:
+            continue
+        mask = mask & (panoptic == 0)
+        sid = len(rows) + 1
+        panoptic[mask] = sid
+        rows.append({"id": sid, "label_id": classes[i], "score": scores[i]})
+    for c in sorted(stuff):
+        mask = (semantic == c) & (panoptic == 0)
+        if int(mask.sum()) < min_stuff_area:
+            continue
+        sid = len(rows) + 1
+        panoptic[mask] = sid
+        rows.append({"id": sid, "label_id": c, "score": float("nan")})
+    params = PanopticParams(threshold=score_threshold, label_divisor=label_divisor)
+    params.check()
+    result = build_result(panoptic, rows, dict(class_names or {}), params, stuff)
+    result.parameters = {
+        "method": "semantic + instance fusion (Panoptic FPN heuristic)",
+        "score_threshold": float(score_threshold), "overlap_threshold": float(overlap_threshold),
+        "min_stuff_area": int(min_stuff_area), "stuff_classes": sorted(stuff),
+        "label_divisor": label_divisor,
+    }
+    if not len(result.table):
+        result.table = pd.DataFrame(columns=list(TABLE_COLUMNS))
+    return result
