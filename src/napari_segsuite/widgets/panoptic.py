@@ -12,7 +12,8 @@ worker; the result is written on the GUI thread as
   ``<image> [panoptic instance]`` (things only, 1..N).
 
 Evaluate: compares a prediction Labels layer with a ground-truth Labels layer
-(:func:`napari_segsuite.core.metrics.evaluate`), shows the per-class table,
+(:func:`napari_segsuite.core.metrics.evaluate`; whole layers, all planes of a stack),
+shows the per-class table,
 optionally adds layers with the false positives and the misses, and exports the
 table as CSV. Classes of each layer come from its ``features`` (``class_id``
 column), else from its ``label_divisor`` (in ``metadata["segsuite"]``), else
