@@ -532,3 +532,69 @@ class Mask2FormerRunner(Runner):
             loaded.model, source, device, tasks,
             class_names=class_names_from_config(config), processor=loaded.processor, info=info,
         )
+
+    # -- panoptic (issue 8) ---------------------------------------------------------
+
+    def predict_panoptic(
+        self,
+        image_rgb_uint8,
+        *,
+        threshold: float = 0.8,
+        mask_threshold: float = 0.5,
+        overlap_mask_area_threshold: float = 0.8,
+        label_ids_to_fuse=None,
+    ):
+        """Panoptic segmentation of one RGB image with transformers' post-processing.
+
+        Parameters
+        ----------
+        image_rgb_uint8 : ndarray (H, W, 3) uint8
+        threshold, mask_threshold, overlap_mask_area_threshold : float
+            Passed to ``post_process_panoptic_segmentation``: the class score a
+            query needs, the mask probability threshold, and the share of a
+            query's mask that must survive the overlap resolution.
+        label_ids_to_fuse : iterable of int, optional
+            Classes whose segments are merged into one (stuff classes).
+
+        Returns
+        -------
+        segments : ndarray (H, W) int32
+            Segment ids 1.. as transformers numbers them; 0 where no segment.
+        rows : list of dict
+            One per segment: ``id``, ``label_id``, ``was_fused``, ``score``
+            (transformers' ``segments_info``; a fused segment appears once, with
+            the best score of its parts).
+        """
+        import numpy as np
+        import torch
+
+        self.require("panoptic")
+        image = np.ascontiguousarray(image_rgb_uint8)
+        height, width = image.shape[:2]
+        inputs = self.processor(images=image, return_tensors="pt")
+        inputs = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in inputs.items()}
+        with torch.inference_mode():
+            outputs = self.model(**inputs)
+        with quiet_transformers():
+            result = self.processor.post_process_panoptic_segmentation(
+                outputs,
+                threshold=float(threshold),
+                mask_threshold=float(mask_threshold),
+                overlap_mask_area_threshold=float(overlap_mask_area_threshold),
+                label_ids_to_fuse={int(i) for i in (label_ids_to_fuse or ())},
+                target_sizes=[(height, width)],
+            )[0]
+        segments = result["segmentation"].cpu().numpy()
+        segments = np.where(segments < 0, 0, segments).astype(np.int32)  # -1 means "no segment"
+        rows: dict[int, dict] = {}
+        for info in result["segments_info"]:
+            sid = int(info["id"])
+            row = {
+                "id": sid,
+                "label_id": int(info["label_id"]),
+                "was_fused": bool(info["was_fused"]),
+                "score": float(info["score"]),
+            }
+            if sid not in rows or row["score"] > rows[sid]["score"]:
+                rows[sid] = row
+        return segments, [rows[k] for k in sorted(rows)]
