@@ -354,7 +354,9 @@ def hf_semantic_scores(runner: Runner, image_rgb_uint8) -> Any:
     The processor prepares the image as its configuration says (resize,
     rescale, normalisation); the scores are the ``segmentation_scores`` of
     the processor's own ``post_process_semantic_segmentation`` at the image
-    size, so their argmax is exactly transformers' semantic map.
+    size (for SegFormer the same bilinear resize of the logits, computed
+    without the post-processing's argmax), so their argmax is exactly
+    transformers' semantic map.
 
     Returns
     -------
@@ -372,10 +374,17 @@ def hf_semantic_scores(runner: Runner, image_rgb_uint8) -> Any:
     inputs = {k: v.to(runner.device) for k, v in inputs.items() if k in ("pixel_values", "pixel_mask")}
     with torch.inference_mode():
         outputs = runner.model(**inputs)
-        result = runner.processor.post_process_semantic_segmentation(
-            outputs, target_sizes=[(h, w)], return_segmentation_scores=True
-        )[0]
-    return np.ascontiguousarray(result.segmentation_scores.float().cpu().numpy())
+        if runner.family == "segformer":
+            # The very operation of SegformerImageProcessor.post_process_semantic_segmentation,
+            # without its argmax (tests check the equality).
+            scores = torch.nn.functional.interpolate(
+                outputs.logits, size=(h, w), mode="bilinear", align_corners=False
+            )[0]
+        else:
+            scores = runner.processor.post_process_semantic_segmentation(
+                outputs, target_sizes=[(h, w)], return_segmentation_scores=True
+            )[0].segmentation_scores
+    return np.ascontiguousarray(scores.float().cpu().numpy())
 
 
 # -- SegFormer ----------------------------------------------------------------
