@@ -207,3 +207,20 @@ def test_smoke_runs_a_semantic_model_on_the_sample(make_napari_viewer):
     widget.smoke()
     labels = viewer.layers["coins [semantic]"]
     assert labels.data.shape == viewer.layers["coins"].data.shape and labels.data.min() >= 1
+
+
+def test_dask_backed_layer_is_segmented_tile_by_tile(make_napari_viewer, qtbot, models, rng):
+    import dask.array as da
+
+    viewer = make_napari_viewer(show=False)
+    base = np.stack([_image(rng, (150, 170)) for _ in range(2)]).astype(np.uint16) * 200
+    layer = viewer.add_image(da.from_array(base, chunks=(1, 64, 64)), name="lazy")
+    viewer.dims.set_point(0, 0)
+    widget = _widget(viewer, models["lraspp"], layer)
+    widget.tile_size.value = 128
+    widget.overlap.value = 16
+    _run(qtbot, widget)
+    assert widget.jobs.last_error is None, widget.jobs.last_error
+    labels = viewer.layers["lazy [semantic]"]
+    expected = api.segment_semantic(base[0], load_model(str(models["lraspp"]), "cpu"), tile_size=128, overlap=16)
+    assert np.array_equal(labels.data[0], expected.labels) and labels.data[1].max() == 0

@@ -330,8 +330,11 @@ def check_image(image, *, min_side: int = 16) -> tuple[int, int, int]:
         For other numbers of axes, channels other than 1, 3 or 4, images
         smaller than ``min_side``, and non-numeric dtypes.
     """
-    shape = tuple(int(s) for s in getattr(image, "shape", np.shape(image)))
-    dtype = np.dtype(getattr(image, "dtype", np.asarray(image).dtype))
+    if not (hasattr(image, "shape") and hasattr(image, "dtype")):
+        image = np.asarray(image)
+    # never np.asarray a lazy array here: that would read all of it
+    shape = tuple(int(s) for s in image.shape)
+    dtype = np.dtype(image.dtype)
     if len(shape) not in (2, 3):
         raise InputError(
             f"Expected a 2D image (H, W) or (H, W, channels), got an array of shape {shape}. "
@@ -390,6 +393,8 @@ class TileReader:
     """
 
     def __init__(self, image, percentiles: tuple[float, float] = (1.0, 99.8), *, min_side: int = 16):
+        if not (hasattr(image, "shape") and hasattr(image, "dtype")):
+            image = np.asarray(image)
         self.image = image
         self.height, self.width, self.channels = check_image(image, min_side=min_side)
         self.dtype = np.dtype(image.dtype)
