@@ -264,6 +264,7 @@ class SemanticWidget(SegmentationWidget):
     # -- smoke ----------------------------------------------------------------------
     def smoke(self, timeout: float = 120.0) -> None:
         """Segment the sample end to end with a tiny SegFormer built into a temporary folder."""
+        import shutil
         import tempfile
         import time
 
@@ -280,15 +281,18 @@ class SemanticWidget(SegmentationWidget):
         self.models.local.mode = "d"
         self.models.local.value = str(folder)
         self.device.value = "cpu"
-        self.run()
-        deadline = time.monotonic() + timeout
-        while self.jobs.busy or not self.run_button.enabled:
+        try:
+            self.run()
+            deadline = time.monotonic() + timeout
+            while self.jobs.busy or not self.run_button.enabled:
+                QApplication.processEvents()
+                if time.monotonic() > deadline:
+                    self.jobs.cancel()
+                    raise TimeoutError(f"Semantic segmentation of '{layer.name}' did not finish in {timeout:.0f} s.")
+                time.sleep(0.01)
             QApplication.processEvents()
-            if time.monotonic() > deadline:
-                self.jobs.cancel()
-                raise TimeoutError(f"Semantic segmentation of '{layer.name}' did not finish in {timeout:.0f} s.")
-            time.sleep(0.01)
-        QApplication.processEvents()
+        finally:
+            shutil.rmtree(folder.parent, ignore_errors=True)
         if self.jobs.last_error is not None:
             raise RuntimeError(f"Semantic segmentation failed: {self.jobs.last_error}")
         name = f"{layer.name} [semantic]"
