@@ -348,6 +348,45 @@ def _as_list(value) -> list | None:
     return list(value) if isinstance(value, list | tuple) else value
 
 
+def hf_semantic_scores(runner: Runner, image_rgb_uint8) -> Any:
+    """Per-class scores of one image at its own size, through the checkpoint's processor.
+
+    The processor prepares the image as its configuration says (resize,
+    rescale, normalisation); the scores are the ``segmentation_scores`` of
+    the processor's own ``post_process_semantic_segmentation`` at the image
+    size (for SegFormer the same bilinear resize of the logits, computed
+    without the post-processing's argmax), so their argmax is exactly
+    transformers' semantic map.
+
+    Returns
+    -------
+    ndarray
+        (C, H, W) float32.
+    """
+    import numpy as np
+    import torch
+
+    from napari_segsuite.core.image import prepare_rgb_uint8
+
+    rgb = prepare_rgb_uint8(image_rgb_uint8)
+    h, w = rgb.shape[:2]
+    inputs = runner.processor(images=rgb, return_tensors="pt")
+    inputs = {k: v.to(runner.device) for k, v in inputs.items() if k in ("pixel_values", "pixel_mask")}
+    with torch.inference_mode():
+        outputs = runner.model(**inputs)
+        if runner.family == "segformer":
+            # The very operation of SegformerImageProcessor.post_process_semantic_segmentation,
+            # without its argmax (tests check the equality).
+            scores = torch.nn.functional.interpolate(
+                outputs.logits, size=(h, w), mode="bilinear", align_corners=False
+            )[0]
+        else:
+            scores = runner.processor.post_process_semantic_segmentation(
+                outputs, target_sizes=[(h, w)], return_segmentation_scores=True
+            )[0].segmentation_scores
+    return np.ascontiguousarray(scores.float().cpu().numpy())
+
+
 # -- SegFormer ----------------------------------------------------------------
 
 
@@ -396,6 +435,14 @@ class SegformerRunner(Runner):
             class_names=class_names_from_config(config), processor=loaded.processor, info=info,
         )
 
+
+    def predict_semantic(self, image_rgb_uint8) -> Any:
+        """Per-class logits (C, H, W) float32 of one image at its own size.
+
+        SegFormer's logits resized to the image (bilinear), as its processor's
+        ``post_process_semantic_segmentation`` does (see :func:`hf_semantic_scores`).
+        """
+        return hf_semantic_scores(self, image_rgb_uint8)
 
 # -- Mask2Former --------------------------------------------------------------
 
@@ -489,6 +536,8 @@ class Mask2FormerRunner(Runner):
     """
 
     family = "mask2former"
+    #: What :meth:`predict_semantic` returns: non-negative class scores, not logits.
+    semantic_output = "scores"
 
     @classmethod
     def _load(cls, source: ModelSource, device: str) -> Mask2FormerRunner:
@@ -598,3 +647,19 @@ class Mask2FormerRunner(Runner):
             if sid not in rows or row["score"] > rows[sid]["score"]:
                 rows[sid] = row
         return segments, [rows[k] for k in sorted(rows)]
+
+    # -- semantic (issue 5) ---------------------------------------------------------
+
+    def predict_semantic(self, image_rgb_uint8) -> Any:
+        """Per-class scores (C, H, W) float32 of one image at its own size.
+
+        The score of class c is transformers' semantic score: the softmax over
+        classes without the null class, times the sigmoid of each query's mask,
+        summed over queries (non-negative, not logits; ``semantic_output`` says
+        so). See :func:`hf_semantic_scores`.
+        """
+        if "semantic" not in self.tasks:
+            raise NotImplementedError(
+                f"{self.name} is a Mask2Former {'/'.join(self.tasks)} checkpoint, not a semantic one."
+            )
+        return hf_semantic_scores(self, image_rgb_uint8)

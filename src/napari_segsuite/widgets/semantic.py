@@ -1,8 +1,148 @@
-"""The "Semantic Segmentation" dock widget."""
+"""The "Semantic Segmentation" dock widget.
+
+Reads the chosen Image layer's current plane (or every plane of a 3D/4D
+layer), runs :func:`napari_segsuite.tasks.semantic.segment_semantic_job` in a
+worker (tile size, overlap, progress, Cancel), and writes a Labels layer
+``"<image> [semantic]"`` aligned with the image: label id = model class id + 1,
+``class_id``, ``class_name`` and ``pixel_count`` in ``layer.features``, model and
+parameters in ``layer.metadata["segsuite"]``. Optionally a confidence Image
+layer ``"<image> [semantic confidence]"`` (winning class's probability).
+
+The legend lists the classes present with their colour, name and pixel count;
+its check boxes show or hide a class by giving the Labels layer a
+:class:`~napari.utils.colormaps.DirectLabelColormap` in which hidden classes
+are transparent (the other colours are unchanged).
+"""
 
 from __future__ import annotations
 
-from napari_segsuite.widgets.base import SegmentationWidget
+import itertools
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, SpinBox
+
+from napari_segsuite.core.errors import InputError
+from napari_segsuite.core.progress import subjob
+from napari_segsuite.widgets.base import LOCAL, SegmentationWidget
+
+CURRENT_PLANE = "current plane"
+ALL_PLANES = "all planes"
+
+
+def _base_data(layer):
+    data = layer.data
+    return data[0] if getattr(layer, "multiscale", False) else data
+
+
+def plane_selections(viewer, layer, all_planes: bool):
+    """The plane selections to segment, without reading pixel data (GUI thread).
+
+    Returns
+    -------
+    list of napari_segsuite.layers.PlaneSelection
+        The current plane, or every plane of the non-displayed axes.
+    """
+    from napari_segsuite.layers import PlaneSelection, plane_axes
+
+    rgb = bool(getattr(layer, "rgb", False))
+    data = _base_data(layer)
+    spatial = tuple(data.shape[:-1]) if rgb else tuple(data.shape)
+    axes = plane_axes(viewer, layer)
+    point = layer.world_to_data(viewer.dims.point)
+    others = [a for a in range(len(spatial)) if a not in axes]
+    if all_planes:
+        combos = list(itertools.product(*(range(spatial[a]) for a in others)))
+    else:
+        current = []
+        for a in others:
+            i = int(np.round(point[a]))
+            if not 0 <= i < spatial[a]:
+                raise InputError(
+                    f"The viewer's position is outside layer '{layer.name}' along axis {a} "
+                    f"(index {i}, size {spatial[a]}); move the slider onto the image."
+                )
+            current.append(i)
+        combos = [tuple(current)]
+    out = []
+    for combo in combos:
+        index: list = [slice(None)] * len(spatial)
+        for a, i in zip(others, combo, strict=True):
+            index[a] = i
+        if rgb:
+            index.append(slice(None))
+        out.append(PlaneSelection(
+            index=tuple(index), axes=axes, shape=(spatial[axes[0]], spatial[axes[1]]),
+            layer_shape=spatial, channel_axis=None, rgb=rgb,
+        ))
+    return out
+
+
+def _swatch(rgba) -> str:
+    r, g, b, _a = (round(255 * float(v)) for v in rgba)
+    return f'<span style="background-color: rgb({r},{g},{b});">&nbsp;&nbsp;&nbsp;&nbsp;</span>'
+
+
+class Legend(Container):
+    """Colour, name and pixel count of each class in a semantic Labels layer; check boxes show/hide."""
+
+    def __init__(self):
+        super().__init__(labels=False)
+        self.layer = None
+        self.rows: dict[int, CheckBox] = {}
+        self.colors: dict[int, np.ndarray] = {}
+        self._original_colormap = None
+
+    def show_for(self, layer) -> None:
+        """Rebuild the legend from ``layer.features`` (and make every class visible)."""
+        from napari.utils.colormaps import DirectLabelColormap
+
+        if self.layer is layer and isinstance(layer.colormap, DirectLabelColormap) and self._original_colormap is not None:
+            layer.colormap = self._original_colormap
+        self.clear()
+        self.rows = {}
+        self.layer = layer
+        self._original_colormap = layer.colormap
+        features = layer.features
+        if not len(features) or "class_name" not in features.columns:
+            return
+        ids = [int(i) for i in features["index"]]
+        self.colors = {i: np.asarray(c, dtype=float) for i, c in zip(ids, layer.colormap.map(np.asarray(ids)), strict=True)}
+        for (_, row), label_id in zip(features.iterrows(), ids, strict=True):
+            box = CheckBox(value=True, text=str(row["class_name"]))
+            box.changed.connect(self._apply)
+            count = int(row.get("pixel_count", row.get("area", 0)))
+            self.append(Container(
+                layout="horizontal", labels=False,
+                widgets=[Label(value=_swatch(self.colors[label_id])), box, Label(value=f"{count:,} px")],
+            ))
+            self.rows[label_id] = box
+
+    @property
+    def hidden(self) -> list[int]:
+        """Label ids whose check box is off."""
+        return [i for i, box in self.rows.items() if not box.value]
+
+    def set_visible(self, label_id: int, visible: bool) -> None:
+        """Show or hide one class."""
+        self.rows[label_id].value = visible
+
+    def _apply(self, _value=None) -> None:
+        from napari.utils.colormaps import DirectLabelColormap
+
+        if self.layer is None:
+            return
+        hidden = set(self.hidden)
+        if not hidden:
+            self.layer.colormap = self._original_colormap
+            return
+        colors = {None: np.zeros(4), 0: np.zeros(4)}
+        for i, rgba in self.colors.items():
+            c = rgba.copy()
+            if i in hidden:
+                c[3] = 0.0
+            colors[i] = c
+        self.layer.colormap = DirectLabelColormap(color_dict=colors)
 
 
 class SemanticWidget(SegmentationWidget):
@@ -10,3 +150,151 @@ class SemanticWidget(SegmentationWidget):
 
     task = "semantic"
     model_tasks = ('semantic',)
+
+    def __init__(self, napari_viewer):
+        super().__init__(napari_viewer)
+        self.tile_size = SpinBox(
+            label="Tile size", value=512, min=0, max=16384, step=64,
+            tooltip="Side of the square tiles the image is cut into (0: the whole plane at once).",
+        )
+        self.overlap = SpinBox(label="Overlap", value=64, min=0, max=1024, step=16,
+                               tooltip="Overlap of neighbouring tiles; their scores are blended smoothly.")
+        self.planes = ComboBox(label="Planes", choices=[CURRENT_PLANE, ALL_PLANES], value=CURRENT_PLANE)
+        self.with_confidence = CheckBox(value=False, text="Confidence layer")
+        self.legend = Legend()
+        self.task_options.extend([self.tile_size, self.overlap, self.planes, self.with_confidence])
+        self.append(Label(value="Classes"))
+        self.append(self.legend)
+
+    # -- running ------------------------------------------------------------------
+    def make_job(self):
+        """Read the layer and options (GUI thread); the job segments plane by plane."""
+        from napari_segsuite.core.tiling import check_image, make_grid
+        from napari_segsuite.tasks.semantic import (
+            MIN_SIDE,
+            resolve_tile_size,
+            segment_semantic_job,
+        )
+
+        layer = self.selected_image()
+        self.models.spec  # noqa: B018 - raises a user-facing error when no local file is chosen
+        sels = plane_selections(self.viewer, layer, self.planes.value == ALL_PLANES)
+        data = _base_data(layer)
+        first = data[sels[0].index]
+        check_image(first, min_side=MIN_SIDE)
+        tile = resolve_tile_size(sels[0].shape, int(self.tile_size.value) or 0)
+        overlap = int(self.overlap.value)
+        n_tiles = make_grid(sels[0].shape, tile, overlap).n_tiles
+        confidence = bool(self.with_confidence.value)
+        n = len(sels)
+
+        def job():
+            runner = yield from self.load_model_job()
+            results = []
+            for k, sel in enumerate(sels):
+                prefix = f"Plane {k + 1}/{n}: " if n > 1 else ""
+                result = yield from subjob(
+                    segment_semantic_job(data[sel.index], runner, tile_size=tile if tile else 0,
+                                         overlap=overlap, confidence=confidence),
+                    offset=k * n_tiles, total=n * n_tiles, prefix=prefix,
+                )
+                results.append((sel, result))
+            return runner, results
+
+        def on_result(value):
+            self.write_results(layer, *value)
+
+        return job, on_result
+
+    def write_results(self, image_layer, runner, results) -> None:
+        """Write each plane's result into its plane (GUI thread), then update the legend."""
+        from napari.utils.notifications import show_info
+
+        from napari_segsuite.layers import write_plane
+
+        labels_layer = None
+        notes: list[str] = []
+        for sel, result in results:
+            provenance = {
+                "model": runner.provenance(),
+                "parameters": dict(result.params),
+                "class_names": dict(result.class_names),
+                "label_ids": "model class id + 1",
+            }
+            extra = {k: {"class_id": v["class_id"], "class_name": v["class_name"]} for k, v in result.features().items()}
+            labels_layer = write_plane(
+                self.viewer, image_layer, sel, result.labels, task="semantic",
+                provenance=provenance, extra_features=extra,
+            )
+            if result.confidence is not None:
+                self._write_confidence(image_layer, sel, result.confidence)
+            notes.extend(n for n in result.notes if n not in notes)
+        if labels_layer is None:
+            return
+        features = labels_layer.features.copy()
+        if "area" in features.columns:
+            features["pixel_count"] = features["area"].astype(int)
+            labels_layer.features = features
+        self.legend.show_for(labels_layer)
+        present = ", ".join(f"{n} ({c:,} px)" for n, c in zip(features.get("class_name", []), features.get("pixel_count", []), strict=False))
+        self.message.value = f"{runner.name}: {len(features)} classes in {len(results)} plane(s): {present}"
+        for note in notes:
+            show_info(note)
+
+    def _write_confidence(self, image_layer, sel, confidence: np.ndarray) -> None:
+        from napari.layers import Image
+
+        from napari_segsuite.layers import _same_transform_kwargs
+
+        name = f"{image_layer.name} [semantic confidence]"
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        if layer is not None and (not isinstance(layer, Image) or tuple(layer.data.shape) != tuple(sel.layer_shape)):
+            self.viewer.layers.remove(layer)
+            layer = None
+        if layer is None:
+            data = np.zeros(sel.layer_shape, dtype=np.float32)
+            layer = Image(
+                data, name=name, colormap="magma", contrast_limits=(0.0, 1.0), blending="additive",
+                visible=True, **_same_transform_kwargs(image_layer, sel.layer_shape, None),
+            )
+            self.viewer.add_layer(layer)
+        layer.data[sel.labels_index] = np.asarray(confidence, dtype=np.float32)
+        layer.refresh()
+
+    # -- smoke ----------------------------------------------------------------------
+    def smoke(self, timeout: float = 120.0) -> None:
+        """Segment the sample end to end with a tiny SegFormer built into a temporary folder."""
+        import shutil
+        import tempfile
+        import time
+
+        from qtpy.QtWidgets import QApplication
+
+        from napari_segsuite.testing.tiny_models import build_tiny_segformer
+
+        if self.image.value is None:
+            self._select_active_image()
+        layer = self.selected_image()
+        folder = Path(tempfile.mkdtemp(prefix="segsuite-smoke-")) / "tiny-segformer"
+        build_tiny_segformer(folder, num_labels=3)
+        self.models.model.value = LOCAL
+        self.models.local.mode = "d"
+        self.models.local.value = str(folder)
+        self.device.value = "cpu"
+        try:
+            self.run()
+            deadline = time.monotonic() + timeout
+            while self.jobs.busy or not self.run_button.enabled:
+                QApplication.processEvents()
+                if time.monotonic() > deadline:
+                    self.jobs.cancel()
+                    raise TimeoutError(f"Semantic segmentation of '{layer.name}' did not finish in {timeout:.0f} s.")
+                time.sleep(0.01)
+            QApplication.processEvents()
+        finally:
+            shutil.rmtree(folder.parent, ignore_errors=True)
+        if self.jobs.last_error is not None:
+            raise RuntimeError(f"Semantic segmentation failed: {self.jobs.last_error}")
+        name = f"{layer.name} [semantic]"
+        if name not in self.viewer.layers:
+            raise RuntimeError(f"Semantic segmentation wrote no layer '{name}'.")
