@@ -11,7 +11,7 @@ from napari.utils.notifications import notification_manager
 
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.progress import Progress
-from napari_segsuite.widgets.base import LOCAL
+from napari_segsuite.widgets.base import LOCAL, SegmentationWidget
 from napari_segsuite.widgets.instance import InstanceWidget
 from napari_segsuite.widgets.panoptic import PanopticWidget
 from napari_segsuite.widgets.sam_prompt import SamPromptWidget
@@ -89,10 +89,17 @@ def test_cache_folder_setting_changes_availability(make_napari_viewer, tmp_path)
     assert "not downloaded" not in {v: k for k, v in widget.models._choices()}["segformer_b0_ade"]
 
 
+class _LoadOnlyWidget(SegmentationWidget):
+    """The shared scaffolding with its default job (load the model, check the task)."""
+
+    task = "prompt"
+    model_tasks = ("prompt",)
+
+
 def test_run_loads_a_local_checkpoint_in_a_worker(make_napari_viewer, qtbot, tiny_sam_path):
     viewer = make_napari_viewer(show=False)
     viewer.add_image(np.zeros((20, 20)), name="img")
-    widget = SamPromptWidget(viewer)
+    widget = _LoadOnlyWidget(viewer)
     widget.models.model.value = LOCAL
     widget.models.local.value = str(tiny_sam_path)
     widget.device.value = "cpu"
