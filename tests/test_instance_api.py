@@ -6,6 +6,7 @@ import pytest
 from napari_segsuite import api
 from napari_segsuite.core.errors import CheckpointError, InputError
 from napari_segsuite.core.labels import masks_to_labels
+from napari_segsuite.testing.instance_doubles import sharpen_yolo
 from napari_segsuite.testing.tiny_models import (
     build_tiny_mask2former,
     build_tiny_torchvision,
@@ -26,25 +27,6 @@ def image():
     for r, c in ((40, 50), (100, 160), (120, 60)):
         img[(yy - r) ** 2 + (xx - c) ** 2 < 18 ** 2] = (255, 255, 40)
     return np.clip(img.astype(int) + rng.integers(-10, 10, img.shape), 0, 255).astype(np.uint8)
-
-
-def sharpen_yolo(path, factor=2.7):
-    """Scale a random tiny YOLO's weights so that its scores differ from box to box.
-
-    A freshly initialised YOLO gives every box the same score (its class bias);
-    larger weights make the scores, and so the order, depend on the image.
-    """
-    import torch
-
-    from napari_segsuite.models.offline import import_ultralytics
-
-    model = import_ultralytics().YOLO(str(path))
-    with torch.no_grad():
-        for p in model.model.parameters():
-            if p.ndim > 1:
-                p.mul_(factor)
-    model.save(path)
-    return path
 
 
 @pytest.fixture(scope="module")

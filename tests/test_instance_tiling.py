@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from napari_segsuite import api
 from napari_segsuite.core.instance_tiling import (
@@ -15,53 +14,15 @@ from napari_segsuite.core.instance_tiling import (
 )
 from napari_segsuite.core.labels import masks_to_labels
 from napari_segsuite.core.progress import run_sync
-from napari_segsuite.tasks.instance import InstanceParams, InstancePrediction, segment_plane_job
+from napari_segsuite.tasks.instance import InstanceParams, segment_plane_job
+from napari_segsuite.testing.instance_doubles import (
+    SCENE_OVERLAP,
+    SCENE_TILE,
+    ThresholdDetector,
+    tile_border_scene,
+)
 
-TILE, OVERLAP = 64, 24
-
-
-class ThresholdDetector:
-    """A test double for the tiling logic only: one instance per bright connected component.
-
-    Class 1 for round-ish blobs, 2 for the others; the score is the blob's mean
-    brightness, so every object has its own score.
-    """
-
-    name = "threshold"
-    tasks = ("instance",)
-    class_names = {1: "blob", 2: "bar"}
-
-    def __init__(self):
-        self.calls = 0
-
-    def predict_instances(self, rgb, conf=0.0, **_):
-        self.calls += 1
-        gray = rgb[..., 0]
-        comps, n = ndimage.label(gray > 100)
-        masks, boxes, scores, classes = [], [], [], []
-        for k, sl in enumerate(ndimage.find_objects(comps), start=1):
-            m = comps == k
-            masks.append(m)
-            boxes.append((sl[0].start, sl[1].start, sl[0].stop, sl[1].stop))
-            scores.append(gray[m].mean() / 255)
-            classes.append(1 if rgb[..., 1][m].mean() > 100 else 2)
-        if not n:
-            return InstancePrediction.empty(gray.shape)
-        return InstancePrediction(np.array(boxes), np.array(scores), np.array(classes), np.array(masks))
-
-
-def _scene():
-    """Objects placed on tile borders, in overlaps, at corners, and larger than the overlap."""
-    img = np.zeros((150, 170, 3), np.uint8)
-    yy, xx = np.mgrid[:150, :170]
-    starts = sorted({t.r0 for t in tile_grid((150, 170), TILE, OVERLAP)})
-    assert starts[1] == TILE - OVERLAP
-    discs = [(64, 40, 9), (40, 64, 9), (64, 64, 8), (40, 104, 7), (104, 104, 10), (20, 150, 6), (130, 20, 9)]
-    for k, (r, c, rad) in enumerate(discs):
-        img[(yy - r) ** 2 + (xx - c) ** 2 <= rad ** 2] = (120 + 15 * k, 200, 0)
-    img[90:140, 50:58] = (250, 0, 0)  # a bar longer than the overlap, across two tile borders
-    img[10:16, 20:130] = (230, 0, 0)  # a wide bar across three tiles
-    return img, len(discs) + 2
+TILE, OVERLAP = SCENE_TILE, SCENE_OVERLAP
 
 
 def _as_sets(labels):
@@ -82,7 +43,7 @@ def test_tile_grid_covers_the_image_with_the_overlap():
 
 
 def test_objects_on_tile_borders_come_out_once_and_whole():
-    img, n_objects = _scene()
+    img, n_objects = tile_border_scene()
     det = ThresholdDetector()
     whole = run_sync(segment_plane_job(img, det, InstanceParams()))
     tiled = run_sync(segment_plane_job(img, det, InstanceParams(), tile_size=TILE, overlap=OVERLAP))
