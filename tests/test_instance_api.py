@@ -240,3 +240,24 @@ def test_api_imports_no_qt():
     code = "import sys, napari_segsuite.api as a; a.segment_instances; print(any(m.startswith(('qtpy', 'PyQt', 'napari.')) for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_yolo_classes_filter_equals_ultralytics(models, yolo, image):
+    from ultralytics import YOLO
+
+    ours = api.segment_instances(image, yolo, conf=0.002, max_det=6, classes="nucleus")
+    ref = YOLO(str(models["yolo_seg"])).predict(
+        image[..., ::-1].copy(), conf=0.002, max_det=6, classes=[2], verbose=False, retina_masks=True
+    )[0]
+    assert len(ours.table) > 0 and set(ours.table.class_name) == {"nucleus"}
+    np.testing.assert_allclose(ours.table.score, ref.boxes.conf.numpy(), rtol=1e-6)
+
+
+def test_mask_rcnn_with_other_class_counts_gets_generic_names(tmp_path, image):
+    path = build_tiny_torchvision(tmp_path / "mrcnn3.pth", "maskrcnn_resnet50_fpn", num_classes=3)
+    runner = api.load_model(path, "cpu")
+    assert runner.class_names == {0: "class_0", 1: "class_1", 2: "class_2"}
+    res = api.segment_instances(image, runner, conf=0.0, max_det=5, imgsz=128)
+    assert set(res.table.class_name) <= {"class_1", "class_2"}
+    with pytest.raises(InputError, match="no class 'person'"):
+        api.segment_instances(image, runner, classes=["person"])

@@ -224,3 +224,32 @@ def test_smoke_runs_an_instance_model(make_napari_viewer):
     widget.smoke()
     name = f"{widget.selected_image().name} [instance]"
     assert name in viewer.layers and len(viewer.layers[name].features)
+
+
+@pytest.fixture(scope="module")
+def other_families(tmp_path_factory):
+    from napari_segsuite.testing.tiny_models import build_tiny_mask2former, build_tiny_torchvision
+
+    folder = tmp_path_factory.mktemp("instance_families")
+    return {
+        "mask2former": build_tiny_mask2former(folder / "m2f-instance", "instance"),
+        "maskrcnn": build_tiny_torchvision(folder / "maskrcnn.pth", "maskrcnn_resnet50_fpn"),
+    }
+
+
+@pytest.mark.parametrize(("family", "options"), [
+    ("mask2former", {"conf": 0.0, "mask_threshold": 0.4}),
+    ("maskrcnn", {"conf": 0.5, "iou": 0.4, "max_det": 10, "imgsz": 128}),  # a small input keeps it quick
+])
+def test_other_families_in_the_widget(make_napari_viewer, qtbot, rgb, other_families, family, options):
+    viewer = make_napari_viewer(show=False)
+    viewer.add_image(rgb, name="img")
+    widget = _widget(viewer, other_families[family], **options)
+    _run(qtbot, widget)
+    assert widget.jobs.last_error is None, widget.jobs.last_error
+    layer = viewer.layers["img [instance]"]
+    kw = {k: (v or None) if k == "imgsz" else v for k, v in options.items()}
+    ref = api.segment_instances(rgb, widget._runner, **kw)
+    assert len(ref.table) > 0
+    np.testing.assert_array_equal(layer.data, ref.labels)
+    assert layer.metadata["segsuite"]["model"]["family"] == family.replace("maskrcnn", "torchvision")
