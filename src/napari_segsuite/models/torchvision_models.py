@@ -303,3 +303,80 @@ class TorchvisionRunner(Runner):
         with torch.inference_mode():
             out = self.model(x)["out"][0]
         return out.float().cpu().numpy()
+
+    # -- instance segmentation (issue 7) ----------------------------------------------
+    def predict_instances(
+        self,
+        image_rgb_uint8: np.ndarray,
+        conf: float = 0.5,
+        iou: float = 0.5,
+        mask_threshold: float = 0.5,
+        classes: list[int] | None = None,
+        max_det: int = 100,
+        imgsz: int | None = None,
+    ):
+        """Mask R-CNN instances of one RGB image.
+
+        The thresholds are set on the model itself (``roi_heads.score_thresh``,
+        ``nms_thresh``, ``detections_per_img``), so the result is the model's own;
+        masks are its mask probabilities above ``mask_threshold``. With
+        ``classes``, the other classes are removed after torchvision's per-class
+        NMS (which equals removing them before) and before ``max_det`` and the mask
+        head are applied.
+        ``imgsz`` sets the shorter side the image is resized to (torchvision's
+        ``min_size``; the longer side is capped in torchvision's 800:1333 ratio).
+
+        Returns
+        -------
+        InstancePrediction
+        """
+        import torch
+
+        from napari_segsuite.tasks.instance import InstancePrediction
+
+        if "instance" not in self.tasks:
+            raise NotImplementedError(f"{self.arch} does semantic segmentation, not instance segmentation.")
+        model = self.model
+        if not hasattr(self, "_default_input_size"):
+            self._default_input_size = (tuple(model.transform.min_size), int(model.transform.max_size))
+        if imgsz is None:
+            model.transform.min_size, model.transform.max_size = self._default_input_size
+        else:
+            model.transform.min_size = (int(imgsz),)
+            model.transform.max_size = max(int(imgsz), round(int(imgsz) * 1333 / 800))
+        heads = model.roi_heads
+        heads.score_thresh = float(conf)
+        heads.nms_thresh = float(iou)
+        heads.detections_per_img = int(max_det)
+        x = self._to_tensor(image_rgb_uint8)
+        if classes is not None:
+            # Filter classes where torchvision caps the detections, before the mask head runs.
+            wanted = torch.as_tensor(list(classes), dtype=torch.int64, device=x.device)
+            original = type(heads).postprocess_detections
+
+            def postprocess_detections(class_logits, box_regression, proposals, image_shapes):
+                heads.detections_per_img = 1 << 30
+                try:
+                    boxes, scores, labels = original(heads, class_logits, box_regression, proposals, image_shapes)
+                finally:
+                    heads.detections_per_img = int(max_det)
+                keep = [torch.isin(lab, wanted).nonzero()[:, 0][: int(max_det)] for lab in labels]
+                return (
+                    [b[k] for b, k in zip(boxes, keep, strict=True)],
+                    [s[k] for s, k in zip(scores, keep, strict=True)],
+                    [lab[k] for lab, k in zip(labels, keep, strict=True)],
+                )
+
+            heads.postprocess_detections = postprocess_detections
+        try:
+            with torch.inference_mode():
+                out = model([x])[0]
+        finally:
+            heads.__dict__.pop("postprocess_detections", None)
+        masks = out["masks"][:, 0].cpu().numpy() > float(mask_threshold)
+        return InstancePrediction(
+            InstancePrediction.xyxy_to_rc(out["boxes"].cpu().numpy()),
+            out["scores"].cpu().numpy(),
+            out["labels"].cpu().numpy().astype(np.int64),
+            masks,
+        )

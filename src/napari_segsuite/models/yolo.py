@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from napari_segsuite.core.errors import CheckpointError, ModelNotAvailableError
 from napari_segsuite.models.base import Runner
 from napari_segsuite.models.store import ModelSource
@@ -118,3 +120,55 @@ class YoloRunner(Runner):
             "ultralytics_version": ckpt.get("version"),
         }
         return cls(model, source, device, tasks=YOLO_TASKS[task], class_names=names, info=info)
+
+    # -- instance segmentation / detection (issue 7) ----------------------------------
+    def predict_instances(
+        self,
+        image_rgb_uint8,
+        conf: float = 0.25,
+        iou: float = 0.7,
+        mask_threshold: float = 0.5,
+        classes: list[int] | None = None,
+        max_det: int = 300,
+        imgsz: int | None = None,
+    ):
+        """Instances (``segment`` models) or boxes (``detect`` models) of one RGB image.
+
+        ultralytics reads numpy arrays as BGR (OpenCV's order), so the RGB
+        plane is flipped before ``YOLO.predict``. Masks are ultralytics' own
+        (``retina_masks=True``: at the image's resolution, binarised at 0.5;
+        ``mask_threshold`` is not used).
+
+        Returns
+        -------
+        InstancePrediction
+            Boxes in (row0, col0, row1, col1); masks None for detection models.
+        """
+        from napari_segsuite.core.image import prepare_rgb_uint8
+        from napari_segsuite.tasks.instance import InstancePrediction
+
+        rgb = prepare_rgb_uint8(image_rgb_uint8)
+        bgr = np.ascontiguousarray(rgb[..., ::-1])
+        kwargs = {"conf": float(conf), "iou": float(iou), "max_det": int(max_det), "verbose": False}
+        if classes is not None:
+            kwargs["classes"] = [int(c) for c in classes]
+        if imgsz is not None:
+            kwargs["imgsz"] = int(imgsz)
+        if self.info.get("yolo_task") == "segment":
+            kwargs["retina_masks"] = True
+        result = self.model.predict(bgr, **kwargs)[0]
+        boxes = result.boxes
+        if boxes is None or len(boxes) == 0:
+            return InstancePrediction.empty(rgb.shape[:2] if "instance" in self.tasks else None)
+        masks = None
+        if "instance" in self.tasks:
+            masks = np.zeros((len(boxes), *rgb.shape[:2]), dtype=bool)
+            if result.masks is not None:
+                data = result.masks.data.cpu().numpy() > 0.5
+                masks[:, : data.shape[1], : data.shape[2]] = data[:, : rgb.shape[0], : rgb.shape[1]]
+        return InstancePrediction(
+            InstancePrediction.xyxy_to_rc(boxes.xyxy.cpu().numpy()),
+            boxes.conf.cpu().numpy(),
+            boxes.cls.cpu().numpy().astype(np.int64),
+            masks,
+        )

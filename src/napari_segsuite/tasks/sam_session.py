@@ -312,3 +312,46 @@ class SamSession:
         if mask.shape != self.image_shape:
             raise InputError(f"The mask prompt has shape {mask.shape}, the image {self.image_shape}.")
         return self.backend.mask_prompt(self.current, mask)
+
+    # -- batches of boxes (issue 7: detector + SAM) ----------------------------------
+    def predict_boxes(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One mask per box, for a batch of boxes, in one pass of the mask decoder.
+
+        Uses ``SamPredictor.predict_torch`` with the boxes transformed by the
+        predictor's own ``transform.apply_boxes_torch`` (single-mask output), as
+        segment_anything's batched-prompt example does.
+
+        Parameters
+        ----------
+        boxes : (N, 4) array
+            (row0, col0, row1, col1) in image pixels; clipped to the image.
+
+        Returns
+        -------
+        masks : (N, H, W) bool
+        scores : (N,) float32, SAM's predicted IoU of each mask
+        """
+        import torch
+
+        if self.current is None or self.image_shape is None:
+            raise InputError("Set an image before prompting.")
+        h, w = self.image_shape
+        rc = np.asarray(boxes, dtype=float).reshape(-1, 4)
+        if len(rc) == 0:
+            return np.zeros((0, h, w), dtype=bool), np.zeros(0, dtype=np.float32)
+        r0 = np.clip(np.minimum(rc[:, 0], rc[:, 2]), 0, h - 1)
+        r1 = np.clip(np.maximum(rc[:, 0], rc[:, 2]), 0, h - 1)
+        c0 = np.clip(np.minimum(rc[:, 1], rc[:, 3]), 0, w - 1)
+        c1 = np.clip(np.maximum(rc[:, 1], rc[:, 3]), 0, w - 1)
+        xyxy = np.stack([c0, r0, c1, r1], axis=1)
+        if not isinstance(self.backend, _SamBackend):  # SAM 2.1: one decoder pass per box
+            results = [self.backend.predict(self.current, None, None, b, None, False) for b in xyxy]
+            return (np.stack([m[0] for m, _ in results]), np.array([sc[0] for _, sc in results], np.float32))
+        p = self.backend.predictor_for(self.current)
+        t = torch.as_tensor(xyxy, dtype=torch.float, device=p.device)
+        t = p.transform.apply_boxes_torch(t, self.image_shape)
+        with torch.inference_mode():
+            masks, scores, _ = p.predict_torch(
+                point_coords=None, point_labels=None, boxes=t, multimask_output=False,
+            )
+        return masks[:, 0].cpu().numpy().astype(bool), scores[:, 0].cpu().numpy().astype(np.float32)
