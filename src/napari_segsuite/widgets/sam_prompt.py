@@ -287,8 +287,15 @@ class SamPromptWidget(SegmentationWidget):
         generation = self._generation
         multimask = bool(self.multimask.value) and len(objects) == 1
 
+        plain_boxes = len(objects) > 1 and all(
+            o["box"] is not None and not len(o["points"]) and "mask" not in o for o in objects
+        )
+
         def job():
             session = yield from self._session_job(plane)
+            if plain_boxes:  # one batched decoder pass for all boxes
+                masks, scores = session.predict_boxes(np.array([o["box"] for o in objects]))
+                return [{"masks": m[None], "scores": sc[None], "choice": 0} for m, sc in zip(masks, scores, strict=True)]
             results = []
             for obj in objects:
                 masks, scores = session.predict(
