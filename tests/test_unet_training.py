@@ -56,7 +56,8 @@ def test_training_on_coins_finds_the_coins(coins, trained):
     labels = model.predict(coins)
     assert labels.shape == coins.shape and set(np.unique(labels)) <= {1, 2}
     score = iou(labels == 2, coins_reference_mask())
-    assert score > 0.6, score  # chance (all coin) is 0.33; the benchmark's longer run reaches >= 0.85
+    print(f"IoU of the coin class after {FAST['steps']} steps: {score:.3f}")
+    assert score > 0.75, score  # chance (all coin) is 0.33; the benchmark's 250 steps reach >= 0.85
     assert model.class_names == {1: "background", 2: "coin"}
     # One progress report per step, carrying the curve.
     rows = [p.partial for p in seen if p.partial]
@@ -96,8 +97,21 @@ def test_save_load_roundtrip_gives_identical_predictions(coins, trained, tmp_pat
 def test_tiled_prediction_matches_the_whole_image(coins, trained):
     model, _ = trained
     whole = model.predict(coins)
-    tiled = model.predict(coins, tile_size=128, overlap=32)
-    assert (tiled == whole).mean() > 0.98
+    tiled = model.predict(coins, tile_size=160, overlap=48)
+    assert (tiled == whole).mean() > 0.95  # tiles see less context at their edges
+
+
+def test_tile_blending_is_exact_for_a_pointwise_model():
+    import torch
+
+    conv = torch.nn.Conv2d(2, 3, 1)
+    x = np.random.default_rng(0).random((2, 150, 230)).astype(np.float32)
+    whole = run_sync(ut.logits_job(conv, x, 8, "cpu", tile_size=4096))
+    progress = []
+    tiled = run_sync(ut.logits_job(conv, x, 8, "cpu", tile_size=64, overlap=16), progress.append)
+    assert tiled.shape == (3, 150, 230)
+    np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-5)
+    assert progress[-1].step == progress[-1].total == 3 * 5  # 64-pixel tiles every 48 pixels, last at the edge
 
 
 def test_channel_count_must_match_the_model(coins, trained):
