@@ -176,3 +176,19 @@ def test_stack_trains_on_planes_with_strokes_and_predicts_all_planes(make_napari
     _wait(qtbot, panel)
     out = viewer.layers["stack [unet]"]
     assert out.data.shape == stack.shape and (np.asarray(out.data) > 0).all()
+
+
+def test_sample_with_strokes_and_smoke(make_napari_viewer):
+    viewer = make_napari_viewer(show=False)
+    viewer.open_sample("napari-segsuite", "coins_strokes")
+    assert [layer.name for layer in viewer.layers] == ["coins", "coins strokes"]
+    strokes = viewer.layers["coins strokes"]
+    assert strokes.data.shape == viewer.layers["coins"].data.shape
+    panel = UnetTrainingPanel(viewer)
+    panel.strokes.value = strokes
+    assert panel.names() == ["background", "coin"]  # from the layer's features
+    panel.extra_options = dict(QUICK)
+    panel.smoke(steps=4)
+    out = viewer.layers["coins [unet]"]
+    assert out.data.shape == (303, 384) and np.asarray(out.data).min() >= 1
+    assert len(panel.curve.train) == 4
