@@ -119,6 +119,20 @@ def test_channel_count_must_match_the_model(coins, trained):
     rgb = np.stack([coins] * 3, axis=-1)
     with pytest.raises(InputError, match=r"1 channel.*this image has 3"):
         model.predict(rgb)
+    with pytest.raises(InputError, match="one plane at a time"):
+        model.predict(np.stack([coins] * 5))
+    with pytest.raises(InputError, match="takes 1 channel"):
+        api.train_unet(rgb, coins_strokes(), init_model=model, steps=1)
+
+
+def test_only_stroke_trained_models_continue(tmp_path, coins):
+    from napari_segsuite.testing.tiny_models import build_tiny_unet
+
+    other = api.load_unet(build_tiny_unet(tmp_path / "tiny", in_channels=1, classes=3))
+    assert other.class_names == {0: "background", 1: "cell", 2: "coin"}  # labels 0..2
+    assert set(np.unique(other.predict(coins[:64, :64]))) <= {0, 1, 2}
+    with pytest.raises(InputError, match="not trained from strokes"):
+        api.train_unet(coins, coins_strokes(), init_model=other, steps=1)
 
 
 def test_continue_training_extends_the_curve_and_keeps_the_original(coins, trained):

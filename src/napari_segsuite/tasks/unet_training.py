@@ -365,7 +365,12 @@ def check_training_data(
         )
     k = max(present)
     if init_model is not None:
-        model_k = init_model.config["classes"] - (1 if init_model.unlabeled_channel else 0)
+        if not init_model.unlabeled_channel:
+            raise InputError(
+                "This U-Net was not trained from strokes in napari-segsuite, so it cannot continue "
+                "training on strokes; train a new model."
+            )
+        model_k = init_model.config["classes"] - 1
         if k > model_k:
             raise InputError(
                 f"The strokes use class {k} but the model knows {model_k} classes; train a new model "
@@ -598,6 +603,11 @@ def check_channels(image: np.ndarray, in_channels: int) -> None:
     if arr.ndim not in (2, 3):
         raise InputError(f"Expected a 2D image plane (H, W) or (H, W, C), got shape {arr.shape}.")
     c = 1 if arr.ndim == 2 else arr.shape[-1]
+    if c != in_channels and arr.ndim == 3 and c > 4:
+        raise InputError(
+            f"Expected one image plane (H, W) or (H, W, C) for a {in_channels}-channel U-Net, got shape "
+            f"{arr.shape}; predict a stack one plane at a time."
+        )
     if c != in_channels:
         raise InputError(
             f"The U-Net was trained on images with {in_channels} channel(s), but this image has {c}; "
@@ -669,6 +679,12 @@ def _validate(model, xs, vals, weights_t, dice_weight, multiple, device) -> tupl
     for x, v in zip(xs, vals, strict=True):
         if not v.any():
             continue
+        # Only the part of the plane around the held-out strokes (plus context) is run.
+        rows, cols = np.nonzero(np.any(v > 0, axis=1))[0], np.nonzero(np.any(v > 0, axis=0))[0]
+        margin = 2 * multiple
+        r0, r1 = max(0, rows[0] - margin), min(v.shape[0], rows[-1] + 1 + margin)
+        c0, c1 = max(0, cols[0] - margin), min(v.shape[1], cols[-1] + 1 + margin)
+        x, v = x[:, r0:r1, c0:c1], v[r0:r1, c0:c1]
         logits = run_sync(logits_job(model, x, multiple, device))
         lt = torch.from_numpy(logits).unsqueeze(0)
         vt = torch.from_numpy(v.astype(np.int64)).unsqueeze(0)
