@@ -173,6 +173,10 @@ def test_stack_trains_on_planes_with_strokes_and_predicts_all_planes(make_napari
     assert panel.state.labeled_pixels == np.count_nonzero(strokes)
     panel.predict_on.value = PREDICT_ALL
     panel.predict()
+    panel.cancel_button.changed.emit(True)  # cancelled prediction: nothing written
+    _wait(qtbot, panel)
+    assert "stack [unet]" not in viewer.layers and "cancelled" in panel.message.value.lower()
+    panel.predict()
     _wait(qtbot, panel)
     out = viewer.layers["stack [unet]"]
     assert out.data.shape == stack.shape and (np.asarray(out.data) > 0).all()
