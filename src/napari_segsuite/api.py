@@ -27,6 +27,7 @@ from napari_segsuite.models.base import Runner, load_model
 from napari_segsuite.models.registry import ModelEntry, entries_for, get_entry
 from napari_segsuite.models.store import ModelSource, ModelStore, default_store
 from napari_segsuite.tasks.sam_session import SamSession
+from napari_segsuite.tasks.unet_training import TrainedUnet, TrainingOptions, TrainingState
 
 __all__ = [
     "CheckpointError",
@@ -41,6 +42,9 @@ __all__ = [
     "Runner",
     "SamSession",
     "SegSuiteError",
+    "TrainedUnet",
+    "TrainingOptions",
+    "TrainingState",
     "detect_then_segment",
     "download_model",
     "evaluate",
@@ -48,6 +52,7 @@ __all__ = [
     "get_entry",
     "list_models",
     "load_model",
+    "load_unet",
     "percentile_normalize",
     "prepare_rgb_float",
     "prepare_rgb_uint8",
@@ -56,6 +61,7 @@ __all__ = [
     "segment_instances",
     "segment_panoptic",
     "segment_semantic",
+    "train_unet",
 ]
 
 
@@ -404,3 +410,54 @@ def detect_then_segment(
         image, runner, session, None, conf=conf, iou=iou, mask_threshold=mask_threshold, classes=classes,
         max_det=max_det, imgsz=imgsz, tile_size=tile_size, overlap=overlap, stack=stack,
     )
+
+
+# -- U-Net trained from strokes (issue 6) -----------------------------------
+
+def train_unet(image, labels, *, class_names=None, init_model=None, on_progress=None, **options) -> TrainedUnet:
+    """Train a U-Net from sparse strokes and return it (``.predict(image)``, ``.save(path)``).
+
+    Parameters
+    ----------
+    image : ndarray or list of ndarray
+        (H, W) greyscale, (H, W, C) with channels last, a stack (Z, H, W) with
+        strokes (Z, H, W), or a list of such images.
+    labels : ndarray or list of ndarray
+        Strokes of the image's spatial shape: 0 = not labelled, 1..K = classes.
+    class_names : dict or list, optional
+        ``{1: "background", 2: "coin"}`` or ``["background", "coin"]``.
+    init_model : TrainedUnet, optional
+        Continue training this model (e.g. after adding strokes).
+    on_progress : callable, optional
+        Called with every :class:`Progress` (``partial`` holds the curve point).
+    **options
+        :class:`TrainingOptions` fields: ``steps``, ``patch_size``, ``batch_size``,
+        ``learning_rate``, ``val_fraction``, ``device``, ``seed``, ...
+
+    Returns
+    -------
+    TrainedUnet
+        The weights with the lowest validation loss; ``.predict(plane)`` gives
+        labels 1..K, ``.save(folder)`` writes a model folder that
+        :func:`load_unet` and :func:`load_model` read.
+
+    Examples
+    --------
+    >>> from skimage import data
+    >>> from napari_segsuite.testing.coins import coins_strokes
+    >>> model = train_unet(data.coins(), coins_strokes(), class_names=["background", "coin"],
+    ...                    steps=200)  # doctest: +SKIP
+    >>> labels = model.predict(data.coins())  # doctest: +SKIP
+    >>> model.save("coins-unet")  # doctest: +SKIP
+    """
+    from napari_segsuite.tasks import unet_training
+
+    return unet_training.train_unet(image, labels, class_names=class_names, init_model=init_model,
+                                    on_progress=on_progress, **options)
+
+
+def load_unet(path, device: str = "cpu") -> TrainedUnet:
+    """Load a U-Net folder (``model.safetensors`` + ``unet_config.json``) as a :class:`TrainedUnet`."""
+    from napari_segsuite.tasks.unet_training import load_trained_unet
+
+    return load_trained_unet(path, device)

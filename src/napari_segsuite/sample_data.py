@@ -37,3 +37,17 @@ def make_coins_stack(n_planes: int = 8, shift: int = 4) -> np.ndarray:
 def coins_stack():
     """A small synthetic z-stack (8 planes) of shifted coins, anisotropic scale."""
     return [(make_coins_stack(), {"name": "coins stack", "scale": (2.0, 1.0, 1.0)}, "image")]
+
+
+def coins_strokes():
+    """Coins with a few painted training strokes (1 = background, 2 = coin), for the U-Net."""
+    from skimage import data
+
+    from napari_segsuite.testing.coins import COINS_CLASS_NAMES, coins_strokes
+
+    names = COINS_CLASS_NAMES
+    features = {"index": list(names), "class_name": list(names.values())}
+    return [
+        (data.coins(), {"name": "coins"}, "image"),
+        (coins_strokes(), {"name": "coins strokes", "features": features, "opacity": 0.9}, "labels"),
+    ]
