@@ -165,6 +165,19 @@ class SemanticWidget(SegmentationWidget):
         self.task_options.extend([self.tile_size, self.overlap, self.planes, self.with_confidence])
         self.append(Label(value="Classes"))
         self.append(self.legend)
+        self._add_unet_section()
+
+    def _add_unet_section(self) -> None:
+        """The U-Net trained from painted strokes, as a collapsible section of this widget."""
+        from superqt import QCollapsible
+
+        from napari_segsuite.widgets.unet_training import UnetTrainingPanel
+
+        self.unet = UnetTrainingPanel(self.viewer)
+        section = QCollapsible("U-Net: train from painted strokes")
+        section.addWidget(self.unet.native)
+        self.native.layout().addWidget(section)
+        self.unet_section = section
 
     # -- running ------------------------------------------------------------------
     def make_job(self):
@@ -298,3 +311,5 @@ class SemanticWidget(SegmentationWidget):
         name = f"{layer.name} [semantic]"
         if name not in self.viewer.layers:
             raise RuntimeError(f"Semantic segmentation wrote no layer '{name}'.")
+        if layer.name == "coins":  # the sample the U-Net's shipped strokes belong to
+            self.unet.smoke()
