@@ -64,20 +64,24 @@ def test_chunked_instances_match_the_whole_image(chunk, overlap):
 
 def test_objects_of_different_classes_are_not_merged():
     img = np.zeros((100, 100), np.uint8)
-    img[40:60, 10:90] = 255
+    img[40:60, 10:90] = 100  # a bar over the four chunks
+    img[0:10, 0:10] = 255  # a block seen only by the top-left chunk
 
     def classed(window):
+        # A (fake) model that calls everything class 2 where it sees the block, else class 1.
         labels, table = components(window)
-        # A (fake) model that calls everything left of column 50 class 1, the rest class 2.
-        table["class_id"] = 1 if window.shape[1] < 100 and labels[:, : window.shape[1] // 2].any() else 2
+        table["class_id"] = 2 if (np.asarray(window) == 255).any() else 1
         return labels, table
 
     out = np.zeros(img.shape, np.int32)
     table = segment_chunked(img, classed, out, chunk=50, overlap=8)
-    assert len(np.unique(out[out != 0])) == len(table)
-    assert set(table["class_id"]) <= {1, 2}
-    merged_same_class = table.groupby("class_id").size()
-    assert merged_same_class.sum() == len(table)
+    # block; bar part of the top-left chunk (class 2); the rest of the bar merged (class 1)
+    assert len(table) == 3 and len(np.unique(out[out != 0])) == 3
+    assert sorted(table["class_id"]) == [1, 2, 2]
+    assert out[45, 20] != out[45, 60] and out[45, 60] == out[55, 20] == out[55, 60]
+    unclassed = np.zeros(img.shape, np.int32)
+    segment_chunked(img, components, unclassed, chunk=50, overlap=8)
+    assert len(np.unique(unclassed[unclassed != 0])) == 2
 
 
 def test_semantic_chunks_are_stitched_without_renumbering():

@@ -87,3 +87,18 @@ def test_unreachable_scheduler_is_a_clear_error_within_seconds(tmp_path, capsys)
     elapsed = time.perf_counter() - t
     err = capsys.readouterr().err
     assert code == 2 and "Cannot reach the dask scheduler" in err and elapsed < 10, (elapsed, err)
+
+
+def test_local_processes_cluster(tmp_path, monkeypatch, capsys):
+    """``--processes -j 2``: a local cluster of two worker processes, relative paths."""
+    monkeypatch.chdir(tmp_path)
+    for i in range(4):
+        img = np.zeros((30, 30), np.uint8)
+        img[5:10 + i, 5:20] = 200
+        iio.imwrite(tmp_path / f"p{i}.png", img)
+    code = main(["run", "threshold", "p*.png", "--out", "o", "--processes", "-j", "2", "-p", "level=100"])
+    assert code == 0, capsys.readouterr().err
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["options"]["processes"] and manifest["summary"]["done"] == 4
+    assert all(r["worker_pid"] != os.getpid() for r in manifest["images"])
+    assert tifffile.imread(tmp_path / "o" / "p3.tif").max() == 1

@@ -190,7 +190,7 @@ def output_paths(item: Item, spec: JobSpec, big: bool) -> dict[str, Path]:
 def process_item(item: Item, spec: JobSpec) -> dict:
     """Segment one image and write its outputs; never raises (failures become records)."""
     t0 = time.perf_counter()
-    record = {"input": item.label, "name": item.name, "status": "failed"}
+    record = {"input": item.label, "name": item.name, "status": "failed", "t_start": time.time()}
     try:
         record.update(_process(item, spec))
         record["status"] = "done"
@@ -203,6 +203,7 @@ def process_item(item: Item, spec: JobSpec) -> dict:
         where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
         record["reason"] = f"{type(exc).__name__}: {exc}{where}"
     record["seconds"] = round(time.perf_counter() - t0, 4)
+    record["t_end"] = time.time()
     record["worker_peak_mb"] = round(_peak_mb(), 1)
     record["worker_pid"] = os.getpid()
     return record
@@ -516,7 +517,7 @@ def batch_job(
         if hasattr(model, "source"):  # a loaded runner: reuse it in this process
             device = model.device
             with _RUNNER_LOCK:
-                _RUNNERS[(str(source.path), source.family, device)] = model
+                _RUNNERS[(str(Path(source.path).resolve()), source.family, device)] = model
     out_path = check_out_dir(out)
     params = {k: _parse_value(v) for k, v in (params or {}).items()}
     model_info = mf.model_record(source)
@@ -527,7 +528,7 @@ def batch_job(
     }
     cpus = os.cpu_count() or 1
     spec = JobSpec(
-        task=task, model_path=str(source.path) if source else None,
+        task=task, model_path=str(Path(source.path).resolve()) if source else None,
         model_family=source.family if source else None, device=device, params=params,
         out=str(out_path.resolve()), chunk_size=int(chunk_size), overlap=int(overlap), fmt=fmt,
         table=table, merge_threshold=float(merge_threshold),

@@ -184,7 +184,8 @@ def expand_inputs(specs) -> Expansion:
                 seen.add(key)
                 pairs.append(pair)
     names = _unique_names(pairs)
-    items = [Item(path=p, component=c, name=n) for (p, c), n in zip(pairs, names, strict=True)]
+    # Absolute paths: workers of a cluster may run in another folder.
+    items = [Item(path=os.path.abspath(p), component=c, name=n) for (p, c), n in zip(pairs, names, strict=True)]
     return Expansion(items=items, problems=problems)
 
 
