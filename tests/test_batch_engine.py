@@ -143,3 +143,18 @@ def test_panoptic_batch_with_a_tiny_mask2former(tmp_path):
     np.testing.assert_array_equal(labels, expected.labels)
     table = pd.read_csv(tmp_path / "o" / "x.csv")
     assert {"label", "class_id", "score", "area"} <= set(table.columns)
+
+
+def test_array_job_runs_every_plane_of_an_in_memory_stack():
+    from napari_segsuite.batch.engine import array_job
+    from napari_segsuite.core.progress import run_sync
+
+    stack = np.zeros((2, 3, 40, 50), np.uint16)  # (t, z, y, x): six planes
+    stack[1, 2, 5:10, 5:10] = 1000
+    stack[0, 0, 20:30, 5:45] = 1000
+    seen = []
+    labels, table = run_sync(array_job("threshold", None, stack, params={"level": 500}, channels_last=False,
+                                       chunk_size=32, overlap=4), seen.append)
+    assert labels.shape == (2, 3, 40, 50) and len(seen) == 6
+    assert labels[1, 2, 7, 7] == 1 and labels[0, 0, 25, 6] == labels[0, 0, 25, 44] == 1
+    assert list(table["plane"]) == [0, 5] and list(table["area"]) == [400, 25]

@@ -251,7 +251,7 @@ def _process(item: Item, spec: JobSpec) -> dict:
             if big:
                 table = segment_chunked(
                     plane, func, target, kind=task.kind, chunk=spec.chunk_size,
-                    overlap=spec.overlap, merge_threshold=spec.merge_threshold,
+                    overlap=spec.overlap, merge_threshold=spec.merge_threshold, normalize=task.normalize,
                 )
             else:
                 labels, table = func(np.asarray(plane))
@@ -302,6 +302,72 @@ def _process(item: Item, spec: JobSpec) -> dict:
         "input_shape": list(shape), "input_dtype": sidecar["input_dtype"], "n_labels": len(table),
         "chunked": big,
     }
+
+
+def array_job(
+    task: str,
+    runner,
+    data,
+    *,
+    params: dict | None = None,
+    channels_last: bool | None = None,
+    chunk_size: int = 2048,
+    overlap: int = 64,
+    merge_threshold: float = 0.5,
+) -> Generator[Progress, None, tuple]:
+    """One in-memory image or stack through a batch task, plane by plane (for the widgets'
+    "run on all planes / all open images"); a generator yielding a :class:`Progress` per plane.
+
+    Parameters
+    ----------
+    task : str
+        A registered batch task.
+    runner : Runner or None
+        A loaded model (None for tasks without one).
+    data : array-like
+        ``(H, W)``, ``(H, W, C)``, ``(Z, H, W)`` or ``(Z, H, W, C)`` (see
+        :func:`~napari_segsuite.batch.inputs.layout`), or ``(..., H, W[, C])`` with
+        ``channels_last`` given: every leading index is a plane.
+    params, chunk_size, overlap, merge_threshold
+        As for :func:`run_batch`; planes larger than ``chunk_size`` are chunked.
+
+    Returns
+    -------
+    (ndarray, pandas.DataFrame)
+        int32 labels of the spatial shape of ``data`` and the table (a ``plane`` column, the
+        plane's index into the leading axes flattened, for stacks).
+    """
+    import pandas as pd
+
+    from napari_segsuite.batch.chunking import segment_chunked
+    from napari_segsuite.batch.tasks import get_task
+
+    spec = get_task(task)
+    shape = tuple(int(s) for s in data.shape)
+    if channels_last is None:
+        _, channels_last = layout(shape)
+    spatial = shape[:-1] if channels_last else shape
+    lead, (h, w) = spatial[:-2], spatial[-2:]
+    n = int(np.prod(lead)) if lead else 1
+    out = np.zeros((n, h, w), dtype=LABEL_DTYPE)
+    flat = np.reshape(data, (n, *shape[len(lead):])) if lead else np.asarray(data)[None]
+    tables = []
+    for z in range(n):
+        plane = flat[z]
+        if h > chunk_size or w > chunk_size:
+            table = segment_chunked(
+                plane, lambda p: spec.func(p, runner, **(params or {})), out[z], kind=spec.kind,
+                chunk=chunk_size, overlap=overlap, merge_threshold=merge_threshold, normalize=spec.normalize,
+            )
+        else:
+            labels, table = spec.func(np.asarray(plane), runner, **(params or {}))
+            out[z] = labels
+        table = table.copy()
+        if lead:
+            table.insert(0, "plane", z)
+        tables.append(table)
+        yield Progress(z + 1, n, f"plane {z + 1}/{n}")
+    return out.reshape(spatial), pd.concat(tables, ignore_index=True)
 
 
 def _file_record(path: Path) -> dict:

@@ -44,6 +44,10 @@ class TaskSpec:
         The runner task checked with ``Runner.require``.
     help : str
         One line for ``--help``.
+    normalize : bool
+        Whether a chunked non-uint8 plane is mapped to uint8 with one global percentile
+        scaling first (models that normalise each input would otherwise scale chunks
+        differently); False for tasks whose parameters are in the image's units.
     """
 
     name: str
@@ -52,6 +56,7 @@ class TaskSpec:
     needs_model: bool = True
     model_task: str = ""
     help: str = ""
+    normalize: bool = True
 
 
 TASKS: dict[str, TaskSpec] = {}
@@ -59,12 +64,12 @@ TASKS: dict[str, TaskSpec] = {}
 
 def register_task(
     name: str, func: Callable, *, kind: str = "instance", needs_model: bool = True,
-    model_task: str | None = None, help: str = "",
+    model_task: str | None = None, help: str = "", normalize: bool = True,
 ) -> TaskSpec:
     """Register (or replace) the batch task ``name``; returns its :class:`TaskSpec`."""
     if kind not in ("semantic", "instance"):
         raise ValueError(f"kind must be 'semantic' or 'instance', not {kind!r}")
-    spec = TaskSpec(name, func, kind, needs_model, model_task or name, help)
+    spec = TaskSpec(name, func, kind, needs_model, model_task or name, help, normalize)
     TASKS[name] = spec
     return spec
 
@@ -201,6 +206,6 @@ register_task(
     help="things and stuff segments (Mask2Former panoptic); --param threshold=0.8 ...",
 )
 register_task(
-    "threshold", threshold_task, kind="instance", needs_model=False,
+    "threshold", threshold_task, kind="instance", needs_model=False, normalize=False,
     help="connected components above a threshold (no model); --param level=N min_size=N",
 )
