@@ -38,7 +38,7 @@ def images(tmp_path):
     return d
 
 
-def test_semantic_batch_mixed_inputs_corrupt_file_and_resume(lraspp, images, tmp_path):
+def test_semantic_batch_mixed_inputs_corrupt_file_and_resume(lraspp, images, tmp_path, monkeypatch):
     out = tmp_path / "out"
     every = {"background_zero": False}  # labels = class + 1: every pixel labelled
     summary = api.run_batch("semantic", str(lraspp), images, out, params=every)
@@ -65,8 +65,13 @@ def test_semantic_batch_mixed_inputs_corrupt_file_and_resume(lraspp, images, tmp
     assert {"torch", "transformers", "numpy", "dask", "python", "napari-segsuite"} <= set(manifest["versions"])
     assert {r["status"] for r in manifest["images"]} == {"done", "failed"}
 
-    # Resume: everything complete is skipped; a damaged output is redone.
+    # Resume: everything complete is skipped; a damaged output is redone. The model's
+    # checksum is taken from the previous manifest (same path, size and time).
+    import napari_segsuite.batch.manifest as mf
+
+    monkeypatch.setattr(mf, "sha256_path", lambda p: pytest.fail("hashed the model again"))
     again = api.run_batch("semantic", str(lraspp), images, out, params=every)
+    monkeypatch.undo()
     assert len(again.skipped) == 5 and not again.done and len(again.failed) == 1
     tifffile.imwrite(out / "gray.tif", np.zeros((2, 2), np.int32))
     third = api.run_batch("semantic", str(lraspp), images, out, params=every)

@@ -298,6 +298,7 @@ def _process(item: Item, spec: JobSpec) -> dict:
     tmp_side.write_text(json.dumps(sidecar, indent=1))
     _replace(tmp_side, paths["sidecar"])
     return {
+        "_table": table,  # for objects.csv without reading the file back; not in the manifest
         "labels": str(labels_path), "table": str(paths["table"]), "shape": list(out_shape),
         "input_shape": list(shape), "input_dtype": sidecar["input_dtype"], "n_labels": len(table),
         "chunked": big,
@@ -586,7 +587,12 @@ def batch_job(
                 _RUNNERS[(str(Path(source.path).resolve()), source.family, device)] = model
     out_path = check_out_dir(out)
     params = {k: _parse_value(v) for k, v in (params or {}).items()}
-    model_info = mf.model_record(source)
+    previous = None
+    try:
+        previous = json.loads((out_path / MANIFEST).read_text()).get("model")
+    except (OSError, ValueError, AttributeError):
+        pass
+    model_info = mf.model_record(source, previous)
     signature = {
         "task": task, "model_sha256": model_info["sha256"], "params": params,
         "chunk_size": chunk_size, "overlap": overlap, "merge_threshold": merge_threshold,
@@ -661,9 +667,12 @@ def _finish(summary, spec, model_info, started, t0, scheduler, workers, processe
     out = Path(spec.out)
     frames = []
     for rec in summary.records:
-        if rec["status"] in ("done", "skipped") and rec.get("table"):
+        df = rec.pop("_table", None)
+        if df is None and rec["status"] in ("done", "skipped") and rec.get("table"):
             path = Path(rec["table"])
             df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        if df is not None:
+            df = df.copy()
             df.insert(0, "image", rec["name"])
             frames.append(df)
     if frames:

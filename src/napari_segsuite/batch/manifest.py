@@ -41,14 +41,26 @@ def sha256_path(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def model_record(source) -> dict:
-    """Provenance of a resolved :class:`~napari_segsuite.models.store.ModelSource`, checksum included."""
+def _stat(path: Path) -> dict:
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+    return {"size": sum(f.stat().st_size for f in files), "mtime_ns": max((f.stat().st_mtime_ns for f in files), default=0)}
+
+
+def model_record(source, previous: dict | None = None) -> dict:
+    """Provenance of a resolved :class:`~napari_segsuite.models.store.ModelSource`, checksum included.
+
+    ``previous`` is the model record of an earlier manifest: its checksum is reused when the
+    path, size and modification time are the same (hashing a large checkpoint takes seconds).
+    """
     if source is None:
         return {"name": None, "path": None, "sha256": None}
     record = dict(source.provenance())
-    record["path"] = str(source.path)
+    path = Path(source.path).resolve()
+    record["path"] = str(path)
+    record.update(_stat(path))
     if not record.get("sha256"):
-        record["sha256"] = sha256_path(source.path)
+        same = previous and all(previous.get(k) == record[k] for k in ("path", "size", "mtime_ns"))
+        record["sha256"] = previous["sha256"] if same and previous.get("sha256") else sha256_path(path)
     return record
 
 
