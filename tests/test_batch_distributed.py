@@ -96,7 +96,8 @@ def test_local_processes_cluster(tmp_path, monkeypatch, capsys):
         img = np.zeros((30, 30), np.uint8)
         img[5:10 + i, 5:20] = 200
         iio.imwrite(tmp_path / f"p{i}.png", img)
-    code = main(["run", "threshold", "p*.png", "--out", "o", "--processes", "-j", "2", "-p", "level=100"])
+    code = main(["run", "threshold", "p*.png", "--out", "o", "--processes", "-j", "2", "-p", "level=100",
+                 "--torch-threads", "1"])
     assert code == 0, capsys.readouterr().err
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["options"]["processes"] and manifest["summary"]["done"] == 4

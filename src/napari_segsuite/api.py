@@ -238,7 +238,7 @@ def run_batch(task: str, model, inputs, out, *, progress=None, **options):
         ``processes`` (False: threads), ``scheduler`` (a ``dask.distributed`` address),
         ``chunk_size`` (2048), ``overlap`` (64), ``fmt`` ("auto", "tif", "zarr"), ``table``
         ("csv", "parquet"), ``resume`` (True), ``merge_threshold`` (0.5),
-        ``connect_timeout`` (5 s), ``family``.
+        ``connect_timeout`` (5 s), ``family``, ``torch_threads`` (per worker).
 
     Returns
     -------

@@ -97,6 +97,8 @@ def add_run_parser(sub) -> argparse.ArgumentParser:
     mode.add_argument("--processes", dest="processes", action="store_true",
                       help="workers are processes of a local dask cluster")
     mode.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing dask.distributed scheduler")
+    run.add_argument("--torch-threads", type=int, metavar="N",
+                     help="torch threads per worker (default: cores / workers; 1 is best on a busy machine)")
     run.add_argument("--connect-timeout", type=float, default=5.0, metavar="S",
                      help="seconds to wait for --scheduler (default 5)")
     run.add_argument("--chunk-size", type=int, default=2048, metavar="PX",
@@ -187,7 +189,8 @@ def run_command(args) -> int:
             workers=args.workers, processes=bool(args.processes) and not args.scheduler,
             scheduler=args.scheduler, chunk_size=args.chunk_size, overlap=args.overlap, fmt=args.fmt,
             table=args.table, resume=args.resume, merge_threshold=args.merge_threshold,
-            connect_timeout=args.connect_timeout, family=args.family, argv=sys.argv,
+            connect_timeout=args.connect_timeout, family=args.family, torch_threads=args.torch_threads,
+            argv=sys.argv,
         ), printer)
     except (BatchSetupError, SegSuiteError) as exc:
         printer.close()

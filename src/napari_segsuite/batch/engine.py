@@ -544,6 +544,7 @@ def batch_job(
     merge_threshold: float = 0.5,
     connect_timeout: float = 5.0,
     family: str | None = None,
+    torch_threads: int | None = None,
     argv: list[str] | None = None,
 ) -> Generator[Progress, None, BatchSummary]:
     """Segment many images; a generator yielding one :class:`Progress` per finished image.
@@ -604,7 +605,7 @@ def batch_job(
         model_family=source.family if source else None, device=device, params=params,
         out=str(out_path.resolve()), chunk_size=int(chunk_size), overlap=int(overlap), fmt=fmt,
         table=table, merge_threshold=float(merge_threshold),
-        torch_threads=max(1, cpus // workers) if (workers > 1 or processes) and not scheduler else None,
+        torch_threads=torch_threads or (max(1, cpus // workers) if (workers > 1 or processes) and not scheduler else None),
         signature=signature,
     )
     expansion = expand_inputs(inputs)
@@ -738,7 +739,9 @@ def run_batch(task: str, model, inputs, out, *, progress=None, **options) -> Bat
     **options
         ``device``, ``params`` (dict), ``workers``, ``processes``, ``scheduler``,
         ``chunk_size``, ``overlap``, ``fmt`` ("auto", "tif", "zarr"), ``table`` ("csv",
-        "parquet"), ``resume``, ``merge_threshold``, ``connect_timeout``, ``family``.
+        "parquet"), ``resume``, ``merge_threshold``, ``connect_timeout``, ``family``,
+        ``torch_threads`` (torch threads per worker; default: cores // workers with several
+        workers or processes, torch's default otherwise and on a scheduler).
 
     Returns
     -------
