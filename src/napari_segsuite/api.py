@@ -57,6 +57,7 @@ __all__ = [
     "prepare_rgb_float",
     "prepare_rgb_uint8",
     "resolve_device",
+    "run_batch",
     "run_sync",
     "segment_instances",
     "segment_panoptic",
@@ -461,3 +462,52 @@ def load_unet(path, device: str = "cpu") -> TrainedUnet:
     from napari_segsuite.tasks.unet_training import load_trained_unet
 
     return load_trained_unet(path, device)
+
+
+# -- batch segmentation (issue 9) ----------------------------------------------------------
+
+
+def run_batch(task: str, model, inputs, out, *, progress=None, **options):
+    """Segment many images (files, folders, globs, zarr) with one task and model.
+
+    The engine behind ``napari-segsuite run``: per image a label image (TIFF, or zarr for
+    large ones), a table, and a ``.done.json`` sidecar for resume; for the run ``objects.csv``
+    and ``manifest.json`` (model checksum, parameters, versions). Large images are segmented
+    in overlapping chunks with border objects merged.
+
+    Parameters
+    ----------
+    task : str
+        A registered batch task: ``"semantic"``, ``"panoptic"``, ``"threshold"`` (see
+        :mod:`napari_segsuite.batch.tasks`; :func:`~napari_segsuite.batch.tasks.register_task`
+        adds more).
+    model : str, path, Runner or None
+        Registry name, local checkpoint, or a loaded runner (reused in this process).
+    inputs : str, path or list
+        Files (tif, png, jpg), folders, glob patterns, zarr / OME-Zarr stores.
+    out : str or path
+        Output folder (created; must be writable).
+    progress : callable, optional
+        Called with a :class:`Progress` per finished image (``partial``: its record).
+    **options
+        ``device`` ("cpu"), ``params`` (task parameters, dict), ``workers`` (1),
+        ``processes`` (False: threads), ``scheduler`` (a ``dask.distributed`` address),
+        ``chunk_size`` (2048), ``overlap`` (64), ``fmt`` ("auto", "tif", "zarr"), ``table``
+        ("csv", "parquet"), ``resume`` (True), ``merge_threshold`` (0.5),
+        ``connect_timeout`` (5 s), ``family``, ``torch_threads`` (per worker).
+
+    Returns
+    -------
+    napari_segsuite.batch.engine.BatchSummary
+        ``.done``, ``.skipped``, ``.failed`` (input, reason), ``.records``, ``.manifest``,
+        ``.exit_code``.
+
+    Raises
+    ------
+    napari_segsuite.batch.engine.BatchSetupError
+        Before any work, for an unknown task or model, an output folder that is not writable,
+        or a scheduler that cannot be reached.
+    """
+    from napari_segsuite.batch.engine import run_batch as _run_batch
+
+    return _run_batch(task, model, inputs, out, progress=progress, **options)

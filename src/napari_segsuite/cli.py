@@ -1,9 +1,11 @@
-"""The ``napari-segsuite`` command: open the viewer with the widgets, or a smoke run.
+"""The ``napari-segsuite`` command: open the viewer with the widgets, a smoke run, or a batch run.
 
 ``napari-segsuite view`` opens napari on a sample image with the four
 segmentation widgets docked. ``napari-segsuite view --smoke shot.png`` does the
 same headless (under Xvfb), runs each widget's smoke step end to end, saves a
 screenshot of the whole window and exits (non-zero on failure).
+``napari-segsuite run TASK --model MODEL INPUT... --out DIR`` segments many
+images (see ``napari-segsuite run --help``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,175 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--sample", default="coins", choices=SAMPLES, help="sample image to open")
     view.add_argument("--smoke", metavar="PNG", help="headless check: run, save a screenshot, exit")
     view.add_argument("--models", metavar="DIR", help="model cache folder for this session")
+    add_run_parser(sub)
     return parser
+
+
+RUN_DESCRIPTION = """\
+Segment many images with one task and model, locally or on a dask cluster.
+
+INPUT is any mix of image files (tif, tiff, png, jpg, bmp), folders (their images and zarr
+stores, not recursive), glob patterns ("data/**/*.tif", quoted) and zarr / OME-Zarr stores
+(an array, every array of a group, or an OME-Zarr's full resolution). 2D images, images with
+up to 4 channels (last axis) and stacks of planes (segmented plane by plane) are accepted;
+pixel types and channel counts may differ from file to file (each image is normalised on its
+own; the summary says when they were mixed).
+
+Outputs in --out, per image: NAME.tif (or NAME.zarr for images larger than --chunk-size, or
+with --format zarr) with int32 labels, NAME.csv (or .parquet) with one row per label, and
+NAME.done.json (checksums, for resume); for the run: objects.csv (all tables, column "image")
+and manifest.json (task, model path and SHA-256, every parameter, package versions, and each
+image's status and reason).
+
+Images larger than --chunk-size are segmented in overlapping chunks (--overlap pixels of
+context on each side); instance ids are made unique across chunks and objects cut by chunk
+borders are merged. A re-run skips images whose outputs are complete and valid (--no-resume
+redoes all). A failing image is reported with its reason and the others go on.
+
+Where it runs: by default in this process (--workers N: N threads); --processes: a local dask
+cluster of N worker processes on 127.0.0.1; --scheduler tcp://HOST:8786: an existing
+dask.distributed cluster (start one with `dask scheduler` and `dask worker tcp://HOST:8786
+--nthreads 1`; workers need napari-segsuite installed and must see the inputs, the model and
+--out at the same paths). Each worker loads the model once.
+
+Exit status: 0 all images done or skipped, 1 some failed, 2 usage or setup error (unknown
+task, model not found, output folder not writable, scheduler unreachable within
+--connect-timeout seconds).
+
+Examples:
+  napari-segsuite run semantic --model lraspp_mobilenet_v3_large_voc data/*.png --out seg/
+  napari-segsuite run panoptic --model ./m2f_folder images/ --out pan/ --param threshold=0.5
+  napari-segsuite run threshold big.ome.zarr --out big/ --param level=128 --chunk-size 4096
+  napari-segsuite run semantic --model unet_dir/ in/ --out o/ --scheduler tcp://10.0.0.5:8786
+"""
+
+
+def add_run_parser(sub) -> argparse.ArgumentParser:
+    """The ``run`` sub-command (batch segmentation)."""
+    from napari_segsuite.batch.tasks import TASKS
+
+    tasks = "\n".join(f"  {name:<10} {spec.help}" for name, spec in sorted(TASKS.items()))
+    run = sub.add_parser(
+        "run", help="segment many images (batch, locally or on a dask cluster)",
+        description=RUN_DESCRIPTION + "\ntasks:\n" + tasks,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("task", metavar="TASK", help=f"what to do: {', '.join(sorted(TASKS))}")
+    run.add_argument("inputs", metavar="INPUT", nargs="+", help="files, folders, glob patterns, zarr stores")
+    run.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created)")
+    run.add_argument("--model", "-m", metavar="MODEL", help="registry name or local checkpoint file/folder")
+    run.add_argument("--family", help="model family of a local checkpoint when it cannot be detected")
+    run.add_argument("--models", metavar="DIR", help="model cache folder (NAPARI_SEGSUITE_CACHE)")
+    run.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
+    run.add_argument("--workers", "-j", type=int, default=1, metavar="N", help="parallel workers (default 1)")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--threads", dest="processes", action="store_false", help="workers are threads (default)")
+    mode.add_argument("--processes", dest="processes", action="store_true",
+                      help="workers are processes of a local dask cluster")
+    mode.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing dask.distributed scheduler")
+    run.add_argument("--torch-threads", type=int, metavar="N",
+                     help="torch threads per worker (default: cores / workers; 1 is best on a busy machine)")
+    run.add_argument("--connect-timeout", type=float, default=5.0, metavar="S",
+                     help="seconds to wait for --scheduler (default 5)")
+    run.add_argument("--chunk-size", type=int, default=2048, metavar="PX",
+                     help="images larger than this are segmented in chunks of PX x PX (default 2048)")
+    run.add_argument("--overlap", type=int, default=64, metavar="PX", help="halo of each chunk in pixels (default 64)")
+    run.add_argument("--merge-threshold", type=float, default=0.5, metavar="F",
+                     help="fraction of a border object that must overlap to merge across chunks (default 0.5)")
+    run.add_argument("--format", dest="fmt", choices=("auto", "tif", "zarr"), default="auto",
+                     help="label image format (auto: tif, zarr for chunked images)")
+    run.add_argument("--table", choices=("csv", "parquet"), default="csv", help="table format (default csv)")
+    run.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
+                     help="task parameter (repeatable), e.g. threshold=0.5")
+    run.add_argument("--no-resume", dest="resume", action="store_false", help="redo images that are complete")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    run.set_defaults(processes=False)
+    return run
+
+
+def parse_params(pairs: list[str]) -> dict[str, str]:
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``; ValueError for a pair without ``=``."""
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--param expects KEY=VALUE, got {pair!r}")
+        params[key.strip()] = value.strip()
+    return params
+
+
+class _ProgressPrinter:
+    """Progress on stderr: a rich progress bar on a terminal, one line per image otherwise."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.bar, self.task = quiet, None, None
+        if quiet or not sys.stderr.isatty():
+            return
+        try:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+        except ImportError:
+            return
+        self.bar = Progress(TextColumn("segmenting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            TextColumn("{task.description}"), console=Console(stderr=True))
+        self.bar.start()
+
+    def __call__(self, p) -> None:
+        if self.quiet:
+            return
+        record = p.partial or {}
+        if self.bar is not None:
+            if self.task is None:
+                self.task = self.bar.add_task("", total=p.total)
+            self.bar.update(self.task, completed=p.step, description=p.message[-60:])
+            if record.get("status") == "failed":
+                self.bar.console.print(f"[red]FAILED[/red] {record['input']}: {record.get('reason')}")
+            return
+        line = f"[{p.step}/{p.total}] {p.message}"
+        if record.get("status") == "failed":
+            line += f" -- {record.get('reason')}"
+        print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def run_command(args) -> int:
+    """The ``run`` sub-command; returns the exit status (0 ok, 1 some failed, 2 setup error)."""
+    from napari_segsuite.batch.engine import BatchSetupError, batch_job
+    from napari_segsuite.core.errors import SegSuiteError
+    from napari_segsuite.core.progress import run_sync
+
+    try:
+        params = parse_params(args.param)
+    except ValueError as exc:
+        print(f"napari-segsuite run: error: {exc}", file=sys.stderr)
+        return 2
+    printer = _ProgressPrinter(args.quiet)
+    try:
+        summary = run_sync(batch_job(
+            args.task, args.model, args.inputs, args.out, device=args.device, params=params,
+            workers=args.workers, processes=bool(args.processes) and not args.scheduler,
+            scheduler=args.scheduler, chunk_size=args.chunk_size, overlap=args.overlap, fmt=args.fmt,
+            table=args.table, resume=args.resume, merge_threshold=args.merge_threshold,
+            connect_timeout=args.connect_timeout, family=args.family, torch_threads=args.torch_threads,
+            argv=sys.argv,
+        ), printer)
+    except (BatchSetupError, SegSuiteError) as exc:
+        printer.close()
+        print(f"napari-segsuite run: error: {exc}", file=sys.stderr)
+        return 2
+    printer.close()
+    print(summary, file=sys.stderr)
+    print(f"manifest: {summary.manifest}", file=sys.stderr)
+    return summary.exit_code
 
 
 def open_viewer(images: list[str], sample: str, *, show: bool = True):
@@ -71,6 +241,9 @@ def smoke(viewer, widgets, png: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``napari-segsuite`` command."""
     args = build_parser().parse_args(argv)
+    if args.command == "run" and args.workers < 1:
+        print("napari-segsuite run: error: --workers must be at least 1", file=sys.stderr)
+        return 2
     if args.models:
         import os
 
@@ -84,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             viewer.close()
             return code
         napari.run()
+    elif args.command == "run":
+        return run_command(args)
     return 0
 
 

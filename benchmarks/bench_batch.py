@@ -1,0 +1,144 @@
+"""Benchmarks of batch segmentation (``napari-segsuite run`` / ``api.run_batch``).
+
+- throughput with 1 and 2 worker processes (a dask.distributed cluster on 127.0.0.1, one
+  torch thread per worker), tiny LRASPP MobileNetV3 (random weights), N small images; the
+  cluster is warmed up (model loaded in each worker) before the timed batch, and the
+  end-to-end time of ``--processes`` (cluster start and model loading included) is shown too;
+- overhead per image of ``run_batch`` (workers=1, a loaded runner) against the same task
+  called in a plain Python loop that reads each file and writes the label TIFF and the CSV;
+- a 20,000 x 20,000 uint8 image (zarr) in 2048-pixel chunks with the ``threshold`` task
+  (connected components, no model: the tiny models are too slow for 400 Mpixel on this shared
+  CPU), with the worker's peak memory.
+"""
+
+from __future__ import annotations
+
+from run import benchmark, run_python
+
+SETUP = """
+import os, tempfile, time
+import numpy as np, imageio.v3 as iio
+from napari_segsuite import api
+from napari_segsuite.testing.tiny_models import build_tiny_torchvision
+tmp = tempfile.mkdtemp()
+model = str(build_tiny_torchvision(tmp + "/lraspp.pth", num_classes=3))
+rng = np.random.default_rng(0)
+os.mkdir(tmp + "/in")
+for i in range({n}):
+    iio.imwrite(f"{{tmp}}/in/img{{i:03d}}.png", rng.integers(0, 255, ({size}, {size}, 3), dtype=np.uint8))
+"""
+
+THROUGHPUT = SETUP + """
+import torch
+torch.set_num_threads(1)
+from distributed import Client, LocalCluster
+t = time.perf_counter()
+summary = api.run_batch("semantic", model, tmp + "/in", tmp + "/e2e", workers={w}, processes=True)
+e2e = time.perf_counter() - t
+assert not summary.failed, summary.failed
+with LocalCluster(n_workers={w}, threads_per_worker=1, processes=True, host="127.0.0.1",
+                  dashboard_address=None, silence_logs=40) as cluster:
+    api.run_batch("semantic", model, tmp + "/in", tmp + "/warm", scheduler=cluster.scheduler_address)
+    t = time.perf_counter()
+    summary = api.run_batch("semantic", model, tmp + "/in", tmp + "/timed", scheduler=cluster.scheduler_address)
+    seconds = time.perf_counter() - t
+assert not summary.failed, summary.failed
+peak = max(r["worker_peak_mb"] for r in summary.records)
+per_image = sum(r["seconds"] for r in summary.records) / len(summary.records)
+result = {{"seconds": seconds, "e2e": e2e, "worker_peak": peak, "per_image": per_image, "load": os.getloadavg()[0]}}
+"""
+
+OVERHEAD = SETUP + """
+import pandas as pd, tifffile
+from napari_segsuite.batch.tasks import semantic_task
+runner = api.load_model(model, "cpu")
+files = sorted(os.listdir(tmp + "/in"))
+semantic_task(iio.imread(tmp + "/in/" + files[0]), runner)  # warm
+import statistics
+plain, batch = [], []
+for k in range(5):  # interleaved rounds; the paired ratio of each round, median: the machine is shared
+    os.mkdir(f"{{tmp}}/plain{{k}}")
+    t = time.perf_counter()
+    for f in files:
+        labels, table = semantic_task(iio.imread(tmp + "/in/" + f), runner)
+        tifffile.imwrite(f"{{tmp}}/plain{{k}}/{{f}}.tif", labels, compression="zlib")
+        table.to_csv(f"{{tmp}}/plain{{k}}/{{f}}.csv", index=False)
+    plain.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    summary = api.run_batch("semantic", runner, tmp + "/in", f"{{tmp}}/batch{{k}}")
+    batch.append(time.perf_counter() - t)
+    assert len(summary.done) == len(files)
+ratio = statistics.median(b / p for b, p in zip(batch, plain))
+plain, batch = statistics.median(plain), statistics.median(batch)
+result = {{"seconds": batch, "plain": plain, "ratio": ratio, "load": os.getloadavg()[0]}}
+"""
+
+MAKE_BIG = """
+import numpy as np, zarr
+z = zarr.open_array({path!r}, mode="w", shape=({n}, {n}), dtype="u1", chunks=(2048, 2048), fill_value=0)
+x = np.arange({n}, dtype=np.float32)
+for r in range(0, {n}, 2048):
+    y = np.arange(r, min(r + 2048, {n}), dtype=np.float32)[:, None]
+    z[r:r + len(y)] = ((np.sin(y / 37.0) + np.sin(x / 53.0)) > 1.2) * np.uint8(200)
+result = {{"seconds": 0.0}}
+"""
+
+BIG = """
+import time
+from napari_segsuite import api
+t = time.perf_counter()
+summary = api.run_batch("threshold", None, {path!r}, {out!r}, params={{"level": 100}}, chunk_size=2048, overlap=64)
+seconds = time.perf_counter() - t
+assert summary.done, summary.failed
+rec = summary.records[0]
+import os
+result = {{"seconds": seconds, "worker_peak": rec["worker_peak_mb"], "objects": rec["n_labels"], "load": os.getloadavg()[0]}}
+"""
+
+
+@benchmark("batch")
+def batch(repeats: int) -> list[dict]:
+    """Throughput 1 vs 2 workers, per-image overhead against a plain loop, a 20k x 20k image."""
+    import tempfile
+
+    rows = []
+    n, size = 48, 192
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    through = {}
+    for w in (1, 2):
+        r = run_python(THROUGHPUT.format(n=n, size=size, w=w), env)
+        through[w] = r
+        rows.append({
+            "case": f"semantic LRASPP, {n} images {size}x{size}, {w} worker process(es), warm",
+            "seconds": r["seconds"], "images_per_s": n / r["seconds"], "s_per_image_in_worker": r["per_image"],
+            "ratio": "", "peak_mb": r["worker_peak"], "load_avg": r["load"],
+        })
+        rows.append({
+            "case": f"  same, --processes end to end (cluster start + model load), {w} worker(s)",
+            "seconds": r["e2e"], "images_per_s": n / r["e2e"], "s_per_image_in_worker": "",
+            "ratio": "", "peak_mb": r["worker_peak"], "load_avg": "",
+        })
+    rows.append({"case": "throughput 2 workers / 1 worker (warm; end to end)",
+                 "seconds": "", "images_per_s": "", "s_per_image_in_worker": "",
+                 "ratio": f"{through[1]['seconds'] / through[2]['seconds']:.2f}; {through[1]['e2e'] / through[2]['e2e']:.2f}",
+                 "peak_mb": "", "load_avg": ""})
+    n_over = 96
+    r = run_python(OVERHEAD.format(n=n_over, size=128), env)
+    rows.append({"case": f"plain loop: semantic task + tif + csv, {n_over} images 128x128 (median of 5)",
+                 "seconds": r["plain"], "images_per_s": n_over / r["plain"], "s_per_image_in_worker": r["plain"] / n_over,
+                 "ratio": "", "peak_mb": r["peak_mb"], "load_avg": r["load"]})
+    rows.append({"case": "run_batch, workers=1, same images (median of 5, interleaved)",
+                 "seconds": r["seconds"], "images_per_s": n_over / r["seconds"], "s_per_image_in_worker": r["seconds"] / n_over,
+                 "ratio": f"{r['ratio']:.3f} (median paired batch/plain)",
+                 "peak_mb": r["peak_mb"], "load_avg": ""})
+    tmp = tempfile.mkdtemp()
+    path, out = f"{tmp}/big.zarr", f"{tmp}/out"
+    run_python(MAKE_BIG.format(path=path, n=20000))
+    r = run_python(BIG.format(path=path, out=out))
+    rows.append({"case": f"20000x20000 uint8 zarr, threshold task, 2048 chunks + 64 halo, {r['objects']} objects",
+                 "seconds": r["seconds"], "images_per_s": "", "s_per_image_in_worker": r["seconds"], "ratio": "",
+                 "peak_mb": r["worker_peak"], "load_avg": r["load"]})
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    return rows

@@ -1,0 +1,211 @@
+"""Batch tasks: plain functions ``(image2d, runner, **params) -> (labels2d, table)``.
+
+A task segments one 2D plane (``(H, W)`` or ``(H, W, C)``, any numeric dtype) with a loaded
+runner (None for tasks that need no model) and returns an ``int32`` label image of the same
+height and width and a pandas DataFrame with one row per label (column ``label`` holds the id).
+
+The :class:`TaskSpec` says how the engine treats the labels when it stitches chunks:
+
+- ``kind="semantic"``: labels are class ids; chunks are stitched, nothing is renumbered.
+- ``kind="instance"``: labels are object ids; each chunk's ids are offset so they are unique
+  and objects seen in two chunks are merged (only objects of the same ``class_id`` when the
+  table has that column).
+
+Register a task with :func:`register_task`; later branches replace the minimal ``semantic``
+task here by registering theirs under the same name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from napari_segsuite.core.errors import InputError
+from napari_segsuite.core.labels import LABEL_DTYPE
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A registered batch task.
+
+    Attributes
+    ----------
+    name : str
+        The task's name on the command line (``semantic``, ``panoptic`` ...).
+    func : callable
+        ``func(image2d, runner, **params) -> (labels2d int32, DataFrame)``.
+    kind : str
+        ``"semantic"`` (class ids) or ``"instance"`` (object ids), see the module docstring.
+    needs_model : bool
+        Whether ``--model`` is required (the runner must do ``model_task``).
+    model_task : str
+        The runner task checked with ``Runner.require``.
+    help : str
+        One line for ``--help``.
+    normalize : bool
+        Whether a chunked non-uint8 plane is mapped to uint8 with one global percentile
+        scaling first (models that normalise each input would otherwise scale chunks
+        differently); False for tasks whose parameters are in the image's units.
+    """
+
+    name: str
+    func: Callable
+    kind: str = "instance"
+    needs_model: bool = True
+    model_task: str = ""
+    help: str = ""
+    normalize: bool = True
+
+
+TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(
+    name: str, func: Callable, *, kind: str = "instance", needs_model: bool = True,
+    model_task: str | None = None, help: str = "", normalize: bool = True,
+) -> TaskSpec:
+    """Register (or replace) the batch task ``name``; returns its :class:`TaskSpec`."""
+    if kind not in ("semantic", "instance"):
+        raise ValueError(f"kind must be 'semantic' or 'instance', not {kind!r}")
+    spec = TaskSpec(name, func, kind, needs_model, model_task or name, help, normalize)
+    TASKS[name] = spec
+    return spec
+
+
+def get_task(name: str) -> TaskSpec:
+    """The registered task ``name``; an :class:`InputError` listing the known ones otherwise."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise InputError(f"Unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}.") from None
+
+
+def _table(rows: dict) -> pd.DataFrame:  # noqa: F821 - pandas is imported lazily
+    import pandas as pd
+
+    return pd.DataFrame(rows)
+
+
+# -- semantic (minimal: argmax of the runner's logits) ---------------------------------------
+
+
+def semantic_task(image, runner, **params):
+    """Semantic segmentation: argmax of ``runner.predict_semantic``; one row per class present.
+
+    Labels are ``class id + 1`` (0 stays background for napari and for chunk stitching is
+    not used): with ``background_zero=True`` (a parameter) class 0 is kept as 0 instead.
+    """
+    from napari_segsuite.core.image import prepare_rgb_uint8
+
+    unknown = set(params) - {"background_zero"}
+    if unknown:
+        raise InputError(f"semantic: unknown parameters {sorted(unknown)}; known: background_zero.")
+    background_zero = _as_bool(params.get("background_zero", True))
+    runner.require("semantic")
+    plane = np.asarray(image)
+    if runner.family != "unet":  # U-Nets normalise with their own config
+        plane = prepare_rgb_uint8(plane)
+    logits = runner.predict_semantic(plane)
+    classes = np.argmax(logits, axis=0).astype(LABEL_DTYPE)
+    labels = classes if background_zero else classes + 1
+    return labels, semantic_table(labels, runner.class_names, background_zero=background_zero)
+
+
+def semantic_table(labels: np.ndarray, class_names: dict, *, background_zero: bool = True):
+    """One row per class present: label, class_id, class_name, area."""
+    counts = np.bincount(np.asarray(labels).ravel().astype(np.int64))
+    ids = [int(i) for i in np.nonzero(counts)[0] if i != 0]
+    class_ids = [i if background_zero else i - 1 for i in ids]
+    return _table({
+        "label": np.asarray(ids, dtype=np.int64),
+        "class_id": np.asarray(class_ids, dtype=np.int64),
+        "class_name": [class_names.get(c, f"class_{c}") for c in class_ids],
+        "area": np.asarray([int(counts[i]) for i in ids], dtype=np.int64),
+    })
+
+
+# -- panoptic (issue 8's segment_panoptic) --------------------------------------------------
+
+
+def panoptic_task(image, runner, **params):
+    """Panoptic segmentation with :func:`napari_segsuite.api.segment_panoptic`."""
+    from napari_segsuite.api import segment_panoptic
+
+    allowed = {"threshold", "mask_threshold", "overlap_mask_area_threshold", "label_ids_to_fuse", "label_divisor"}
+    unknown = set(params) - allowed
+    if unknown:
+        raise InputError(f"panoptic: unknown parameters {sorted(unknown)}; known: {', '.join(sorted(allowed))}.")
+    kwargs = {k: float(v) for k, v in params.items() if k in allowed - {"label_ids_to_fuse", "label_divisor"}}
+    if "label_ids_to_fuse" in params:
+        value = params["label_ids_to_fuse"]
+        kwargs["label_ids_to_fuse"] = [int(v) for v in (value.split(",") if isinstance(value, str) else value) if str(v) != ""]
+    if "label_divisor" in params:
+        kwargs["label_divisor"] = int(params["label_divisor"])
+    result = segment_panoptic(image, runner, **kwargs)
+    table = result.table.rename(columns={"segment_id": "label"})
+    return result.labels.astype(LABEL_DTYPE), table
+
+
+# -- threshold (no model: Otsu or a fixed level, then connected components) -----------------
+
+
+def threshold_task(image, runner=None, **params):
+    """Objects = connected components above a threshold (no model; cheap, for huge images).
+
+    Parameters (``--param``): ``level`` (a number in the image's units; default: Otsu's
+    threshold of the plane), ``min_size`` (pixels; smaller components are dropped).
+    """
+    from scipy import ndimage
+
+    unknown = set(params) - {"level", "min_size"}
+    if unknown:
+        raise InputError(f"threshold: unknown parameters {sorted(unknown)}; known: level, min_size.")
+    plane = np.asarray(image)
+    if plane.ndim == 3:
+        plane = plane.mean(axis=-1)
+    if "level" in params:
+        level = float(params["level"])
+    else:
+        from skimage.filters import threshold_otsu
+
+        level = float(threshold_otsu(plane)) if plane.min() != plane.max() else np.inf
+    labels, n = ndimage.label(plane > level)
+    labels = labels.astype(LABEL_DTYPE)
+    min_size = int(params.get("min_size", 0))
+    if min_size > 1 and n:
+        sizes = np.bincount(labels.ravel())
+        small = sizes < min_size
+        small[0] = False
+        labels[small[labels]] = 0
+    return labels, instance_table(labels)
+
+
+def instance_table(labels: np.ndarray):
+    """One row per object: label, area, bounding box (``bbox_0_min`` ...)."""
+    from napari_segsuite.core.labels import label_table
+
+    cols = label_table(labels)
+    cols["label"] = cols.pop("index")
+    return _table({"label": cols.pop("label"), **cols})
+
+
+def _as_bool(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+register_task(
+    "semantic", semantic_task, kind="semantic",
+    help="a class per pixel (argmax of a semantic model: torchvision DeepLabV3/LRASPP/FCN, U-Net)",
+)
+register_task(
+    "panoptic", panoptic_task, kind="instance",
+    help="things and stuff segments (Mask2Former panoptic); --param threshold=0.8 ...",
+)
+register_task(
+    "threshold", threshold_task, kind="instance", needs_model=False, normalize=False,
+    help="connected components above a threshold (no model); --param level=N min_size=N",
+)
