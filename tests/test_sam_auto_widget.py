@@ -92,3 +92,14 @@ def test_cancelled_propagation_leaves_the_volume_as_it_was(setup, qtbot):
     _wait(qtbot, widget)
     assert "Cancelled" in widget.message.value
     np.testing.assert_array_equal(target.data, before)
+
+
+def test_cancelled_segment_everything_creates_no_layer(setup, qtbot):
+    viewer, _, widget, _, _ = setup
+    for key, value in PERMISSIVE.items():
+        widget.auto_params[key].value = value
+    widget.segment_everything()
+    widget.cancel_button.clicked()
+    _wait(qtbot, widget)
+    assert "Cancelled" in widget.message.value
+    assert "cells [sam auto]" not in viewer.layers

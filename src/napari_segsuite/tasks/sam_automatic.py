@@ -260,8 +260,11 @@ def tile_boxes(size: tuple[int, int], tile: int, overlap: int) -> tuple[list[lis
 # -- the job ----------------------------------------------------------------------------------
 
 
-def _process_crop(source, emb, crop_box, grid, params: AutoParams, orig_size, lazy: bool):
-    """The generator's ``_process_crop`` + ``_process_batch``: masks of one crop, after NMS."""
+def _process_crop(source, emb, crop_box, grid, params: AutoParams, orig_size, lazy: bool, progress=None):
+    """The generator's ``_process_crop`` + ``_process_batch``: masks of one crop, after NMS (a job).
+
+    ``progress(batch_index)`` makes the :class:`Progress` yielded before each point batch.
+    """
     import torch
     from segment_anything.utils.amg import (
         batch_iterator,
@@ -277,7 +280,9 @@ def _process_crop(source, emb, crop_box, grid, params: AutoParams, orig_size, la
     points_for_image = grid * np.array([[cw, ch]])
     thr = source.mask_threshold
     boxes, ious, stabs, pts, crops = [], [], [], [], []
-    for (points,) in batch_iterator(params.points_per_batch, points_for_image):
+    for b, (points,) in enumerate(batch_iterator(params.points_per_batch, points_for_image)):
+        if progress is not None:
+            yield progress(b)
         with torch.no_grad():
             low, iou = source.decode(emb, points)
             low = low.flatten(0, 1)
@@ -404,17 +409,24 @@ def automatic_masks_job(
         cores = None
     if max(layer_idxs) >= len(grids):
         raise InputError(f"{len(grids)} point grid(s) for {max(layer_idxs) + 1} crop layers.")
-    total = len(crop_boxes)
+    n_crops = len(crop_boxes)
+    batches = [-(-len(grids[layer]) // params.points_per_batch) for layer in layer_idxs]
+    total = sum(batches) + n_crops
     masks: list[AutoMask] = []
     for i, (crop_box, layer) in enumerate(zip(crop_boxes, layer_idxs, strict=True)):
-        yield Progress(i, total, f"Segment everything: crop {i + 1}/{total}")
+        done = sum(batches[:i]) + i
+        yield Progress(done, total, f"Segment everything: encoding crop {i + 1}/{n_crops}")
         x0, y0, x1, y1 = crop_box
         if (x0, y0, x1, y1) == (0, 0, orig_size[1], orig_size[0]) and session is not None:
             key = yield from session.encode_job(rgb)
             emb = session._cache[key]
         else:
             emb = source.encode(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
-        found = _process_crop(source, emb, crop_box, grids[layer], params, orig_size, lazy)
+        def progress(b, i=i, done=done):
+            return Progress(done + 1 + b, total,
+                            f"Segment everything: crop {i + 1}/{n_crops}, points {b + 1}/{batches[i]}")
+
+        found = yield from _process_crop(source, emb, crop_box, grids[layer], params, orig_size, lazy, progress)
         if cores is not None:
             cx0, cy0, cx1, cy1 = cores[i]
             found = [m for m in found
