@@ -56,9 +56,11 @@ __all__ = [
     "percentile_normalize",
     "prepare_rgb_float",
     "prepare_rgb_uint8",
+    "propagate",
     "resolve_device",
     "run_batch",
     "run_sync",
+    "sam_automatic",
     "segment_instances",
     "segment_panoptic",
     "segment_semantic",
@@ -511,3 +513,79 @@ def run_batch(task: str, model, inputs, out, *, progress=None, **options):
     from napari_segsuite.batch.engine import run_batch as _run_batch
 
     return _run_batch(task, model, inputs, out, progress=progress, **options)
+
+
+# -- SAM automatic masks and propagation (issue 4) -------------------------------------
+
+
+def _sam_session(model, device: str):
+    return model if isinstance(model, SamSession) else SamSession(model, device)
+
+
+def sam_automatic(image2d, model, device: str = "auto", **params):
+    """Class-agnostic masks for a whole 2D image ("segment everything"), SAM or SAM 2.1.
+
+    Parameters
+    ----------
+    image2d : ndarray
+        (H, W) or (H, W, C), any dtype.
+    model : str, path, Runner or SamSession
+        A SAM / SAM 2.1 registry name, checkpoint, loaded runner, or a session
+        (whose embedding cache is then used for the whole image).
+    device : str
+        "auto", "cpu", "cuda" or "mps".
+    **params
+        ``segment_anything.SamAutomaticMaskGenerator``'s parameters under the
+        same names (``points_per_side``, ``points_per_batch``,
+        ``pred_iou_thresh``, ``stability_score_thresh``,
+        ``stability_score_offset``, ``box_nms_thresh``, ``crop_n_layers``,
+        ``crop_nms_thresh``, ``crop_overlap_ratio``,
+        ``crop_n_points_downscale_factor``, ``point_grids``,
+        ``min_mask_region_area``), plus ``tile_size`` and ``tile_overlap``
+        for large images (see :mod:`napari_segsuite.tasks.sam_automatic`).
+
+    Returns
+    -------
+    napari_segsuite.tasks.sam_automatic.AutoResult
+        ``.labels`` (H, W) int32 without overlaps (smaller masks on top),
+        ``.table`` (one row per label: area, bbox, predicted_iou,
+        stability_score, ...) and ``.masks`` (the generator's masks).
+    """
+    from napari_segsuite.tasks.sam_automatic import AutoParams, automatic_job
+
+    try:
+        p = AutoParams(**params)
+    except TypeError as exc:
+        raise InputError(f"Unknown automatic-mask parameter: {exc}") from None
+    return run_sync(automatic_job(_sam_session(model, device), image2d, p))
+
+
+def propagate(volume, start_index: int, mask, model, device: str = "auto", **options):
+    """Carry one object's mask from plane ``start_index`` of a stack to its neighbours.
+
+    Parameters
+    ----------
+    volume : ndarray
+        (N, H, W) or (N, H, W, C): z planes or time points along the first axis.
+    start_index : int
+        The plane holding ``mask``.
+    mask : ndarray of bool, (H, W)
+        The object on that plane.
+    model : str, path, Runner or SamSession
+        SAM (the previous mask is projected onto the next plane as a box and
+        mask prompt) or SAM 2.1 (video propagation, when the folder holds the
+        video memory weights).
+    **options
+        ``direction`` ("both", "forward", "backward"), ``max_planes``,
+        ``iou_floor``, ``method`` ("auto", "video", "project"); see
+        :func:`napari_segsuite.tasks.propagation.propagate_job`.
+
+    Returns
+    -------
+    dict of int to ndarray
+        Plane index -> boolean mask, for the planes the object was carried to
+        (not including ``start_index``).
+    """
+    from napari_segsuite.tasks.propagation import propagate_job
+
+    return run_sync(propagate_job(_sam_session(model, device), volume, start_index, mask, **options))

@@ -46,7 +46,7 @@ def _save(folder: str | os.PathLike, model, processor) -> Path:
 # -- SAM 2.1 -------------------------------------------------------------------
 
 
-def tiny_sam2_config(*, video: bool = True, image_size: int = 64):
+def tiny_sam2_config(*, video: bool = True, image_size: int = 64, hidden_size: int = 32):
     """Configuration of a tiny SAM 2.1 (Hiera backbone, FPN neck, prompt encoder, mask decoder).
 
     Parameters
@@ -57,6 +57,11 @@ def tiny_sam2_config(*, video: bool = True, image_size: int = 64):
         ``Sam2Config`` (image model only).
     image_size : int
         Square input size; a multiple of 64.
+    hidden_size : int
+        Width of the neck, prompt encoder, mask decoder and memory modules. Video
+        tracking (``propagate_in_video_iterator``) needs 128 (or another multiple
+        of 64 above 64): transformers reads 64-channel memories and only splits
+        object pointers into 64-channel tokens when the width is larger than that.
 
     Returns
     -------
@@ -83,11 +88,11 @@ def tiny_sam2_config(*, video: bool = True, image_size: int = 64):
         backbone_config=hiera,
         backbone_channel_list=[64, 32, 16, 8],
         backbone_feature_sizes=[[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]],
-        fpn_hidden_size=32,
+        fpn_hidden_size=hidden_size,
     )
-    prompt = {"hidden_size": 32, "image_size": s, "patch_size": 16, "mask_input_channels": 4}
+    prompt = {"hidden_size": hidden_size, "image_size": s, "patch_size": 16, "mask_input_channels": 4}
     decoder = {
-        "hidden_size": 32, "mlp_dim": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "hidden_size": hidden_size, "mlp_dim": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
         "iou_head_hidden_dim": 32,
     }
     if not video:
@@ -102,19 +107,21 @@ def tiny_sam2_config(*, video: bool = True, image_size: int = 64):
         mask_decoder_config=decoder,
         image_size=s,
         num_maskmem=2,
-        memory_attention_hidden_size=32,
+        memory_attention_hidden_size=hidden_size,
         memory_attention_num_layers=1,
         memory_attention_feed_forward_hidden_size=64,
         memory_attention_rope_feat_sizes=[s // 16, s // 16],
-        memory_encoder_hidden_size=32,
-        memory_encoder_output_channels=16,
-        mask_downsampler_embed_dim=32,
-        memory_fuser_embed_dim=32,
+        memory_encoder_hidden_size=hidden_size,
+        # transformers' memory cross-attention reads 64-channel memories (kv_in_dim=64 is
+        # hard-coded in Sam2VideoMemoryAttentionLayer), so video tracking needs 64 here.
+        memory_encoder_output_channels=64,
+        mask_downsampler_embed_dim=hidden_size,
+        memory_fuser_embed_dim=hidden_size,
         memory_fuser_intermediate_dim=64,
     )
 
 
-def make_tiny_sam2(*, video: bool = True, image_size: int = 64, seed: int = 0):
+def make_tiny_sam2(*, video: bool = True, image_size: int = 64, seed: int = 0, hidden_size: int = 32):
     """A tiny randomly initialised SAM 2.1 model and its processor, in memory.
 
     Parameters
@@ -125,6 +132,8 @@ def make_tiny_sam2(*, video: bool = True, image_size: int = 64, seed: int = 0):
         Square input size; a multiple of 64.
     seed : int
         ``torch.manual_seed`` before the weights are initialised.
+    hidden_size : int
+        See :func:`tiny_sam2_config` (128 for video tracking).
 
     Returns
     -------
@@ -137,7 +146,7 @@ def make_tiny_sam2(*, video: bool = True, image_size: int = 64, seed: int = 0):
     from napari_segsuite.models.offline import import_transformers
 
     t = import_transformers()
-    config = tiny_sam2_config(video=video, image_size=image_size)
+    config = tiny_sam2_config(video=video, image_size=image_size, hidden_size=hidden_size)
     size = {"height": image_size, "width": image_size}
     image_processor = t.Sam2ImageProcessor(
         size=size, mask_size={"height": image_size // 4, "width": image_size // 4}
@@ -155,7 +164,7 @@ def make_tiny_sam2(*, video: bool = True, image_size: int = 64, seed: int = 0):
 
 
 def build_tiny_sam2(
-    folder: str | os.PathLike, *, video: bool = True, image_size: int = 64, seed: int = 0
+    folder: str | os.PathLike, *, video: bool = True, image_size: int = 64, seed: int = 0, hidden_size: int = 32
 ) -> Path:
     """Write a tiny SAM 2.1 folder (``save_pretrained`` of model and processor).
 
@@ -163,7 +172,7 @@ def build_tiny_sam2(
     ----------
     folder : path-like
         Created if missing.
-    video, image_size, seed
+    video, image_size, seed, hidden_size
         See :func:`make_tiny_sam2`.
 
     Returns
@@ -171,7 +180,7 @@ def build_tiny_sam2(
     Path
         ``folder``.
     """
-    model, processor = make_tiny_sam2(video=video, image_size=image_size, seed=seed)
+    model, processor = make_tiny_sam2(video=video, image_size=image_size, seed=seed, hidden_size=hidden_size)
     return _save(folder, model, processor)
 
 

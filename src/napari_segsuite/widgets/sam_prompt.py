@@ -114,6 +114,7 @@ class SamPromptWidget(SegmentationWidget):
         self.multimask.changed.connect(self.schedule_preview)
         self.viewer.dims.events.current_step.connect(self.schedule_preview)
         self._bind_keys()
+        self._init_automatic_and_propagation()
 
     # -- layers -------------------------------------------------------------------------
     def _labels_choices(self, _widget=None):
@@ -580,3 +581,214 @@ class SamPromptWidget(SegmentationWidget):
         target = self.viewer.layers[self._target_name(image)]
         if not np.asarray(target.data).any():
             raise RuntimeError("SAM smoke: nothing was committed")
+        self._smoke_segment_everything(image)
+
+    def _smoke_segment_everything(self, image) -> None:
+        """Smoke: 'segment everything' on the sample with thresholds a random tiny model passes."""
+        import time
+
+        from qtpy.QtWidgets import QApplication
+
+        permissive = {"points_per_side": 8, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
+                      "box_nms_thresh": 0.7}
+        for key, value in permissive.items():
+            self.auto_params[key].value = value
+        self.last_auto_layer = None
+        self.segment_everything()
+        deadline = time.time() + 300
+        while self.jobs.busy and time.time() < deadline:
+            QApplication.processEvents()
+            time.sleep(0.01)
+        layer = self.last_auto_layer
+        if layer is None or not np.asarray(layer.data).any():
+            raise RuntimeError(f"SAM smoke: 'segment everything' gave no labels ({self.message.value})")
+
+    # -- segment everything and propagation (issue 4) ---------------------------------------
+    def _init_automatic_and_propagation(self) -> None:
+        """The 'Segment everything' and 'Propagate' sections (added below the prompt options)."""
+        from magicgui.widgets import FloatSpinBox, Label
+
+        self.last_auto_layer = None
+        self.auto_button = PushButton(text="Segment everything")
+        self.auto_show = CheckBox(text="Show 'segment everything' parameters", value=False)
+        # SamAutomaticMaskGenerator's parameters, same names and defaults
+        self.auto_params = {
+            "points_per_side": SpinBox(label="points_per_side", value=32, min=1, max=256),
+            "points_per_batch": SpinBox(label="points_per_batch", value=64, min=1, max=4096),
+            "pred_iou_thresh": FloatSpinBox(label="pred_iou_thresh", value=0.88, min=-1.0, max=1.0, step=0.01),
+            "stability_score_thresh": FloatSpinBox(label="stability_score_thresh", value=0.95, min=0.0, max=1.0,
+                                                   step=0.01),
+            "stability_score_offset": FloatSpinBox(label="stability_score_offset", value=1.0, min=0.0, max=100.0,
+                                                   step=0.1),
+            "box_nms_thresh": FloatSpinBox(label="box_nms_thresh", value=0.7, min=0.0, max=1.0, step=0.05),
+            "crop_n_layers": SpinBox(label="crop_n_layers", value=0, min=0, max=4),
+            "min_mask_region_area": SpinBox(label="min_mask_region_area", value=0, min=0, max=10**7),
+            "tile_size": SpinBox(label="tile_size", value=0, min=0, max=10**5,
+                                 tooltip="0: off. Else tiles of this many pixels at full resolution (large images)"),
+            "tile_overlap": SpinBox(label="tile_overlap", value=256, min=0, max=10**5),
+        }
+        self.auto_box = Container(widgets=list(self.auto_params.values()), labels=True, visible=False)
+        self.auto_show.changed.connect(lambda v: setattr(self.auto_box, "visible", bool(v)))
+        self.prop_direction = ComboBox(label="Propagate", choices=["both", "forward", "backward"], value="both")
+        self.prop_label = SpinBox(label="Object id", value=0, min=0, max=2**31 - 1,
+                                  tooltip="The label to carry to the other planes (0: the last committed one)")
+        self.prop_max = SpinBox(label="Max planes", value=0, min=0, max=10**6, tooltip="Per direction; 0: no limit")
+        self.prop_floor = FloatSpinBox(label="IoU floor", value=0.2, min=0.0, max=1.0, step=0.05,
+                                       tooltip="Stop when a plane's mask overlaps the previous one less than this")
+        self.prop_button = PushButton(text="Propagate through planes")
+        self.task_options.extend([
+            Label(value="Segment everything"), self.auto_button, self.auto_show, self.auto_box,
+            Label(value="Propagation (z / time)"), self.prop_direction, self.prop_label, self.prop_max,
+            self.prop_floor, self.prop_button,
+        ])
+        self.auto_button.changed.connect(self.segment_everything)
+        self.prop_button.changed.connect(self.propagate)
+
+    def automatic_params(self):
+        """The 'segment everything' parameters as :class:`AutoParams`."""
+        from napari_segsuite.tasks.sam_automatic import AutoParams
+
+        values = {k: w.value for k, w in self.auto_params.items()}
+        values["tile_size"] = int(values["tile_size"]) or None
+        return AutoParams(**values)
+
+    def _report(self, exc: SegSuiteError) -> None:
+        from napari.utils.notifications import show_error
+
+        show_error(str(exc))
+        self.message.value = str(exc)
+
+    def segment_everything(self) -> None:
+        """Class-agnostic masks for the current plane into ``<image> [sam auto]`` (in a worker)."""
+        from napari_segsuite.tasks.sam_automatic import automatic_job
+
+        if self.jobs.busy:
+            self.message.value = "Busy; wait for the running job or cancel it."
+            return
+        try:
+            image = self.selected_image()
+            self.models.spec  # noqa: B018
+            plane, sel = current_plane(self.viewer, image)
+            params = self.automatic_params()
+        except SegSuiteError as exc:
+            self._report(exc)
+            return
+
+        def job():
+            session = yield from self._session_job(plane)
+            result = yield from automatic_job(session, plane, params)
+            return session, result
+
+        def on_result(value) -> None:
+            session, result = value
+            skip = {"index", "area"} | {c for c in result.table.columns if c.startswith("bbox_")}
+            extra = {int(row["index"]): {k: row[k] for k in result.table.columns if k not in skip}
+                     for _, row in result.table.iterrows()}
+            layer = write_plane(
+                self.viewer, image, sel, result.labels, task="sam auto",
+                provenance={"model": session.runner.provenance(), "params": {
+                    k: v for k, v in params.__dict__.items() if k != "point_grids"}},
+                extra_features=extra,
+            )
+            self.last_auto_layer = layer
+            self.message.value = f"Segment everything: {len(result.table)} object(s) in '{layer.name}'."
+
+        self._start(job, on_result, "Segment everything")
+
+    def _propagation_axis(self, sel) -> int:
+        """The labels axis propagation runs along: the innermost slider (z, or t for 2D+t)."""
+        sliders = [a for a, i in enumerate(sel.labels_index) if not isinstance(i, slice)]
+        if not sliders:
+            raise InputError("Propagation needs a 3D (z-stack or time series) image; this one is 2D.")
+        return sliders[-1]
+
+    def _last_committed(self, target) -> int:
+        meta = target.metadata.get("segsuite", {})
+        ids = meta.get("last", meta).get("last_ids") or []
+        return int(ids[-1]) if ids else 0
+
+    def propagate(self) -> None:
+        """Carry an object of the current plane to the neighbouring planes (worker; one undo step)."""
+        from napari_segsuite.tasks.propagation import propagate_job
+
+        if self.jobs.busy:
+            self.message.value = "Busy; wait for the running job or cancel it."
+            return
+        try:
+            image = self.selected_image()
+            self.models.spec  # noqa: B018
+            plane, sel = current_plane(self.viewer, image)
+            axis = self._propagation_axis(sel)
+            target = self._find_target(image, sel, create=False)
+            if target is None:
+                raise InputError("Commit an object first: propagation starts from a committed label.")
+            label = int(self.prop_label.value) or self._last_committed(target)
+            start_mask = np.asarray(target.data[sel.labels_index]) == label if label else None
+            if start_mask is None or not start_mask.any():
+                raise InputError(f"Label {label} is not on this plane; pick the object id to propagate.")
+        except SegSuiteError as exc:
+            self._report(exc)
+            return
+        data = image.data[0] if getattr(image, "multiscale", False) else image.data
+        planes = _PlaneStack(data, sel.index, axis)
+        start = int(sel.labels_index[axis])
+        options = {"direction": self.prop_direction.value, "iou_floor": float(self.prop_floor.value),
+                   "max_planes": int(self.prop_max.value) or None}
+
+        def job():
+            session = yield from self._session_job(plane)
+            return (yield from propagate_job(session, planes, start, start_mask, **options))
+
+        def on_result(masks) -> None:
+            written = self.write_propagation(target, sel, axis, label, masks)
+            self.message.value = (
+                f"Propagated label {label} to {len(written)} plane(s)"
+                + (f": {min(written)}…{max(written)}." if written else ".")
+            )
+
+        self._start(job, on_result, "Propagation")
+
+    def write_propagation(self, target, sel, axis: int, label: int, masks: dict) -> list[int]:
+        """Write ``{plane: mask}`` under ``label`` into ``target`` as one undo step.
+
+        On each plane the object's earlier pixels are replaced; other objects
+        keep theirs unless 'overwrite' is ticked.
+        """
+        from napari_segsuite.layers import _expand_index, _update_features
+
+        coords, values, written = [], [], []
+        for z, mask in sorted(masks.items()):
+            idx = list(sel.labels_index)
+            idx[axis] = int(z)
+            idx = tuple(idx)
+            old = np.asarray(target.data[idx])
+            new = old.copy()
+            new[new == label] = 0
+            put = np.asarray(mask, dtype=bool) & ((new == 0) | bool(self.overwrite.value))
+            new[put] = label
+            changed = np.nonzero(new != old)
+            if changed[0].size:
+                coords.append(_expand_index(idx, changed))
+                values.append(new[changed])
+            written.append(int(z))
+        if coords:
+            full = tuple(np.concatenate([c[d] for c in coords]) for d in range(target.data.ndim))
+            with target.block_history():
+                target.data_setitem(full, np.concatenate(values))
+            _update_features(target, sel.labels_index, None)
+        return written
+
+
+class _PlaneStack:
+    """The planes of an nD image along one axis, read one at a time."""
+
+    def __init__(self, data, index: tuple, axis: int):
+        self.data, self.index, self.axis = data, index, axis
+
+    def __len__(self) -> int:
+        return int(self.data.shape[self.axis])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        idx = list(self.index)
+        idx[self.axis] = int(i)
+        return np.asarray(self.data[tuple(idx)])

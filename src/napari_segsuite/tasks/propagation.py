@@ -1,0 +1,245 @@
+"""Carry one object through a z-stack or a time series, plane by plane, as a job.
+
+Two methods:
+
+- ``"project"`` (SAM, and SAM 2.1 image-only folders): the mask on plane
+  ``k`` becomes the prompt on plane ``k ± 1``: its box, plus (SAM) the mask
+  itself as SAM's low-resolution mask prompt, or (SAM 2.1) a positive point
+  at the mask's most interior pixel. Each plane's embedding goes through the
+  session's cache, so planes encoded before (e.g. by prefetch) cost nothing.
+- ``"video"`` (SAM 2.1 folders with the video memory weights, like the
+  released ``facebook/sam2.1-hiera-*``): transformers' ``Sam2VideoModel`` and
+  ``Sam2VideoProcessor`` treat the planes as frames; the mask is the prompt on
+  the start frame and ``propagate_in_video_iterator`` runs forwards and in
+  reverse, with SAM 2's memory of the frames seen.
+
+Both stop in a direction when the object disappears (fewer than
+``min_area`` pixels), when a plane's mask overlaps the previous plane's by
+less than ``iou_floor`` (intersection over union; the object jumped
+elsewhere), after ``max_planes`` planes, or at the end of the stack. The job
+yields progress once per plane (Cancel acts there) and returns
+``{plane index: mask}`` without the start plane.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+
+from napari_segsuite.core.errors import InputError
+from napari_segsuite.core.image import prepare_rgb_uint8
+from napari_segsuite.core.progress import Progress
+
+DIRECTIONS = ("both", "forward", "backward")
+METHODS = ("auto", "video", "project")
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (1.0 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def _steps(direction: str) -> list[int]:
+    if direction not in DIRECTIONS:
+        raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}.")
+    return {"both": [1, -1], "forward": [1], "backward": [-1]}[direction]
+
+
+def choose_method(session, method: str = "auto") -> str:
+    """The method ``propagate_job`` uses for this session's model."""
+    if method not in METHODS:
+        raise InputError(f"method must be one of {', '.join(METHODS)}, not {method!r}.")
+    runner = session.runner
+    video_ok = runner.family == "sam2" and bool(runner.info.get("memory_weights"))
+    if method == "video" and not video_ok:
+        raise InputError(
+            "Video propagation needs a SAM 2.1 folder with the video memory weights (like the released "
+            "facebook/sam2.1-hiera-* folders); this model propagates by projecting masks (method 'project')."
+        )
+    if method == "auto":
+        return "video" if video_ok else "project"
+    return method
+
+
+def propagate_job(
+    session,
+    volume,
+    start_index: int,
+    mask: np.ndarray,
+    *,
+    direction: str = "both",
+    max_planes: int | None = None,
+    iou_floor: float = 0.2,
+    min_area: int = 1,
+    method: str = "auto",
+) -> Generator[Progress, None, dict[int, np.ndarray]]:
+    """Propagate ``mask`` from plane ``start_index`` to the neighbouring planes.
+
+    Parameters
+    ----------
+    session : SamSession
+        SAM or SAM 2.1.
+    volume : array-like
+        ``len(volume)`` planes; ``volume[i]`` is a (H, W) or (H, W, C) plane
+        (read one at a time for the projection method).
+    start_index : int
+        The plane of ``mask``.
+    mask : ndarray of bool, (H, W)
+    direction : {"both", "forward", "backward"}
+        Forward is increasing plane index.
+    max_planes : int, optional
+        At most this many planes in each direction (None: to the end).
+    iou_floor : float
+        Stop when a mask's IoU with the previous plane's mask is below this.
+    min_area : int
+        Stop when a mask has fewer pixels (the object disappeared).
+    method : {"auto", "video", "project"}
+        "auto": video for SAM 2.1 folders with memory weights, else project.
+
+    Returns
+    -------
+    dict of int to ndarray
+        Plane index -> boolean mask.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    n = len(volume)
+    if not 0 <= start_index < n:
+        raise InputError(f"The start plane {start_index} is outside the stack of {n} planes.")
+    if not mask.any():
+        raise InputError("The object has no pixels on the start plane; commit or pick a label there first.")
+    steps = _steps(direction)
+    limit = n if max_planes is None else max(0, int(max_planes))
+    chosen = choose_method(session, method)
+    if chosen == "video":
+        return (yield from _video(session, volume, start_index, mask, steps, limit, iou_floor, min_area))
+    return (yield from _project(session, volume, start_index, mask, steps, limit, iou_floor, min_area))
+
+
+def _planned(n: int, start: int, steps: list[int], limit: int) -> int:
+    total = 0
+    for step in steps:
+        total += min(limit, n - 1 - start if step > 0 else start)
+    return max(total, 1)
+
+
+def _project(session, volume, start, mask, steps, limit, iou_floor, min_area):
+    n = len(volume)
+    total = _planned(n, start, steps, limit)
+    done = 0
+    out: dict[int, np.ndarray] = {}
+    sam = session.runner.family == "sam"
+    for step in steps:
+        prev = mask
+        z = start
+        for _ in range(limit):
+            z += step
+            if not 0 <= z < n:
+                break
+            yield Progress(done, total, f"Propagating: plane {z}")
+            yield from session.set_image_job(np.asarray(volume[z]))
+            rows, cols = np.nonzero(prev)
+            box = np.array([rows.min(), cols.min(), rows.max(), cols.max()], dtype=float)
+            if box[2] - box[0] < 1:
+                box[2] += 1
+            if box[3] - box[1] < 1:
+                box[3] += 1
+            if sam:
+                masks, _ = session.predict(box=box, mask=prev, multimask=False)
+            else:
+                masks, _ = session.predict(points=_interior_point(prev)[None], box=box, multimask=False)
+            new = np.asarray(masks[0], dtype=bool)
+            done += 1
+            if new.sum() < min_area or mask_iou(new, prev) < iou_floor:
+                break
+            out[z] = new
+            prev = new
+    yield Progress(total, total, f"Propagated to {len(out)} plane(s)")
+    return out
+
+
+def _interior_point(mask: np.ndarray) -> np.ndarray:
+    """The (row, col) of the mask pixel farthest from its border."""
+    from scipy import ndimage
+
+    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return np.array([float(r), float(c)])
+
+
+def video_model_for(session) -> tuple[Any, Any]:
+    """``Sam2VideoModel`` and ``Sam2VideoProcessor`` for a SAM 2.1 session's folder (loaded once)."""
+    cached = getattr(session, "_video_model", None)
+    if cached is not None:
+        return cached
+    from napari_segsuite.models.offline import import_transformers
+
+    t = import_transformers()
+    runner = session.runner
+    folder = runner.source.path
+    model = t.Sam2VideoModel.from_pretrained(folder).to(runner.device).eval()
+    try:
+        processor = t.Sam2VideoProcessor.from_pretrained(folder)
+    except (OSError, ValueError, TypeError):
+        size = int(runner.info.get("image_size") or 1024)
+        processor = t.Sam2VideoProcessor(
+            image_processor=runner.processor.image_processor,
+            video_processor=t.Sam2VideoVideoProcessor(size={"height": size, "width": size}),
+        )
+    session._video_model = (model, processor)
+    return model, processor
+
+
+def _video(session, volume, start, mask, steps, limit, iou_floor, min_area):
+    import torch
+
+    n = len(volume)
+    lo = start - min(limit, start) if -1 in steps else start
+    hi = start + min(limit, n - 1 - start) if 1 in steps else start
+    total = _planned(n, start, steps, limit) + 1
+    yield Progress(0, total, "Loading SAM 2.1 video model")
+    model, processor = video_model_for(session)
+    frames = np.stack([prepare_rgb_uint8(np.asarray(volume[i])) for i in range(lo, hi + 1)])
+    h, w = frames.shape[1:3]
+    device = session.runner.device
+    state = processor.init_video_session(video=frames, inference_device=device)
+    processor.add_inputs_to_inference_session(
+        inference_session=state, frame_idx=start - lo, obj_ids=1, input_masks=mask,
+    )
+    out: dict[int, np.ndarray] = {}
+    done = 1
+    for step in steps:
+        prev = mask
+        span = (hi - start) if step > 0 else (start - lo)
+        if span <= 0:
+            continue
+        iterator = model.propagate_in_video_iterator(
+            state, start_frame_idx=start - lo, max_frame_num_to_track=span, reverse=step < 0,
+        )
+        for output in _no_grad(iterator, torch):
+            z = lo + int(output.frame_idx)
+            if z == start:
+                continue
+            yield Progress(done, total, f"Propagating (SAM 2.1 video): plane {z}")
+            done += 1
+            masks = processor.post_process_masks([output.pred_masks.cpu()], original_sizes=[[h, w]])[0]
+            new = np.asarray(masks[0, 0].numpy(), dtype=bool)
+            if new.sum() < min_area or mask_iou(new, prev) < iou_floor:
+                break
+            out[z] = new
+            prev = new
+    yield Progress(total, total, f"Propagated to {len(out)} plane(s)")
+    return out
+
+
+def _no_grad(iterator, torch):
+    """Run each step of a generator under ``torch.no_grad`` (the context must not span yields)."""
+    while True:
+        with torch.no_grad():
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+        yield item
