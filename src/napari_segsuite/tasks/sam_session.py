@@ -12,6 +12,9 @@ before never run the encoder again.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from collections import OrderedDict
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -45,15 +48,30 @@ class _SamBackend:
         self._make = lambda: SamPredictor(self.model)
         self.transform = self._make().transform
 
-    def encode(self, rgb: np.ndarray) -> Embedding:
-        # The same steps as SamPredictor.set_image, without touching a shared predictor,
-        # so that a background prefetch and foreground prompts never interfere.
+    def encode(self, rgb: np.ndarray, between_blocks=None) -> Embedding:
+        """The steps of ``SamPredictor.set_image`` and ``ImageEncoderViT.forward``, block by block.
+
+        No shared predictor is touched, so a background prefetch and foreground
+        prompts never interfere; ``between_blocks()`` is called before each
+        transformer block (a prefetch waits there while prompts are answered).
+        """
         import torch
 
-        predictor = self._make()
-        predictor.set_image(rgb)
+        model = self.model
+        image = rgb if model.image_format == "RGB" else rgb[..., ::-1]
+        resized = self.transform.apply_image(image)
+        tensor = torch.as_tensor(resized, device=model.device).permute(2, 0, 1).contiguous()[None]
         with torch.no_grad():
-            return Embedding(predictor.features, tuple(predictor.original_size), tuple(predictor.input_size))
+            enc = model.image_encoder
+            x = enc.patch_embed(model.preprocess(tensor))
+            if enc.pos_embed is not None:
+                x = x + enc.pos_embed
+            for block in enc.blocks:
+                if between_blocks is not None:
+                    between_blocks()
+                x = block(x)
+            features = enc.neck(x.permute(0, 3, 1, 2))
+        return Embedding(features, tuple(image.shape[:2]), tuple(tensor.shape[-2:]))
 
     def predictor_for(self, emb: Embedding):
         """A predictor holding ``emb`` (reused while the same embedding is prompted)."""
@@ -96,9 +114,11 @@ class _Sam2Backend:
         self.model = runner.model
         self.processor = runner.processor
 
-    def encode(self, rgb: np.ndarray) -> Embedding:
+    def encode(self, rgb: np.ndarray, between_blocks=None) -> Embedding:
         import torch
 
+        if between_blocks is not None:
+            between_blocks()
         inputs = self.processor(images=rgb, return_tensors="pt")
         with torch.no_grad():
             feats = self.model.get_image_embeddings(inputs["pixel_values"].to(self.runner.device))
@@ -159,6 +179,9 @@ class SamSession:
             )
         self.cache_size = cache_size
         self.disk_cache = Path(disk_cache) if disk_cache else None
+        self._prompt_lock = threading.Condition()
+        self._prompting = 0
+        self._last_prompt = 0.0
         self._cache: OrderedDict[str, Embedding] = OrderedDict()
         self.current: Embedding | None = None
         self.image_key: str | None = None
@@ -178,11 +201,37 @@ class SamSession:
         model = hashlib.blake2b(self._model_id().encode(), digest_size=8).hexdigest()
         return f"{model}-{image_signature(rgb)}"
 
-    def encode_job(self, image2d: np.ndarray) -> Generator[Progress, None, str]:
+    #: a background encode stays paused this long after the last prompt
+    PROMPT_QUIET_S = 0.3
+
+    @contextlib.contextmanager
+    def prompting(self):
+        """Mark prompt decoding: background encodes pause between encoder blocks meanwhile."""
+        with self._prompt_lock:
+            self._prompting += 1
+        try:
+            yield
+        finally:
+            with self._prompt_lock:
+                self._prompting -= 1
+                self._last_prompt = time.monotonic()
+                self._prompt_lock.notify_all()
+
+    def _yield_to_prompts(self) -> None:
+        with self._prompt_lock:
+            while True:
+                quiet = time.monotonic() - self._last_prompt
+                if self._prompting == 0 and quiet >= self.PROMPT_QUIET_S:
+                    return
+                self._prompt_lock.wait(timeout=max(0.01, self.PROMPT_QUIET_S - quiet))
+
+    def encode_job(self, image2d: np.ndarray, *, background: bool = False) -> Generator[Progress, None, str]:
         """Encode ``image2d`` into the cache (no prompt state changes); returns the key.
 
         Safe to run in a background thread while prompts are answered on
-        another image (prefetch of the next planes).
+        another image. With ``background=True`` (prefetch of the next planes)
+        the encoder pauses between its blocks while prompts are being decoded,
+        so prompts keep their speed.
         """
         rgb = prepare_rgb_uint8(image2d)
         key = self.key_for(rgb)
@@ -193,7 +242,7 @@ class SamSession:
         emb = self._load_disk(key)
         if emb is None:
             yield Progress(0, 1, "Encoding image")
-            emb = self.backend.encode(rgb)
+            emb = self.backend.encode(rgb, self._yield_to_prompts if background else None)
             self.encoder_runs += 1
             self._save_disk(key, emb)
         self._cache[key] = emb
@@ -304,7 +353,8 @@ class SamSession:
         mask_input = None if mask is None else self.mask_prompt(mask)
         if coords is None and sam_box is None and mask_input is None:
             raise InputError("There is no prompt: add a point or a box first.")
-        return self.backend.predict(self.current, coords, labels, sam_box, mask_input, multimask)
+        with self.prompting():
+            return self.backend.predict(self.current, coords, labels, sam_box, mask_input, multimask)
 
     def mask_prompt(self, mask: np.ndarray) -> np.ndarray:
         """An image-sized mask as SAM's low-resolution logits prompt ((1, 256, 256) for 1024-pixel models)."""
@@ -345,12 +395,13 @@ class SamSession:
         c1 = np.clip(np.maximum(rc[:, 1], rc[:, 3]), 0, w - 1)
         xyxy = np.stack([c0, r0, c1, r1], axis=1)
         if not isinstance(self.backend, _SamBackend):  # SAM 2.1: one decoder pass per box
-            results = [self.backend.predict(self.current, None, None, b, None, False) for b in xyxy]
+            with self.prompting():
+                results = [self.backend.predict(self.current, None, None, b, None, False) for b in xyxy]
             return (np.stack([m[0] for m, _ in results]), np.array([sc[0] for _, sc in results], np.float32))
         p = self.backend.predictor_for(self.current)
         t = torch.as_tensor(xyxy, dtype=torch.float, device=p.device)
         t = p.transform.apply_boxes_torch(t, self.image_shape)
-        with torch.inference_mode():
+        with self.prompting(), torch.inference_mode():
             masks, scores, _ = p.predict_torch(
                 point_coords=None, point_labels=None, boxes=t, multimask_output=False,
             )

@@ -397,7 +397,7 @@ class SamPromptWidget(SegmentationWidget):
 
         def job():
             for plane in todo:
-                key = yield from session.encode_job(plane)
+                key = yield from session.encode_job(plane, background=True)
                 self.prefetched.append(key)
             return len(todo)
 
