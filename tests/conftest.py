@@ -43,3 +43,19 @@ def tiny_sam_path(tmp_path_factory):
 def rng():
     """A seeded random generator."""
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def notes():
+    """Messages of the napari notifications shown during the test."""
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+
+    def grab(event):
+        note = getattr(event, "notification", event)  # napari passes the Notification itself
+        seen.append(str(note.message))
+
+    notification_manager.notification_ready.connect(grab)
+    yield seen
+    notification_manager.notification_ready.disconnect(grab)

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from napari.utils.notifications import notification_manager
 
 from napari_segsuite import api
 from napari_segsuite.core.instance_tiling import tile_grid
@@ -29,18 +28,6 @@ def yolo_paths(tmp_path_factory):
         "det": build_tiny_yolo(folder / "tiny-det.pt", "detect", nc=3),
         "folder": folder,
     }
-
-
-@pytest.fixture
-def notes():
-    seen = []
-
-    def grab(event):
-        seen.append(str(getattr(event, "notification", event).message))
-
-    notification_manager.notification_ready.connect(grab)
-    yield seen
-    notification_manager.notification_ready.disconnect(grab)
 
 
 @pytest.fixture

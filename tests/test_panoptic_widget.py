@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from napari.utils.notifications import notification_manager
 
 from napari_segsuite import api
 from napari_segsuite.testing.tiny_models import build_tiny_mask2former
@@ -26,18 +25,6 @@ def image():
     from skimage import data
 
     return data.coins()[::4, ::4]
-
-
-@pytest.fixture
-def notes():
-    seen = []
-
-    def grab(event):
-        seen.append(str(getattr(event, "notification", event).message))
-
-    notification_manager.notification_ready.connect(grab)
-    yield seen
-    notification_manager.notification_ready.disconnect(grab)
 
 
 def _widget(viewer, folder, output="one"):

@@ -3,25 +3,12 @@
 import numpy as np
 import pytest
 from app_model.types import KeyBinding
-from napari.utils.notifications import notification_manager
 
 from napari_segsuite.api import SamSession
 from napari_segsuite.widgets.base import LOCAL
 from napari_segsuite.widgets.sam_prompt import POSITIVE, SamPromptWidget
 
 pytestmark = pytest.mark.widget
-
-
-@pytest.fixture
-def notes():
-    seen = []
-
-    def grab(event):
-        seen.append(str(getattr(event, "notification", event).message))
-
-    notification_manager.notification_ready.connect(grab)
-    yield seen
-    notification_manager.notification_ready.disconnect(grab)
 
 
 @pytest.fixture

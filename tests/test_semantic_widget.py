@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from napari.utils.notifications import notification_manager
 
 from napari_segsuite import api
 from napari_segsuite.models.base import load_model
@@ -27,19 +26,6 @@ def models(tmp_path_factory):
         "mask2former": build_tiny_mask2former(root / "tiny-m2f-semantic", "semantic"),
         "lraspp": build_tiny_torchvision(root / "lraspp.pth", "lraspp_mobilenet_v3_large", num_classes=3),
         }
-
-
-@pytest.fixture
-def notes():
-    seen = []
-
-    def grab(event):
-        note = getattr(event, "notification", event)
-        seen.append(str(note.message))
-
-    notification_manager.notification_ready.connect(grab)
-    yield seen
-    notification_manager.notification_ready.disconnect(grab)
 
 
 def _widget(viewer, path, layer):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from napari.utils.notifications import notification_manager
 
 from napari_segsuite.testing.coins import coins_strokes
 from napari_segsuite.widgets.unet_training import ALL, PREDICT_ALL, UnetTrainingPanel
@@ -15,18 +14,6 @@ QUICK = {
     "encoder_name": "tu-mobilenetv3_small_050", "encoder_depth": 3, "decoder_channels": (16, 8, 8),
     "batch_size": 2, "val_every": 2,
 }
-
-
-@pytest.fixture
-def notes():
-    seen = []
-
-    def grab(event):
-        seen.append(str(getattr(event, "notification", event).message))
-
-    notification_manager.notification_ready.connect(grab)
-    yield seen
-    notification_manager.notification_ready.disconnect(grab)
 
 
 @pytest.fixture

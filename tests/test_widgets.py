@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from napari.utils.notifications import notification_manager
 
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.progress import Progress
@@ -19,20 +18,6 @@ from napari_segsuite.widgets.semantic import SemanticWidget
 
 pytestmark = pytest.mark.widget
 WIDGET_NAMES = ["Semantic Segmentation", "Instance Segmentation", "Panoptic Segmentation", "SAM Prompt Segmentation"]
-
-
-@pytest.fixture
-def notes():
-    """Messages of the napari notifications shown during the test."""
-    seen = []
-
-    def grab(event):
-        note = getattr(event, "notification", event)  # napari passes the Notification itself
-        seen.append(str(note.message))
-
-    notification_manager.notification_ready.connect(grab)
-    yield seen
-    notification_manager.notification_ready.disconnect(grab)
 
 
 def _wait_idle(qtbot, widget, timeout=20000):
