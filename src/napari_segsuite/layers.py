@@ -270,18 +270,25 @@ def output_layer_name(image_layer, task: str) -> str:
     return f"{image_layer.name} [{task}]"
 
 
-def _same_transform_kwargs(image_layer, labels_shape: tuple[int, ...], channel_axis: int | None) -> dict:
-    keep = [a for a in range(len(labels_shape) + (channel_axis is not None)) if a != channel_axis]
+def aligned_layer_kwargs(layer, channel_axis: int | None = None) -> dict:
+    """Transform keyword arguments that put a new layer exactly on top of ``layer``.
 
-    def pick(values):
-        values = np.asarray(values)
-        return values[keep] if channel_axis is not None else values
-
-    kwargs = {"scale": pick(image_layer.scale), "translate": pick(image_layer.translate)}
-    if channel_axis is None:
-        kwargs["affine"] = image_layer.affine.affine_matrix
-        kwargs["rotate"] = image_layer.rotate
-        kwargs["shear"] = image_layer.shear
+    Parameters
+    ----------
+    layer : napari layer
+        The layer to align with (an Image, or a Labels layer).
+    channel_axis : int, optional
+        A channel axis of ``layer`` that the new layer does not have; only
+        scale and translate are kept then (a rotation or affine cannot be
+        reduced by one axis).
+    """
+    kwargs = {"scale": np.asarray(layer.scale), "translate": np.asarray(layer.translate)}
+    if channel_axis is not None:
+        keep = [a for a in range(layer.ndim) if a != channel_axis]
+        return {k: v[keep] for k, v in kwargs.items()}
+    kwargs["affine"] = layer.affine.affine_matrix
+    kwargs["rotate"] = layer.rotate
+    kwargs["shear"] = layer.shear
     return kwargs
 
 
@@ -320,7 +327,7 @@ def find_or_create_labels(
             )
         return layer
     data = np.zeros(sel.layer_shape, dtype=LABEL_DTYPE)
-    layer = Labels(data, name=name, **_same_transform_kwargs(image_layer, sel.layer_shape, sel.channel_axis))
+    layer = Labels(data, name=name, **aligned_layer_kwargs(image_layer, sel.channel_axis))
     viewer.add_layer(layer)
     return layer
 

@@ -242,7 +242,7 @@ class InstanceWidget(SegmentationWidget):
         import pandas as pd
         from napari.layers import Shapes
 
-        from napari_segsuite.layers import _same_transform_kwargs
+        from napari_segsuite.layers import aligned_layer_kwargs
 
         name = f"{image_layer.name} [{BOXES_SUFFIX}]"
         keys = {s.key for s in sels}
@@ -272,7 +272,7 @@ class InstanceWidget(SegmentationWidget):
         layer = Shapes(
             data, shape_type="rectangle", name=name, features=features, text=text, edge_color="yellow",
             face_color="transparent", edge_width=1,
-            **_same_transform_kwargs(image_layer, sels[0].layer_shape, sels[0].channel_axis),
+            **aligned_layer_kwargs(image_layer, sels[0].channel_axis),
         )
         self.viewer.add_layer(layer)
         return layer

@@ -41,6 +41,7 @@ from magicgui.widgets import (
 
 from napari_segsuite.core.errors import InputError, SegSuiteError
 from napari_segsuite.core.progress import Progress
+from napari_segsuite.layers import aligned_layer_kwargs
 from napari_segsuite.widgets.base import LOCAL, SegmentationWidget
 
 OUTPUTS = {
@@ -309,8 +310,7 @@ class PanopticWidget(SegmentationWidget):
         else:
             if name in self.viewer.layers:
                 del self.viewer.layers[name]
-            layer = self.viewer.add_labels(values, name=name, scale=source.scale, translate=source.translate,
-                                           opacity=0.8)
+            layer = self.viewer.add_labels(values, name=name, opacity=0.8, **aligned_layer_kwargs(source))
         layer.metadata = {**layer.metadata, "segsuite": {"task": "evaluation", "shows": what, "ids": list(ids)}}
         return layer
 

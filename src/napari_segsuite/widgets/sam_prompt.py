@@ -36,6 +36,7 @@ from napari_segsuite.core.errors import InputError, SegSuiteError
 from napari_segsuite.core.labels import next_free_id
 from napari_segsuite.core.progress import Progress
 from napari_segsuite.layers import (
+    aligned_layer_kwargs,
     current_plane,
     find_or_create_labels,
     output_layer_name,
@@ -144,7 +145,7 @@ class SamPromptWidget(SegmentationWidget):
         if self._image_for_prompts is image and self.points_layer in self.viewer.layers:
             return self.points_layer, self.boxes_layer
         self._image_for_prompts = image
-        kwargs = {"scale": image.scale, "translate": image.translate}
+        kwargs = aligned_layer_kwargs(image)  # prompts share the image transform: data coords agree
         ndim = image.ndim
         name = output_layer_name(image, "sam points")
         if name in self.viewer.layers and isinstance(self.viewer.layers[name], Points):

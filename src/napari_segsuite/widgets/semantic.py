@@ -257,7 +257,7 @@ class SemanticWidget(SegmentationWidget):
     def _write_confidence(self, image_layer, sel, confidence: np.ndarray) -> None:
         from napari.layers import Image
 
-        from napari_segsuite.layers import _same_transform_kwargs
+        from napari_segsuite.layers import aligned_layer_kwargs
 
         name = f"{image_layer.name} [semantic confidence]"
         layer = self.viewer.layers[name] if name in self.viewer.layers else None
@@ -268,7 +268,7 @@ class SemanticWidget(SegmentationWidget):
             data = np.zeros(sel.layer_shape, dtype=np.float32)
             layer = Image(
                 data, name=name, colormap="magma", contrast_limits=(0.0, 1.0), blending="additive",
-                visible=True, **_same_transform_kwargs(image_layer, sel.layer_shape, None),
+                visible=True, **aligned_layer_kwargs(image_layer),
             )
             self.viewer.add_layer(layer)
         layer.data[sel.labels_index] = np.asarray(confidence, dtype=np.float32)

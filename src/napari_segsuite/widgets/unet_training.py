@@ -374,7 +374,7 @@ class UnetTrainingPanel(Container):
         """Probability of the last class for two classes, else the winning class's probability."""
         from napari.layers import Image
 
-        from napari_segsuite.layers import _same_transform_kwargs, output_layer_name
+        from napari_segsuite.layers import aligned_layer_kwargs, output_layer_name
 
         values = probs[-1] if len(probs) == 2 else probs.max(axis=0)
         title = f"p({list(names.values())[-1]})" if len(probs) == 2 else "confidence"
@@ -383,7 +383,7 @@ class UnetTrainingPanel(Container):
         if not isinstance(layer, Image) or tuple(layer.data.shape) != tuple(sel.layer_shape):
             data = np.zeros(sel.layer_shape, np.float32)
             layer = Image(data, name=name, colormap="magma", blending="additive", contrast_limits=(0, 1),
-                          opacity=0.6, **_same_transform_kwargs(image, sel.layer_shape, None))
+                          opacity=0.6, **aligned_layer_kwargs(image))
             self.viewer.add_layer(layer)
         layer.data[sel.labels_index] = values
         layer.refresh()
