@@ -282,9 +282,6 @@ class InstanceWidget(SegmentationWidget):
         """Run a tiny YOLO-seg end to end on the current image; raise if no Labels layer appears."""
         import shutil
         import tempfile
-        import time
-
-        from qtpy.QtWidgets import QApplication
 
         from napari_segsuite.layers import output_layer_name
         from napari_segsuite.testing.tiny_models import build_tiny_yolo
@@ -299,15 +296,7 @@ class InstanceWidget(SegmentationWidget):
             self.conf.value = 0.0
             self.max_det.value = 20
             self.run()
-            deadline = time.monotonic() + 180
-            # the Run button comes back when the job has ended (the worker may not be running yet)
-            while not self.run_button.enabled and time.monotonic() < deadline:
-                QApplication.processEvents()
-                time.sleep(0.02)
-            QApplication.processEvents()
-            if not self.run_button.enabled:
-                self.jobs.cancel()
-                raise RuntimeError("the instance smoke run did not finish in 180 s")
+            self.jobs.wait(180, "the instance smoke run")
             if self.jobs.last_error is not None:
                 raise RuntimeError(f"the instance smoke run failed: {self.jobs.last_error}")
             name = output_layer_name(image, self.task)

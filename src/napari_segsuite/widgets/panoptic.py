@@ -22,7 +22,6 @@ the scores are class-agnostic; prediction scores come from a ``score`` column.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -340,8 +339,6 @@ class PanopticWidget(SegmentationWidget):
         """Run a tiny random Mask2Former panoptic model end to end on the current image."""
         import tempfile
 
-        from qtpy.QtWidgets import QApplication
-
         from napari_segsuite.testing.tiny_models import build_tiny_mask2former
 
         self._smoke_dir = tempfile.TemporaryDirectory(prefix="segsuite-panoptic-")
@@ -354,13 +351,7 @@ class PanopticWidget(SegmentationWidget):
         self.fuse.value = "0"
         image = self.selected_image()
         self.run()
-        end = time.monotonic() + timeout
-        while self.jobs.worker is not None and time.monotonic() < end:
-            QApplication.processEvents()
-            time.sleep(0.01)
-        if self.jobs.worker is not None:
-            self.jobs.cancel()
-            raise RuntimeError(f"the panoptic smoke run did not finish in {timeout:.0f} s")
+        self.jobs.wait(timeout, "the panoptic smoke run")
         if self.jobs.last_error is not None:
             raise RuntimeError(f"the panoptic smoke run failed: {self.jobs.last_error}")
         name = f"{image.name} [panoptic]"

@@ -586,9 +586,7 @@ class SamPromptWidget(SegmentationWidget):
 
     def _smoke_segment_everything(self, image) -> None:
         """Smoke: 'segment everything' on the sample with thresholds a random tiny model passes."""
-        import time
 
-        from qtpy.QtWidgets import QApplication
 
         permissive = {"points_per_side": 8, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
                       "box_nms_thresh": 0.7}
@@ -596,10 +594,7 @@ class SamPromptWidget(SegmentationWidget):
             self.auto_params[key].value = value
         self.last_auto_layer = None
         self.segment_everything()
-        deadline = time.time() + 300
-        while self.jobs.busy and time.time() < deadline:
-            QApplication.processEvents()
-            time.sleep(0.01)
+        self.jobs.wait(300, "SAM smoke: 'segment everything'")
         layer = self.last_auto_layer
         if layer is None or not np.asarray(layer.data).any():
             raise RuntimeError(f"SAM smoke: 'segment everything' gave no labels ({self.message.value})")

@@ -279,9 +279,6 @@ class SemanticWidget(SegmentationWidget):
         """Segment the sample end to end with a tiny SegFormer built into a temporary folder."""
         import shutil
         import tempfile
-        import time
-
-        from qtpy.QtWidgets import QApplication
 
         from napari_segsuite.testing.tiny_models import build_tiny_segformer
 
@@ -296,14 +293,7 @@ class SemanticWidget(SegmentationWidget):
         self.device.value = "cpu"
         try:
             self.run()
-            deadline = time.monotonic() + timeout
-            while self.jobs.busy or not self.run_button.enabled:
-                QApplication.processEvents()
-                if time.monotonic() > deadline:
-                    self.jobs.cancel()
-                    raise TimeoutError(f"Semantic segmentation of '{layer.name}' did not finish in {timeout:.0f} s.")
-                time.sleep(0.01)
-            QApplication.processEvents()
+            self.jobs.wait(timeout, f"Semantic segmentation of '{layer.name}'")
         finally:
             shutil.rmtree(folder.parent, ignore_errors=True)
         if self.jobs.last_error is not None:

@@ -480,17 +480,7 @@ class UnetTrainingPanel(Container):
 
     def wait(self, timeout: float = 600.0) -> None:
         """Process Qt events until the running job ends (for scripts and the smoke mode)."""
-        import time
-
-        from qtpy.QtWidgets import QApplication
-
-        end = time.monotonic() + timeout
-        while self.busy:
-            if time.monotonic() > end:
-                self.jobs.cancel()
-                raise TimeoutError(f"The U-Net job did not finish within {timeout:.0f} s.")
-            QApplication.processEvents()
-            time.sleep(0.02)
+        self.jobs.wait(timeout, "The U-Net job")
 
     def smoke(self, steps: int = 12) -> None:
         """Train briefly on the coins sample with its shipped strokes, then predict (headless check)."""

@@ -87,6 +87,27 @@ class JobRunner:
         if self.worker is not None:
             self.worker.quit()
 
+    def wait(self, timeout: float, what: str = "The job") -> None:
+        """Process Qt events until the job has ended (headless runs and smoke checks).
+
+        Raises
+        ------
+        TimeoutError
+            After cancelling the job, when it runs longer than ``timeout`` seconds.
+        """
+        import time
+
+        from qtpy.QtWidgets import QApplication
+
+        end = time.monotonic() + timeout
+        while self.busy:
+            if time.monotonic() > end:
+                self.cancel()
+                raise TimeoutError(f"{what} did not finish within {timeout:.0f} s.")
+            QApplication.processEvents()
+            time.sleep(0.01)
+        QApplication.processEvents()
+
     # -- handlers (GUI thread) --------------------------------------------------
     def _on_yielded(self, item) -> None:
         if not isinstance(item, Progress) or self.worker is None:
