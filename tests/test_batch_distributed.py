@@ -87,19 +87,34 @@ def test_unreachable_scheduler_is_a_clear_error_within_seconds(tmp_path, capsys)
     elapsed = time.perf_counter() - t
     err = capsys.readouterr().err
     assert code == 2 and "Cannot reach the dask scheduler" in err and elapsed < 10, (elapsed, err)
+    # A malformed address is refused at once, before any image is read.
+    t = time.perf_counter()
+    code = main(["run", "threshold", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"),
+                 "--scheduler", "tcp://127.0.0.1:notaport"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Bad scheduler address" in err and time.perf_counter() - t < 5, err
+    assert not (tmp_path / "o" / "a.tif").exists()
 
 
-def test_local_processes_cluster(tmp_path, monkeypatch, capsys):
-    """``--processes -j 2``: a local cluster of two worker processes, relative paths."""
+def test_local_processes_cluster(lraspp, tmp_path, monkeypatch, capsys):
+    """``--processes -j 2``: a local cluster of two worker processes, relative paths; each
+    worker runs torch on cores // 2 threads by default (no oversubscription)."""
+    from napari_segsuite.batch.engine import available_cores
+
     monkeypatch.chdir(tmp_path)
     for i in range(4):
-        img = np.zeros((30, 30), np.uint8)
+        img = np.zeros((32, 32), np.uint8)
         img[5:10 + i, 5:20] = 200
         iio.imwrite(tmp_path / f"p{i}.png", img)
-    code = main(["run", "threshold", "p*.png", "--out", "o", "--processes", "-j", "2", "-p", "level=100",
-                 "--torch-threads", "1"])
+    code = main(["run", "threshold", "p*.png", "--out", "o", "--processes", "-j", "2", "-p", "level=100"])
     assert code == 0, capsys.readouterr().err
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["options"]["processes"] and manifest["summary"]["done"] == 4
     assert all(r["worker_pid"] != os.getpid() for r in manifest["images"])
     assert tifffile.imread(tmp_path / "o" / "p3.tif").max() == 1
+    # With a model: the default torch threads per worker process.
+    code = main(["run", "semantic", "-m", str(lraspp), "p*.png", "--out", "s", "--processes", "-j", "2"])
+    assert code == 0, capsys.readouterr().err
+    images = json.loads((tmp_path / "s" / "manifest.json").read_text())["images"]
+    assert len(images) == 4 and all(r["worker_pid"] != os.getpid() for r in images)
+    assert {r["torch_threads"] for r in images} == {max(1, available_cores() // 2)}

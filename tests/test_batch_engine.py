@@ -92,6 +92,26 @@ def test_threads_give_the_same_labels_as_a_plain_loop(lraspp, images, tmp_path):
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "o" / f"{f.stem}.tif"), logits.argmax(0))
 
 
+def test_torch_threads_default_per_worker_and_restored_afterwards(lraspp, images, tmp_path):
+    import torch
+
+    from napari_segsuite.batch.engine import available_cores, default_torch_threads
+
+    cores = available_cores()
+    assert default_torch_threads(2, False, None) == max(1, cores // 2)
+    assert default_torch_threads(1, True, None) == cores
+    assert default_torch_threads(1, False, None) is None  # one in-process worker: torch's default
+    assert default_torch_threads(4, True, "tcp://127.0.0.1:8786") is None  # the cluster's workers decide
+    before = torch.get_num_threads()
+    files = [images / "gray.png", images / "rgb.png"]
+    summary = api.run_batch("semantic", str(lraspp), files, tmp_path / "o", workers=2)
+    assert {r["torch_threads"] for r in summary.records} == {max(1, cores // 2)}
+    assert torch.get_num_threads() == before  # this process's setting is given back
+    summary = api.run_batch("semantic", str(lraspp), files, tmp_path / "o1", workers=2, torch_threads=1)
+    assert {r["torch_threads"] for r in summary.records} == {1}
+    assert torch.get_num_threads() == before
+
+
 def test_large_image_in_chunks_goes_to_zarr(lraspp, tmp_path):
     import zarr
 
@@ -132,7 +152,7 @@ def test_bad_parameters_fail_each_image_with_the_reason(images, tmp_path):
     ((_, reason),) = summary.failed
     assert "unknown parameters ['levle']" in reason
     with pytest.raises(BatchSetupError, match="Unknown task"):
-        api.run_batch("sam-auto", None, [images], tmp_path / "o")
+        api.run_batch("no-such-task", None, [images], tmp_path / "o")
 
 
 def test_panoptic_batch_with_a_tiny_mask2former(tmp_path):
@@ -161,5 +181,10 @@ def test_array_job_runs_every_plane_of_an_in_memory_stack():
     labels, table = run_sync(array_job("threshold", None, stack, params={"level": 500}, channels_last=False,
                                        chunk_size=32, overlap=4), seen.append)
     assert labels.shape == (2, 3, 40, 50) and len(seen) == 6
-    assert labels[1, 2, 7, 7] == 1 and labels[0, 0, 25, 6] == labels[0, 0, 25, 44] == 1
+    # instance-like task: ids continue over the planes (one id, one object in the stack)
+    assert labels[1, 2, 7, 7] == 2 and labels[0, 0, 25, 6] == labels[0, 0, 25, 44] == 1
     assert list(table["plane"]) == [0, 5] and list(table["area"]) == [400, 25]
+    assert list(table["label"]) == [1, 2]
+    restart, table = run_sync(array_job("threshold", None, stack, params={"level": 500}, channels_last=False,
+                                        unique_ids=False))
+    assert restart[1, 2, 7, 7] == 1 and list(table["label"]) == [1, 1]

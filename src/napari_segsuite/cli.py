@@ -60,7 +60,10 @@ Where it runs: by default in this process (--workers N: N threads); --processes:
 cluster of N worker processes on 127.0.0.1; --scheduler tcp://HOST:8786: an existing
 dask.distributed cluster (start one with `dask scheduler` and `dask worker tcp://HOST:8786
 --nthreads 1`; workers need napari-segsuite installed and must see the inputs, the model and
---out at the same paths). Each worker loads the model once.
+--out at the same paths). Each worker loads the model once. Torch threads per worker: with
+several local workers (--workers N, or --processes) max(1, cores // N) by default, so N workers
+on N cores do not oversubscribe the CPU; one in-process worker and the workers of --scheduler
+keep torch's default; --torch-threads N sets it.
 
 Exit status: 0 all images done or skipped, 1 some failed, 2 usage or setup error (unknown
 task, model not found, output folder not writable, scheduler unreachable within
@@ -69,6 +72,8 @@ task, model not found, output folder not writable, scheduler unreachable within
 Examples:
   napari-segsuite run semantic --model lraspp_mobilenet_v3_large_voc data/*.png --out seg/
   napari-segsuite run panoptic --model ./m2f_folder images/ --out pan/ --param threshold=0.5
+  napari-segsuite run instance --model yolo11n_seg "plates/*.tif" --out inst/ -p conf=0.3 -p classes=person
+  napari-segsuite run sam-auto --model sam_vit_b in/ --out sam/ -p points_per_side=16 --table parquet
   napari-segsuite run threshold big.ome.zarr --out big/ --param level=128 --chunk-size 4096
   napari-segsuite run semantic --model unet_dir/ in/ --out o/ --scheduler tcp://10.0.0.5:8786
 """
@@ -98,7 +103,8 @@ def add_run_parser(sub) -> argparse.ArgumentParser:
                       help="workers are processes of a local dask cluster")
     mode.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing dask.distributed scheduler")
     run.add_argument("--torch-threads", type=int, metavar="N",
-                     help="torch threads per worker (default: cores / workers; 1 is best on a busy machine)")
+                     help="torch threads per worker (default: cores // workers with several local workers or "
+                          "--processes, torch's own otherwise; 1 is best on a busy machine)")
     run.add_argument("--connect-timeout", type=float, default=5.0, metavar="S",
                      help="seconds to wait for --scheduler (default 5)")
     run.add_argument("--chunk-size", type=int, default=2048, metavar="PX",

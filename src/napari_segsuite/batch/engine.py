@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import threading
 import time
 import traceback
@@ -130,14 +131,43 @@ def get_runner(spec: JobSpec):
             from napari_segsuite.models.base import load_model
             from napari_segsuite.models.store import ModelStore
 
-            if spec.torch_threads:
-                import torch
-
-                torch.set_num_threads(int(spec.torch_threads))
+            set_torch_threads(spec.torch_threads)
             source = ModelStore().resolve(spec.model_path, family=spec.model_family)
             runner = load_model(source, spec.device)
             _RUNNERS[key] = runner
+    set_torch_threads(spec.torch_threads)  # also when a long-lived worker kept the model
     return runner
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_torch_threads(workers: int, processes: bool, scheduler: str | None) -> int | None:
+    """torch threads per worker when ``--torch-threads`` is not given.
+
+    With several local workers (threads or processes) each gets ``max(1, cores // workers)``
+    so that N workers on N cores do not oversubscribe the CPU (torch would start one thread
+    per core in every worker). One in-process worker keeps torch's own default; on an
+    existing scheduler the cluster's workers keep theirs (their cores are unknown here).
+    """
+    if scheduler or not (workers > 1 or processes):
+        return None
+    return max(1, available_cores() // workers)
+
+
+def set_torch_threads(n: int | None) -> None:
+    """``torch.set_num_threads(n)`` when ``n`` is given and differs from the current setting."""
+    if not n:
+        return
+    import torch
+
+    if torch.get_num_threads() != int(n):
+        torch.set_num_threads(int(n))
 
 
 class _PlaneOf:
@@ -206,6 +236,9 @@ def process_item(item: Item, spec: JobSpec) -> dict:
     record["t_end"] = time.time()
     record["worker_peak_mb"] = round(_peak_mb(), 1)
     record["worker_pid"] = os.getpid()
+    torch = sys.modules.get("torch")
+    if torch is not None and spec.model_path:
+        record["torch_threads"] = int(torch.get_num_threads())
     return record
 
 
@@ -315,6 +348,9 @@ def array_job(
     chunk_size: int = 2048,
     overlap: int = 64,
     merge_threshold: float = 0.5,
+    unique_ids: bool | None = None,
+    progress_offset: int = 0,
+    progress_total: int | None = None,
 ) -> Generator[Progress, None, tuple]:
     """One in-memory image or stack through a batch task, plane by plane (for the widgets'
     "run on all planes / all open images"); a generator yielding a :class:`Progress` per plane.
@@ -331,6 +367,11 @@ def array_job(
         ``channels_last`` given: every leading index is a plane.
     params, chunk_size, overlap, merge_threshold
         As for :func:`run_batch`; planes larger than ``chunk_size`` are chunked.
+    unique_ids : bool, optional
+        Continue the ids of each plane after those of the planes before it, so an object id
+        means one object in the whole stack (default: True for instance-like tasks).
+    progress_offset, progress_total : int
+        Where this job's planes sit in an outer job's progress (several images in a row).
 
     Returns
     -------
@@ -352,7 +393,11 @@ def array_job(
     n = int(np.prod(lead)) if lead else 1
     out = np.zeros((n, h, w), dtype=LABEL_DTYPE)
     flat = np.reshape(data, (n, *shape[len(lead):])) if lead else np.asarray(data)[None]
+    if unique_ids is None:
+        unique_ids = spec.kind == "instance"
+    total = progress_total if progress_total is not None else n
     tables = []
+    next_id = 0
     for z in range(n):
         plane = flat[z]
         if h > chunk_size or w > chunk_size:
@@ -362,12 +407,23 @@ def array_job(
             )
         else:
             labels, table = spec.func(np.asarray(plane), runner, **(params or {}))
+            labels = np.asarray(labels)
+            if labels.shape != (h, w):
+                raise InputError(f"The task returned labels of shape {labels.shape} for a plane of {(h, w)}.")
             out[z] = labels
-        table = table.copy()
+        table = table.copy() if table is not None else pd.DataFrame({"label": np.zeros(0, np.int64)})
+        if unique_ids and next_id:
+            nz = out[z] != 0
+            out[z][nz] += next_id
+            if "label" in table:
+                table["label"] = table["label"].astype(np.int64) + next_id
+        if unique_ids:  # past every id of this plane, in the labels and in the table
+            listed = int(table["label"].max()) if "label" in table and len(table) else 0
+            next_id = max(next_id, int(out[z].max(initial=0)), listed)
         if lead:
             table.insert(0, "plane", z)
         tables.append(table)
-        yield Progress(z + 1, n, f"plane {z + 1}/{n}")
+        yield Progress(progress_offset + z + 1, total, f"plane {z + 1}/{n}" if n > 1 else "segmented")
     return out.reshape(spatial), pd.concat(tables, ignore_index=True)
 
 
@@ -599,13 +655,12 @@ def batch_job(
         "chunk_size": chunk_size, "overlap": overlap, "merge_threshold": merge_threshold,
         "format": fmt, "table": table,
     }
-    cpus = os.cpu_count() or 1
     spec = JobSpec(
         task=task, model_path=str(Path(source.path).resolve()) if source else None,
         model_family=source.family if source else None, device=device, params=params,
         out=str(out_path.resolve()), chunk_size=int(chunk_size), overlap=int(overlap), fmt=fmt,
         table=table, merge_threshold=float(merge_threshold),
-        torch_threads=torch_threads or (max(1, cpus // workers) if (workers > 1 or processes) and not scheduler else None),
+        torch_threads=torch_threads or default_torch_threads(workers, processes, scheduler),
         signature=signature,
     )
     expansion = expand_inputs(inputs)
@@ -637,10 +692,12 @@ def batch_job(
         backend = _Pool(workers)
     else:
         backend = _Inline()
+    restore_threads = None
     if spec.torch_threads and isinstance(backend, _Inline | _Pool) and spec.model_path:
         import torch
 
-        torch.set_num_threads(spec.torch_threads)
+        restore_threads = torch.get_num_threads()  # this process's setting is given back at the end
+        set_torch_threads(spec.torch_threads)
     try:
         futures = [backend.submit(process_item, item, spec) for item in todo]
         if isinstance(backend, _Dask):
@@ -655,6 +712,10 @@ def batch_job(
             yield Progress(step, total, f"{record['status']}: {record['input']}", partial=record)
     finally:
         backend.close()
+        if restore_threads is not None:
+            import torch
+
+            torch.set_num_threads(restore_threads)
     _finish(summary, spec, model_info, started, t0, scheduler, workers, processes, argv)
     return summary
 
@@ -740,8 +801,9 @@ def run_batch(task: str, model, inputs, out, *, progress=None, **options) -> Bat
         ``device``, ``params`` (dict), ``workers``, ``processes``, ``scheduler``,
         ``chunk_size``, ``overlap``, ``fmt`` ("auto", "tif", "zarr"), ``table`` ("csv",
         "parquet"), ``resume``, ``merge_threshold``, ``connect_timeout``, ``family``,
-        ``torch_threads`` (torch threads per worker; default: cores // workers with several
-        workers or processes, torch's default otherwise and on a scheduler).
+        ``torch_threads`` (torch threads per worker; default: see
+        :func:`default_torch_threads`: ``max(1, cores // workers)`` with several local workers
+        or with processes, torch's own default for one in-process worker and on a scheduler).
 
     Returns
     -------

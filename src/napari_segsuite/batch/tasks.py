@@ -94,17 +94,33 @@ def _table(rows: dict) -> pd.DataFrame:  # noqa: F821 - pandas is imported lazil
 def semantic_task(image, runner, **params):
     """Semantic segmentation: argmax of ``runner.predict_semantic``; one row per class present.
 
-    Labels are ``class id + 1`` (0 stays background for napari and for chunk stitching is
-    not used): with ``background_zero=True`` (a parameter) class 0 is kept as 0 instead.
+    Parameters (``--param``): ``background_zero`` (default true: label = class id, so class 0
+    is background; false: label = class id + 1, every pixel labelled, as in the widget);
+    ``tile_size`` and ``overlap``: when ``tile_size`` is given, the plane goes through
+    :func:`napari_segsuite.tasks.semantic.segment_semantic_job` (tiles of that side blended
+    over ``overlap`` pixels; 0: one tile; the widget's path), else the model sees the whole
+    plane (or chunk) at once.
     """
     from napari_segsuite.core.image import prepare_rgb_uint8
 
-    unknown = set(params) - {"background_zero"}
+    known = ("background_zero", "tile_size", "overlap")
+    unknown = set(params) - set(known)
     if unknown:
-        raise InputError(f"semantic: unknown parameters {sorted(unknown)}; known: background_zero.")
+        raise InputError(f"semantic: unknown parameters {sorted(unknown)}; known: {', '.join(known)}.")
     background_zero = _as_bool(params.get("background_zero", True))
     runner.require("semantic")
     plane = np.asarray(image)
+    if "tile_size" in params:
+        from napari_segsuite.core.progress import run_sync
+        from napari_segsuite.tasks.semantic import DEFAULT_OVERLAP, segment_semantic_job
+
+        result = run_sync(segment_semantic_job(
+            plane, runner, tile_size=int(params["tile_size"] or 0),
+            overlap=int(params.get("overlap", DEFAULT_OVERLAP)),
+        ))
+        plus_one = np.asarray(result.labels).astype(LABEL_DTYPE)  # class id + 1
+        labels = plus_one - 1 if background_zero else plus_one
+        return labels, semantic_table(labels, runner.class_names, background_zero=background_zero)
     if runner.family != "unet":  # U-Nets normalise with their own config
         plane = prepare_rgb_uint8(plane)
     logits = runner.predict_semantic(plane)
@@ -146,6 +162,99 @@ def panoptic_task(image, runner, **params):
     result = segment_panoptic(image, runner, **kwargs)
     table = result.table.rename(columns={"segment_id": "label"})
     return result.labels.astype(LABEL_DTYPE), table
+
+
+# -- instance (issue 7's instance models: YOLO-seg, Mask R-CNN, Mask2Former instance) -------
+
+INSTANCE_PARAMS = ("conf", "iou", "mask_threshold", "classes", "max_det", "imgsz", "tile_size", "overlap")
+
+
+def instance_task(image, runner, **params):
+    """Instance segmentation with :func:`napari_segsuite.tasks.instance.segment_plane_job`.
+
+    Parameters (``--param``): ``conf``, ``iou``, ``mask_threshold``, ``classes`` (ids and/or
+    names, comma-separated), ``max_det``, ``imgsz`` (see
+    :class:`~napari_segsuite.tasks.instance.InstanceParams`), ``tile_size`` and ``overlap``
+    (the model's own tiled inference inside one plane or chunk).
+
+    Returns
+    -------
+    (ndarray, pandas.DataFrame)
+        Labels ordered by score (1 = best) and one row per instance: ``label``, ``class_id``,
+        ``class_name``, ``score``, the detector's box (``bbox_row0`` ... in the plane's pixels,
+        max exclusive) and ``area``.
+    """
+    from napari_segsuite.core.progress import run_sync
+    from napari_segsuite.tasks.instance import InstanceParams, resolve_classes, segment_plane_job
+
+    unknown = set(params) - set(INSTANCE_PARAMS)
+    if unknown:
+        raise InputError(f"instance: unknown parameters {sorted(unknown)}; known: {', '.join(INSTANCE_PARAMS)}.")
+    names = dict(getattr(runner, "class_names", {}) or {})
+    p = InstanceParams(
+        conf=float(params.get("conf", 0.25)), iou=float(params.get("iou", 0.7)),
+        mask_threshold=float(params.get("mask_threshold", 0.5)),
+        classes=resolve_classes(_as_list(params.get("classes")), names),
+        max_det=int(params.get("max_det", 300)),
+        imgsz=int(params["imgsz"]) if params.get("imgsz") not in (None, "", 0) else None,
+    )
+    p.check()
+    tile = int(params.get("tile_size") or 0) or None
+    result = run_sync(segment_plane_job(
+        np.asarray(image), runner, p, class_names=names, tile_size=tile,
+        overlap=int(params.get("overlap", 64)),
+    ))
+    table = result.table.rename(columns={"label_id": "label"})
+    return result.labels.astype(LABEL_DTYPE), table
+
+
+# -- sam-auto (SAM / SAM 2.1 "segment everything", issue 4) ---------------------------------
+
+
+def sam_auto_task(image, runner, **params):
+    """Class-agnostic masks of a whole plane with SAM or SAM 2.1 (segment everything).
+
+    Parameters (``--param``) are those of :class:`~napari_segsuite.tasks.sam_automatic.AutoParams`
+    (``segment_anything.SamAutomaticMaskGenerator``'s names: ``points_per_side``,
+    ``pred_iou_thresh``, ``stability_score_thresh``, ``box_nms_thresh``, ``crop_n_layers``,
+    ``min_mask_region_area`` ..., plus ``tile_size`` / ``tile_overlap``); ``point_grids`` cannot
+    be given here.
+
+    Returns
+    -------
+    (ndarray, pandas.DataFrame)
+        Labels without overlaps (smaller masks on top) and one row per label: ``label``,
+        ``area``, bounding box, ``predicted_iou``, ``stability_score``, ``mask_area`` ...
+        Coordinates in the table (``mask_bbox_*``, ``point_*``, ``crop_box_xyxy``) are those of
+        the plane, or of the chunk's window for chunked images; ``area`` and ``bbox_*`` are
+        always recomputed for the whole plane.
+    """
+    from dataclasses import fields
+
+    from napari_segsuite.core.progress import run_sync
+    from napari_segsuite.tasks.sam_automatic import AutoParams, automatic_job
+    from napari_segsuite.tasks.sam_session import SamSession
+
+    allowed = {f.name for f in fields(AutoParams)} - {"point_grids"}
+    unknown = set(params) - allowed
+    if unknown:
+        raise InputError(f"sam-auto: unknown parameters {sorted(unknown)}; known: {', '.join(sorted(allowed))}.")
+    auto = AutoParams(**params)
+    # A session per call: it holds the current image's embedding, so threads sharing the
+    # runner must not share it; the model itself is loaded once per worker.
+    session = SamSession(runner, device=runner.device)
+    result = run_sync(automatic_job(session, np.asarray(image), auto))
+    table = result.table.rename(columns={"index": "label"})
+    return result.labels.astype(LABEL_DTYPE), table
+
+
+def _as_list(value):
+    """``"a, 3"`` / ``3`` / a list -> what :func:`resolve_classes` takes (None when empty)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return [int(value)]
+    return value
 
 
 # -- threshold (no model: Otsu or a fixed level, then connected components) -----------------
@@ -204,6 +313,14 @@ register_task(
 register_task(
     "panoptic", panoptic_task, kind="instance",
     help="things and stuff segments (Mask2Former panoptic); --param threshold=0.8 ...",
+)
+register_task(
+    "instance", instance_task, kind="instance",
+    help="one id per object (YOLO-seg, Mask R-CNN, Mask2Former instance); --param conf=0.25 ...",
+)
+register_task(
+    "sam-auto", sam_auto_task, kind="instance", model_task="automatic",
+    help="SAM / SAM 2.1 segment everything; --param points_per_side=32 pred_iou_thresh=0.88 ...",
 )
 register_task(
     "threshold", threshold_task, kind="instance", needs_model=False, normalize=False,

@@ -5,6 +5,16 @@ local file or folder, a Download button, the cache folder), device picker,
 Run and Cancel, and progress. Subclasses add their options and implement
 :meth:`SegmentationWidget.make_job` (the compute, run in a worker) and
 :meth:`SegmentationWidget.apply_result` (writing layers, on the GUI thread).
+
+The "Run on" choice (:attr:`SegmentationWidget.scope`): *current plane* runs the
+widget's own job; *all planes* (of the chosen image) and *all open images* (every
+Image layer) run the widget's registered batch task (:attr:`~SegmentationWidget.batch_task`)
+through :func:`napari_segsuite.batch.engine.array_job`, plane by plane, in the same
+worker with progress and Cancel. The results are written on the GUI thread when every
+image is done: one Labels layer ``"<image> [<task>]"`` per image, aligned with it and of
+its spatial shape (an nD layer for a stack; the planes are the last two spatial axes),
+one row per label in ``features`` and the model, parameters and planes in
+``metadata["segsuite"]``. A cancelled run changes no layer.
 """
 
 from __future__ import annotations
@@ -13,16 +23,20 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
 
 from napari_segsuite.core.device import DEVICE_CHOICES
 from napari_segsuite.core.errors import InputError, SegSuiteError
+from napari_segsuite.core.labels import LABEL_DTYPE
 from napari_segsuite.core.progress import Progress
 from napari_segsuite.models.registry import REGISTRY, entries_for
 from napari_segsuite.models.store import ModelStore
 from napari_segsuite.widgets.worker import JobRunner
 
 LOCAL = "__local__"
+CURRENT_PLANE, ALL_PLANES, ALL_IMAGES = "current plane", "all planes", "all open images"
+SCOPES = (CURRENT_PLANE, ALL_PLANES, ALL_IMAGES)
 
 
 class ModelPicker(Container):
@@ -136,6 +150,8 @@ class SegmentationWidget(Container):
     task = ""
     model_tasks: tuple[str, ...] = ()
     model_families: tuple[str, ...] | None = None
+    #: The batch task (:mod:`napari_segsuite.batch.tasks`) behind "all planes / all open images".
+    batch_task: str | None = None
 
     def __init__(self, napari_viewer):
         super().__init__(labels=True)
@@ -145,6 +161,11 @@ class SegmentationWidget(Container):
         self.models = ModelPicker(self.model_tasks, self.store, self.model_families)
         self.device = ComboBox(label="Device", choices=list(DEVICE_CHOICES), value="auto")
         self.task_options = Container(labels=True)
+        self.scope = ComboBox(
+            label="Run on", choices=list(SCOPES), value=CURRENT_PLANE,
+            tooltip="The plane the viewer shows, every plane of the chosen image, or every open image "
+                    "(one output layer per image)",
+        )
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", value=0, min=0, max=100)
@@ -240,10 +261,135 @@ class SegmentationWidget(Container):
 
         return self.load_model_job, on_result
 
+    # -- all planes / all open images (the batch engine) ---------------------------------
+    def uses_batch(self) -> bool:
+        """Whether Run goes through :meth:`make_batch_job` (the scope and the options allow it)."""
+        return self.batch_task is not None and self.scope.value != CURRENT_PLANE
+
+    def batch_params(self) -> dict:
+        """The batch task's parameters from the form (GUI thread). Subclasses override."""
+        return {}
+
+    def resolve_batch_params(self, runner, params: dict) -> dict:
+        """Parameters that need the loaded model (class names ...), in the worker."""
+        return params
+
+    def batch_images(self) -> list:
+        """The Image layers the scope names (GUI thread)."""
+        from napari.layers import Image
+
+        if self.scope.value == ALL_IMAGES:
+            layers = [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+            if not layers:
+                raise InputError("Open an image first: there is no Image layer.")
+            return layers
+        return [self.selected_image()]
+
+    def make_batch_job(self) -> tuple[Any, Any]:
+        """Read the images and options (GUI thread); the job runs the batch task on every plane.
+
+        Returns
+        -------
+        (job_factory, on_result)
+            ``job_factory()`` loads the model and drains one
+            :func:`~napari_segsuite.batch.engine.array_job` per image (one progress range over
+            all planes); ``on_result`` writes one Labels layer per image.
+        """
+        from napari_segsuite.batch.engine import array_job
+
+        images = self.batch_images()
+        self.models.spec  # noqa: B018 - raises a user-facing error when no local file is chosen
+        params = self.batch_params()
+        unique_ids = self.batch_unique_ids(params)
+        inputs = []
+        for layer in images:
+            data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+            rgb = bool(getattr(layer, "rgb", False))
+            spatial = tuple(data.shape[:-1]) if rgb else tuple(data.shape)
+            if len(spatial) < 2 or min(spatial[-2:]) < 1:
+                raise InputError(f"Image '{layer.name}' has no 2D planes (shape {tuple(data.shape)}).")
+            inputs.append((layer, data, rgb, int(np.prod(spatial[:-2], dtype=np.int64))))
+        total = sum(n for *_, n in inputs)
+        scope = self.scope.value
+
+        def job():
+            runner = yield from self.load_model_job()
+            resolved = self.resolve_batch_params(runner, dict(params))
+            results, done = [], 0
+            for layer, data, rgb, n in inputs:
+                yield Progress(done, total, f"{layer.name}: segmenting {n} plane{'s' if n != 1 else ''}")
+                labels, table = yield from array_job(
+                    self.batch_task, runner, data, params=resolved, channels_last=rgb,
+                    unique_ids=unique_ids, progress_offset=done, progress_total=total,
+                )
+                results.append((layer, labels, table))
+                done += n
+            return runner, resolved, results
+
+        def on_result(value) -> None:
+            runner, resolved, results = value
+            written = [self.write_batch_result(layer, labels, table, runner, resolved, scope)
+                       for layer, labels, table in results]
+            n_labels = sum(len(layer.features) for layer in written)
+            self.message.value = (
+                f"{runner.name}: {n_labels} label{'s' if n_labels != 1 else ''} in "
+                f"{', '.join(repr(layer.name) for layer in written)} ({scope})."
+            )
+
+        return job, on_result
+
+    def batch_unique_ids(self, params: dict) -> bool | None:
+        """Whether ids continue from plane to plane (None: the task's default)."""
+        return None
+
+    def write_batch_result(self, image_layer, labels: np.ndarray, table, runner, params: dict, scope: str):
+        """One image's labels and table into its Labels layer (GUI thread); returns the layer.
+
+        An existing ``"<image> [<task>]"`` Labels layer of the same shape is updated (one
+        undo step); a new one is created with the image's transform otherwise.
+        """
+        from napari.layers import Labels
+
+        from napari_segsuite.layers import METADATA_KEY, aligned_layer_kwargs, output_layer_name
+
+        name = output_layer_name(image_layer, self.task)
+        labels = np.asarray(labels, dtype=LABEL_DTYPE)
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        if layer is not None and not isinstance(layer, Labels):
+            raise InputError(f"A layer named '{name}' exists and is not a Labels layer; rename it.")
+        if layer is not None and tuple(layer.data.shape) != labels.shape:
+            raise InputError(
+                f"Labels layer '{name}' has shape {tuple(layer.data.shape)} but image "
+                f"'{image_layer.name}' needs {labels.shape}; rename or delete it."
+            )
+        if layer is None:
+            layer = Labels(labels, name=name, **aligned_layer_kwargs(image_layer))
+            self.viewer.add_layer(layer)
+        else:
+            old = np.asarray(layer.data)
+            changed = np.nonzero(old != labels)
+            if changed[0].size:
+                layer.data_setitem(changed, labels[changed])
+        layer.features = batch_features(labels, table)
+        record = {"model": runner.provenance(), "parameters": dict(params), "scope": scope,
+                  "batch_task": self.batch_task}
+        meta = {"task": self.task, "source_image": image_layer.name, **record}
+        lead = labels.shape[:-2]
+        if lead:
+            keys = [",".join(f"{a}:{int(i)}" for a, i in enumerate(idx)) for idx in np.ndindex(*lead)]
+            meta["planes"] = dict.fromkeys(keys, record)
+            meta["last"] = record
+        layer.metadata = {**layer.metadata, METADATA_KEY: meta}
+        self.after_batch_write(layer)
+        return layer
+
+    def after_batch_write(self, layer) -> None:
+        """Widget-specific touches on a written layer (legend ...). Subclasses override."""
+
     def run(self) -> None:
         """Read the inputs, then run the task in a worker."""
         try:
-            job_factory, on_result = self.make_job()
+            job_factory, on_result = self.make_batch_job() if self.uses_batch() else self.make_job()
         except SegSuiteError as exc:
             from napari.utils.notifications import show_error
 
@@ -278,3 +424,23 @@ class SegmentationWidget(Container):
 
     def smoke(self) -> None:
         """What the headless smoke mode runs in this widget (features extend it)."""
+
+
+def batch_features(labels: np.ndarray, table):
+    """``layer.features`` of a batch result: one row per label present in ``labels``.
+
+    ``index``, ``area`` and the bounding box come from the labels (the whole nD volume); the
+    task's other columns (class, score ...) from the table's first row for the label (a
+    semantic class appears once per plane; its name is the same in each).
+    """
+    import pandas as pd
+
+    from napari_segsuite.core.labels import label_table
+
+    features = pd.DataFrame(label_table(labels))
+    if table is None or not len(table) or "label" not in table.columns:
+        return features
+    drop = [c for c in table.columns if c in ("plane", "area") or c.startswith("bbox_")]
+    extra = table.drop(columns=drop).drop_duplicates("label").set_index("label")
+    extra = extra[[c for c in extra.columns if c not in features.columns]]
+    return features.join(extra, on="index")

@@ -19,9 +19,14 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, LineEdi
 
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.progress import Progress
-from napari_segsuite.widgets.base import LOCAL, SegmentationWidget
+from napari_segsuite.widgets.base import (
+    ALL_PLANES,
+    CURRENT_PLANE,
+    LOCAL,
+    SegmentationWidget,
+)
 
-CURRENT, ALL = "current plane", "all planes"
+CURRENT, ALL = CURRENT_PLANE, ALL_PLANES
 BOXES_SUFFIX = "instance boxes"
 
 
@@ -43,6 +48,7 @@ class InstanceWidget(SegmentationWidget):
 
     task = "instance"
     model_tasks = ('instance',)
+    batch_task = "instance"
 
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
@@ -57,7 +63,7 @@ class InstanceWidget(SegmentationWidget):
         self.tile_size = SpinBox(label="Tile size", value=0, min=0, max=65_536, step=64)
         self.tile_size.tooltip = "Tiled inference for large images (0: the whole plane at once)"
         self.overlap = SpinBox(label="Tile overlap", value=64, min=0, max=4096, step=16)
-        self.planes = ComboBox(label="Planes", choices=[CURRENT, ALL], value=CURRENT)
+        self.planes = self.scope  # current plane / all planes / all open images
         self.refine = CheckBox(text="Refine masks with SAM", value=False)
         self.sam_model = FileEdit(label="SAM model", mode="r", visible=False)
         self.box_source = ComboBox(label="Boxes from Shapes", choices=self._shapes_choices, nullable=True)
@@ -97,6 +103,42 @@ class InstanceWidget(SegmentationWidget):
             mask_threshold=float(self.mask_threshold.value), classes=None,
             max_det=int(self.max_det.value), imgsz=int(self.imgsz.value) or None,
         )
+
+    # -- all planes / all open images (the batch engine) -----------------------------------
+    @property
+    def widget_only_options(self) -> list[str]:
+        """Options the batch engine does not have (they need the widget's own job)."""
+        out = []
+        if self.refine.value:
+            out.append("Refine masks with SAM")
+        if self.box_source.value is not None:
+            out.append("Boxes from Shapes")
+        if self.boxes_output.value:
+            out.append("Boxes Shapes layer")
+        return out
+
+    def uses_batch(self) -> bool:
+        """All planes / all open images go through the batch engine, except all planes of one
+        image with SAM refinement, Shapes boxes or a boxes layer (the widget's own job)."""
+        if self.scope.value == ALL and self.widget_only_options:
+            return False
+        return super().uses_batch()
+
+    def batch_params(self) -> dict:
+        """The instance task's parameters from the form (classes resolved by the task)."""
+        if self.widget_only_options:
+            raise InputError(
+                f"{', '.join(self.widget_only_options)}: only for the current plane or all planes of one "
+                "image; turn it off to run on all open images."
+            )
+        params = self.params()
+        params.check()
+        return {
+            "conf": params.conf, "iou": params.iou, "mask_threshold": params.mask_threshold,
+            "classes": str(self.classes.value).strip() or None, "max_det": params.max_det,
+            "imgsz": params.imgsz, "tile_size": int(self.tile_size.value) or None,
+            "overlap": int(self.overlap.value),
+        }
 
     # -- models (worker) --------------------------------------------------------------
     def _load_detector_job(self, allow_boxes: bool):

@@ -11,6 +11,10 @@ worker; the result is written on the GUI thread as
 - two layers, ``<image> [panoptic semantic]`` (``class_id + 1`` per pixel) and
   ``<image> [panoptic instance]`` (things only, 1..N).
 
+*Run on* all planes or all open images runs the batch ``panoptic`` task on every plane
+(:meth:`~napari_segsuite.widgets.base.SegmentationWidget.make_batch_job`); segment ids then
+continue over the planes of a stack (except ``class * divisor + k`` ids).
+
 Evaluate: compares a prediction Labels layer with a ground-truth Labels layer
 (:func:`napari_segsuite.core.metrics.evaluate`; whole layers, all planes of a stack),
 shows the per-class table,
@@ -113,6 +117,7 @@ class PanopticWidget(SegmentationWidget):
 
     task = "panoptic"
     model_tasks = ('panoptic',)
+    batch_task = "panoptic"
 
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
@@ -129,7 +134,7 @@ class PanopticWidget(SegmentationWidget):
         self.divisor = SpinBox(label="Label divisor", value=1000, min=2, max=1_000_000, visible=False)
         self.output.changed.connect(lambda v: setattr(self.divisor, "visible", v == "divisor"))
         self.task_options.extend([self.threshold, self.mask_threshold, self.overlap, self.fuse,
-                                  self.output, self.divisor])
+                                  self.output, self.divisor, self.scope])
         self._build_evaluation()
         self._smoke_dir = None
 
@@ -146,6 +151,33 @@ class PanopticWidget(SegmentationWidget):
         )
         params.check()
         return params
+
+    # -- all planes / all open images (the batch engine) -----------------------------------
+    def batch_params(self) -> dict:
+        """The panoptic task's parameters from the form (stuff classes resolved in the worker)."""
+        if self.output.value == "split":
+            raise InputError(
+                "'Semantic + instance layers' is made for the current plane; choose a one-layer output "
+                "to run on all planes or all open images."
+            )
+        params = self.params()
+        out = {"threshold": params.threshold, "mask_threshold": params.mask_threshold,
+               "overlap_mask_area_threshold": params.overlap_mask_area_threshold,
+               "label_ids_to_fuse": self.fuse.value}
+        if params.label_divisor:
+            out["label_divisor"] = params.label_divisor
+        return out
+
+    def resolve_batch_params(self, runner, params: dict) -> dict:
+        """Stuff classes as ids of the loaded model ("auto": the processor's own choice)."""
+        fuse = parse_class_list(params.pop("label_ids_to_fuse"), runner.class_names)
+        if fuse is not None:
+            params["label_ids_to_fuse"] = list(fuse)
+        return params
+
+    def batch_unique_ids(self, params: dict) -> bool | None:
+        """Segment ids continue over planes, except ``class * divisor + k`` ids (they encode classes)."""
+        return False if params.get("label_divisor") else True
 
     def make_job(self):
         """Read the plane and the settings, return the job and the layer writer."""

@@ -20,14 +20,19 @@ import itertools
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, SpinBox
+from magicgui.widgets import CheckBox, Container, Label, SpinBox
 
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.progress import subjob
-from napari_segsuite.widgets.base import LOCAL, SegmentationWidget
+from napari_segsuite.widgets.base import (
+    ALL_IMAGES,
+    ALL_PLANES,
+    CURRENT_PLANE,
+    LOCAL,
+    SegmentationWidget,
+)
 
-CURRENT_PLANE = "current plane"
-ALL_PLANES = "all planes"
+__all__ = ["ALL_IMAGES", "ALL_PLANES", "CURRENT_PLANE", "Legend", "SemanticWidget", "plane_selections"]
 
 
 def _base_data(layer):
@@ -150,6 +155,7 @@ class SemanticWidget(SegmentationWidget):
 
     task = "semantic"
     model_tasks = ('semantic',)
+    batch_task = "semantic"
 
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
@@ -159,7 +165,7 @@ class SemanticWidget(SegmentationWidget):
         )
         self.overlap = SpinBox(label="Overlap", value=64, min=0, max=1024, step=16,
                                tooltip="Overlap of neighbouring tiles; their scores are blended smoothly.")
-        self.planes = ComboBox(label="Planes", choices=[CURRENT_PLANE, ALL_PLANES], value=CURRENT_PLANE)
+        self.planes = self.scope  # current plane / all planes / all open images
         self.with_confidence = CheckBox(value=False, text="Confidence layer")
         self.legend = Legend()
         self.task_options.extend([self.tile_size, self.overlap, self.planes, self.with_confidence])
@@ -180,6 +186,38 @@ class SemanticWidget(SegmentationWidget):
         self.unet_section = section
 
     # -- running ------------------------------------------------------------------
+    def uses_batch(self) -> bool:
+        """All planes / all open images go through the batch engine; with the confidence
+        layer, all planes of one image keep the widget's own job (the engine has no
+        confidence output)."""
+        if self.scope.value == ALL_PLANES and self.with_confidence.value:
+            return False
+        return super().uses_batch()
+
+    def batch_params(self) -> dict:
+        """Labels = class id + 1 (as in the widget's own job), the form's tiles and overlap."""
+        from napari_segsuite.tasks.semantic import resolve_tile_size
+
+        if self.with_confidence.value:
+            raise InputError(
+                "The confidence layer is made for the current plane or all planes of one image; "
+                "turn it off to run on all open images."
+            )
+        tile = int(self.tile_size.value) or 0
+        resolve_tile_size((tile, tile), tile)  # a user-facing error for a tile that is too small
+        return {"background_zero": False, "tile_size": tile, "overlap": int(self.overlap.value)}
+
+    def after_batch_write(self, layer) -> None:
+        """Pixel counts in the features, and the legend for the layer."""
+        features = layer.features.copy()
+        if "area" in features.columns:
+            features["pixel_count"] = features["area"].astype(int)
+            layer.features = features
+        meta = dict(layer.metadata.get("segsuite", {}))
+        meta["label_ids"] = "model class id + 1"
+        layer.metadata = {**layer.metadata, "segsuite": meta}
+        self.legend.show_for(layer)
+
     def make_job(self):
         """Read the layer and options (GUI thread); the job segments plane by plane."""
         from napari_segsuite.core.tiling import check_image, make_grid
