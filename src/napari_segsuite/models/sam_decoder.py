@@ -77,7 +77,7 @@ class DecodedBatch:
         self._size = size
         self.iou = iou
 
-    def low_res_masks(self, prompt_index) -> "Tensor":  # noqa: F821
+    def low_res_masks(self, prompt_index):
         """Low-resolution mask logits (M, K, 4h, 4w) of the prompts ``prompt_index``."""
         import torch
 
@@ -131,7 +131,7 @@ class ChunkedMaskDecoder:
         out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
         out_tokens = out_tokens.unsqueeze(0).expand(sparse.size(0), -1, -1)
         tokens = torch.cat((out_tokens, sparse), dim=1)
-        _, c, h, w = image_embeddings.shape
+        h, w = image_embeddings.shape[-2:]
         # Without mask prompts the prompt encoder gives one embedding expanded over the batch
         # (stride 0): cheap to recognise; anything else is compared in full.
         if dense.shape[0] > 1 and dense.stride(0) != 0 and not bool((dense == dense[:1]).all()):
