@@ -11,6 +11,7 @@ from napari_segsuite.core.progress import run_sync
 from napari_segsuite.tasks.sam_automatic import (
     AutoMask,
     AutoParams,
+    Decoded,
     automatic_masks_job,
     masks_to_result,
     tile_boxes,
@@ -145,7 +146,7 @@ class DiskSource:
             if lab:
                 out[i, :, labels == lab] = 5.0
         iou = torch.tensor([[0.3, 0.95, 0.2]] * len(points_xy))  # one candidate per point passes
-        return torch.from_numpy(out), iou
+        return Decoded(torch.from_numpy(out), iou)
 
     def upscale(self, labels, low):
         return low

@@ -10,8 +10,14 @@ in the same order, with the same scores.
 
 What differs is where the work goes. The generator upsamples the logits of
 *every* candidate mask to the crop's full resolution, thresholds them, turns
-them into run-length codes, and only then throws most of them away. Here:
+them into run-length codes, and only then throws most of them away; and its
+mask decoder copies the image embedding once per point and streams those
+copies through memory. Here:
 
+- SAM's decoder is :class:`~napari_segsuite.models.sam_decoder.ChunkedMaskDecoder`
+  (the same numbers bit for bit, about twice as fast on a CPU): the image side
+  in small chunks of points, the first block's image side shared, and the
+  output upscaling only for points with a candidate that passes the filter;
 - the predicted-IoU filter runs on the decoder's scores before any upsampling;
 - only its survivors are upsampled (in small chunks, so memory stays bounded),
   which is what the stability score and the boxes need to be exact;
@@ -149,8 +155,15 @@ class SamMaskSource:
         return self.session.backend.encode(rgb)
 
     def decode(self, emb, points_xy: np.ndarray):
-        """Low-resolution logits (N, 3, h, w) and predicted IoU (N, 3) of single positive points."""
+        """Single positive points decoded: predicted IoU (N, 3) now, low-resolution logits on request.
+
+        The decoder is :class:`~napari_segsuite.models.sam_decoder.ChunkedMaskDecoder`:
+        the numbers of ``SamPredictor.predict_torch``, bit for bit, with the
+        output upscaling only for the prompts whose masks are asked for.
+        """
         import torch
+
+        from napari_segsuite.models.sam_decoder import ChunkedMaskDecoder
 
         device = self.session.runner.device
         pts = self.transform.apply_coords(points_xy, emb.original_size)
@@ -158,11 +171,7 @@ class SamMaskSource:
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=device)
         sparse, dense = self.model.prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]),
                                                   boxes=None, masks=None)
-        low, iou = self.model.mask_decoder(
-            image_embeddings=emb.features, image_pe=self.model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
-        )
-        return low, iou
+        return ChunkedMaskDecoder(self.model)(emb.features, sparse, dense, multimask_output=True)
 
     def upscale(self, emb, low):
         """Logits (M, H, W) at the crop's size from low-resolution logits (M, h, w)."""
@@ -192,12 +201,28 @@ class Sam2MaskSource:
         device = self.session.runner.device
         out = self.model(image_embeddings=emb.features, input_points=inputs["input_points"].to(device),
                          input_labels=inputs["input_labels"].to(device), multimask_output=True)
-        return out.pred_masks[0], out.iou_scores[0]
+        return Decoded(out.pred_masks[0], out.iou_scores[0])
 
     def upscale(self, emb, low):
         import torch.nn.functional as F
 
         return F.interpolate(low[:, None], tuple(emb.original_size), mode="bilinear", align_corners=False)[:, 0]
+
+
+class Decoded:
+    """Logits already computed for every prompt, behind
+    :class:`~napari_segsuite.models.sam_decoder.DecodedBatch`'s interface (what a mask
+    source's ``decode`` returns: ``.iou`` (N, K), ``.low_res_masks(prompts)``)."""
+
+    def __init__(self, low, iou):
+        self._low = low
+        self.iou = iou
+
+    def low_res_masks(self, prompt_index):
+        return self._low[np.asarray(prompt_index, dtype=np.int64)]
+
+    def all_low_res_masks(self):
+        return self._low
 
 
 def mask_source_for(session):
@@ -284,13 +309,25 @@ def _process_crop(source, emb, crop_box, grid, params: AutoParams, orig_size, la
         if progress is not None:
             yield progress(b)
         with torch.no_grad():
-            low, iou = source.decode(emb, points)
-            low = low.flatten(0, 1)
-            iou = iou.flatten(0, 1)
-            point_rows = torch.as_tensor(points.repeat(3, axis=0))
+            decoded = source.decode(emb, points)
+            iou = decoded.iou.flatten(0, 1)
+            n_out = decoded.iou.shape[1]
+            point_rows = torch.as_tensor(points.repeat(n_out, axis=0))
             if lazy:
+                # Only the candidates that pass the predicted-IoU filter are ever upsampled,
+                # and only their prompts go through the decoder's output upscaling.
                 keep = iou > params.pred_iou_thresh if params.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
-                low, iou, point_rows = low[keep], iou[keep], point_rows[keep]
+                rows = torch.nonzero(keep).flatten()
+                prompts = torch.unique(rows // n_out)
+                low = decoded.low_res_masks(prompts.numpy()) if len(prompts) else None
+                if low is not None:
+                    where = torch.searchsorted(prompts, rows // n_out)
+                    low = low[where, rows % n_out]
+                else:
+                    low = decoded.all_low_res_masks().flatten(0, 1)[:0]
+                iou, point_rows = iou[keep], point_rows[keep]
+            else:
+                low = decoded.all_low_res_masks().flatten(0, 1)
             for start in range(0, len(low), UPSCALE_CHUNK if lazy else max(1, len(low))):
                 logits = source.upscale(emb, low[start:start + (UPSCALE_CHUNK if lazy else len(low))])
                 c_iou = iou[start:start + len(logits)]

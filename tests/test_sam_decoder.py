@@ -1,0 +1,55 @@
+"""The chunked SAM mask decoder gives MaskDecoder's numbers bit for bit."""
+
+import pytest
+import torch
+
+from napari_segsuite.models.sam_decoder import ChunkedMaskDecoder
+
+
+@pytest.fixture(scope="module")
+def sam_parts():
+    """A SAM prompt encoder and mask decoder at the real models' size (the same for vit_b/l/h)."""
+    from types import SimpleNamespace
+
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+
+    torch.manual_seed(3)
+    prompt = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024),
+                           mask_in_chans=16)
+    decoder = MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(
+        depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8), transformer_dim=256, iou_head_depth=3,
+        iou_head_hidden_dim=256)
+    return SimpleNamespace(prompt_encoder=prompt.eval(), mask_decoder=decoder.eval())
+
+
+def _prompts(sam, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    points = torch.rand(n, 1, 2, generator=g) * 1024
+    return sam.prompt_encoder(points=(points, torch.ones(n, 1, dtype=torch.int)), boxes=None, masks=None)
+
+
+@pytest.mark.parametrize("n, chunk", [(13, 4), (9, 1), (6, 3), (1, 4)])
+@pytest.mark.parametrize("multimask", [True, False])
+def test_chunked_decoder_equals_mask_decoder(sam_parts, n, chunk, multimask):
+    torch.set_grad_enabled(False)
+    emb = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(n))
+    sparse, dense = _prompts(sam_parts, n, seed=chunk)
+    low, iou = sam_parts.mask_decoder(image_embeddings=emb, image_pe=sam_parts.prompt_encoder.get_dense_pe(),
+                                      sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                      multimask_output=multimask)
+    decoded = ChunkedMaskDecoder(sam_parts, chunk=chunk)(emb, sparse, dense, multimask_output=multimask)
+    assert torch.equal(decoded.iou, iou)
+    assert torch.equal(decoded.all_low_res_masks(), low)
+    # masks of a few prompts only (the upscaling runs for those alone): the same numbers
+    for subset in ([n - 1], sorted({0, n - 1}), list(range(0, n, 2))):
+        assert torch.equal(decoded.low_res_masks(subset), low[subset]), subset
+
+
+def test_chunked_decoder_refuses_mask_prompts(sam_parts):
+    torch.set_grad_enabled(False)
+    emb = torch.randn(1, 256, 64, 64)
+    sparse, dense = _prompts(sam_parts, 2, seed=0)
+    dense = dense.clone()
+    dense[1] += 1.0  # a mask prompt on the second prompt: the image side is no longer shared
+    with pytest.raises(ValueError, match="same dense embedding"):
+        ChunkedMaskDecoder(sam_parts)(emb, sparse, dense)
