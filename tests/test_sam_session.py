@@ -162,3 +162,79 @@ def test_disk_cache_reuses_embeddings_across_sessions(tiny_sam_path, tmp_path, i
     changed[0, 0] ^= 1
     second.set_image(changed)
     assert second.encoder_runs == 1  # a changed image is encoded again
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_lazy_masks_equal_sampredictor_and_upsample_only_what_is_read(pair, images, multimask):
+    from napari_segsuite.tasks.sam_session import LazyMasks
+
+    session, reference = pair
+    image = images["rgb"]
+    session.set_image(image)
+    reference.set_image(image)
+    prompts = [
+        {"points": np.array([[30.0, 50.0], [80.0, 100.0]]), "point_labels": np.array([1, 0])},
+        {"box": np.array([20.0, 30.0, 90.0, 140.0])},
+    ]
+    for prompt in prompts:
+        masks, scores = session.predict(**prompt, multimask=multimask, lazy=True)
+        assert isinstance(masks, LazyMasks) and masks.computed == []
+        best = int(np.argmax(scores))
+        first = masks[best]
+        assert masks.computed == [best] and first.dtype == bool and first.shape == image.shape[:2]
+        kwargs = {"multimask_output": multimask}
+        if "points" in prompt:
+            kwargs |= {"point_coords": prompt["points"][:, ::-1], "point_labels": prompt["point_labels"]}
+        else:
+            kwargs["box"] = prompt["box"][[1, 0, 3, 2]]
+        ref_masks, ref_scores, _ = reference.predict(**kwargs)
+        np.testing.assert_array_equal(np.asarray(masks), ref_masks)
+        np.testing.assert_array_equal(scores, ref_scores.astype(np.float32))
+        assert masks.shape == ref_masks.shape and len(masks) == len(ref_scores)
+
+
+def test_plane_tokens_find_cached_embeddings_without_the_pixels(tiny_sam_path, images):
+    session = SamSession(str(tiny_sam_path), device="cpu", cache_size=2)
+    session.set_image(images["gray"])
+    key = session.image_key
+    assert session.key_for_token("plane-a") is None
+    from napari_segsuite.core.progress import run_sync
+
+    assert run_sync(session.set_image_job(images["gray"], token="plane-a")) == key
+    assert session.key_for_token("plane-a") == key and session.encoder_runs == 1
+    # a known token is used as is: the pixels given with it are not read again
+    session.set_image(images["rgb"])
+    assert run_sync(session.set_image_job(None, token="plane-a")) == key and session.image_key == key
+    assert session.encoder_runs == 2
+    # once the embedding left the (size 2) cache, the token no longer answers
+    session.set_image(images["rgb"])
+    session.set_image(images["rgb"][::-1].copy())
+    assert session.key_for_token("plane-a") is None
+
+
+def test_a_stopped_background_encoding_caches_nothing(tiny_sam_path, images):
+    from napari_segsuite.core.progress import run_sync
+    from napari_segsuite.tasks.sam_session import EncodingStopped
+
+    session = SamSession(str(tiny_sam_path), device="cpu")
+    with pytest.raises(EncodingStopped):
+        run_sync(session.encode_job(images["gray"], background=True, stop=lambda: True))
+    assert not session.is_cached(images["gray"]) and session.encoder_runs == 0
+
+
+def test_background_encoding_pauses_inside_blocks_and_stays_exact(tiny_sam_path, images):
+    from napari_segsuite.core.progress import run_sync
+
+    session = SamSession(str(tiny_sam_path), device="cpu")
+    reference = SamSession(str(tiny_sam_path), device="cpu")
+    calls = []
+    session._yield_to_prompts = lambda stop=None: calls.append(1)
+    key = run_sync(session.encode_job(images["rgb"], background=True))
+    depth = len(session.runner.model.image_encoder.blocks)
+    assert len(calls) == 3 * depth  # before each block, its attention and its MLP
+    assert not any(b.attn._forward_pre_hooks or b.mlp._forward_pre_hooks
+                   for b in session.runner.model.image_encoder.blocks)  # hooks removed afterwards
+    reference.set_image(images["rgb"])
+    import torch
+
+    assert torch.equal(session._cache[key].features, reference.current.features)

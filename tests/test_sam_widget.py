@@ -31,8 +31,7 @@ def setup(make_napari_viewer, tiny_sam_path, stack, tmp_path):
 
 
 def _idle(qtbot, widget, timeout=30000):
-    qtbot.waitUntil(lambda: not widget._timer.isActive() and not widget.jobs.busy and not widget._pending,
-                    timeout=timeout)
+    qtbot.waitUntil(lambda: not widget.preview_busy, timeout=timeout)
 
 
 def _world(image, z, r, c):
@@ -205,11 +204,119 @@ def test_prefetch_encodes_the_neighbouring_planes(setup, qtbot, stack):
     points, _ = widget.ensure_prompt_layers()
     points.add(_world(image, 1, 20, 20))
     _idle(qtbot, widget)
-    qtbot.waitUntil(lambda: widget._prefetch_worker is None and len(widget.prefetched) == 2, timeout=30000)
+    qtbot.waitUntil(lambda: not widget.prefetch_thread.busy and len(widget.prefetched) == 2, timeout=30000)
     assert widget.session.is_cached(stack[0]) and widget.session.is_cached(stack[2])
     runs = widget.session.encoder_runs
     viewer.dims.set_point(0, 2.0 + 3.0 * 2)  # z=2 was prefetched
     points.add(_world(image, 2, 30, 30))
     _idle(qtbot, widget)
     assert widget.session.encoder_runs == runs and len(widget._objects) == 1
-    qtbot.waitUntil(lambda: widget._prefetch_worker is None, timeout=30000)
+    qtbot.waitUntil(lambda: not widget.prefetch_thread.busy, timeout=30000)
+
+
+def _cached_plane(qtbot, viewer, image, widget, z=0):
+    """Encode plane ``z`` through a first click, clear, and return the points layer."""
+    viewer.dims.set_point(0, 2.0 + 3.0 * z)
+    points, _ = widget.ensure_prompt_layers()
+    points.add(_world(image, z, 30, 30))
+    _idle(qtbot, widget)
+    assert widget._objects, (widget.message.value, widget.jobs.last_error)
+    widget.clear()
+    _idle(qtbot, widget)
+    return points
+
+
+def test_prompts_on_a_cached_plane_reuse_one_prompt_thread(setup, qtbot, stack):
+    viewer, image, widget = setup
+    points = _cached_plane(qtbot, viewer, image, widget)
+    runs, calls = widget.session.encoder_runs, widget.prompt_thread.calls_run
+    ref = SamSession(widget.session.runner)
+    ref.set_image(stack[0])
+    threads = set()
+    for k, (r, c) in enumerate([(20, 30), (40, 50), (10, 60)]):
+        points.add(_world(image, 0, r, c))
+        _idle(qtbot, widget)
+        threads.add(widget.prompt_thread.thread)
+        assert widget.prompt_thread.calls_run == calls + k + 1
+        masks, scores = ref.predict(points=points.data[:, 1:], point_labels=np.ones(k + 1, int))
+        np.testing.assert_array_equal(np.asarray(widget._objects[0]["masks"]), masks)
+        np.testing.assert_array_equal(widget._objects[0]["scores"], scores)
+        # the preview shows the best candidate; only that one was upsampled so far
+        best = int(np.argmax(scores))
+        np.testing.assert_array_equal(widget.preview_layer.data[0] > 0, masks[best])
+    assert len(threads) == 1 and next(iter(threads)).is_alive()
+    assert widget.session.encoder_runs == runs  # no encoder run, no job: the prompt thread answered
+    widget.shutdown()
+    assert not widget.prompt_thread.thread.is_alive()
+
+
+def test_only_the_newest_prompts_are_decoded_and_shown(setup, qtbot, stack):
+    import threading
+
+    viewer, image, widget = setup
+    points = _cached_plane(qtbot, viewer, image, widget)
+    release = threading.Event()
+    widget.prompt_thread.submit(lambda: release.wait(10))  # keep the prompt thread busy meanwhile
+    calls = widget.prompt_thread.calls_run
+    for r, c in [(20, 30), (40, 50), (10, 60)]:
+        points.add(_world(image, 0, r, c))
+        widget._timer.stop()
+        widget.request_preview()  # no debounce: every change is a request
+    assert widget.prompt_thread.pending == 1
+    release.set()
+    _idle(qtbot, widget)
+    assert widget.prompt_thread.calls_run == calls + 2  # the blocker and the newest request
+    ref = SamSession(widget.session.runner)
+    ref.set_image(stack[0])
+    masks, _ = ref.predict(points=points.data[:, 1:], point_labels=np.ones(3, int))
+    np.testing.assert_array_equal(np.asarray(widget._objects[0]["masks"]), masks)
+
+
+def test_a_failing_decode_notifies_once_and_keeps_the_labels(setup, qtbot, notes):
+    viewer, image, widget = setup
+    points = _cached_plane(qtbot, viewer, image, widget)
+    calls = widget.prompt_thread.calls_run
+    points.add(_world(image, 0, 30, 500))  # outside the 60x80 image
+    _idle(qtbot, widget)
+    assert widget.prompt_thread.calls_run == calls + 1
+    assert sum("outside" in n for n in notes) == 1
+    assert "outside" in widget.message.value and not widget.preview_layer.data.any()
+    # the thread survives the error: the next prompts are answered
+    points.data = np.array([_world(image, 0, 30, 30)])
+    _idle(qtbot, widget)
+    assert widget._objects and widget.prompt_thread.thread.is_alive()
+
+
+def test_changing_the_image_data_is_never_answered_from_a_stale_embedding(setup, qtbot, stack):
+    viewer, image, widget = setup
+    points = _cached_plane(qtbot, viewer, image, widget)
+    runs = widget.session.encoder_runs
+    image.data = stack[:, ::-1].copy()  # same shape, other pixels
+    points.add(_world(image, 0, 20, 20))
+    _idle(qtbot, widget)
+    assert widget.session.encoder_runs == runs + 1
+    ref = SamSession(widget.session.runner)
+    ref.set_image(stack[0, ::-1])
+    masks, _ = ref.predict(points=np.array([[20.0, 20.0]]))
+    np.testing.assert_array_equal(np.asarray(widget._objects[0]["masks"]), masks)
+
+
+def test_closing_the_viewer_ends_the_threads(make_napari_viewer, qtbot, tiny_sam_path, stack):
+    viewer = make_napari_viewer(show=False)
+    image = viewer.add_image(stack, name="cells", scale=(3.0, 0.5, 0.5), translate=(2.0, 10.0, -4.0))
+    widget = SamPromptWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.models.model.value = LOCAL
+    widget.models.local.value = str(tiny_sam_path)
+    widget.device.value = "cpu"
+    widget.prefetch.value = True
+    points = _cached_plane(qtbot, viewer, image, widget)
+    points.add(_world(image, 0, 20, 20))
+    _idle(qtbot, widget)
+    threads = [widget.prompt_thread.thread, widget.prefetch_thread.thread]
+    assert all(t is not None for t in threads)
+    viewer.close()
+    qtbot.waitUntil(lambda: widget._closed, timeout=10000)
+    for t in threads:
+        t.join(10)
+        assert not t.is_alive()

@@ -28,6 +28,10 @@ from napari_segsuite.core.image import image_signature, prepare_rgb_uint8
 from napari_segsuite.core.progress import Progress, run_sync
 
 
+class EncodingStopped(Exception):
+    """A background encoding ended early because its owner closed."""
+
+
 @dataclass
 class Embedding:
     """An encoded image: the encoder's output and the sizes needed to decode prompts."""
@@ -35,6 +39,47 @@ class Embedding:
     features: Any
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+
+
+class LazyMasks:
+    """(N, H, W) bool candidate masks, each upsampled from SAM's logits when first read.
+
+    Integer indexing computes one candidate (kept afterwards); anything else
+    (``np.asarray``, slicing) computes them all. Used for previews: the chosen
+    candidate is shown at once, the others cost nothing until they are picked.
+    """
+
+    dtype = np.dtype(bool)
+    ndim = 3
+
+    def __init__(self, n: int, size: tuple[int, int], upsample):
+        self.shape = (n, *size)
+        self._upsample = upsample
+        self._lock = threading.Lock()
+        self._done: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            i = int(index) + (self.shape[0] if index < 0 else 0)
+            if not 0 <= i < self.shape[0]:
+                raise IndexError(index)
+            with self._lock:
+                if i not in self._done:
+                    self._done[i] = self._upsample(i)
+                return self._done[i]
+        return np.asarray(self)[index]
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.stack([self[i] for i in range(self.shape[0])])
+        return out if dtype is None else out.astype(dtype)
+
+    @property
+    def computed(self) -> list[int]:
+        """The candidates upsampled so far."""
+        return sorted(self._done)
 
 
 class _SamBackend:
@@ -53,7 +98,8 @@ class _SamBackend:
 
         No shared predictor is touched, so a background prefetch and foreground
         prompts never interfere; ``between_blocks()`` is called before each
-        transformer block (a prefetch waits there while prompts are answered).
+        transformer block and before its attention and MLP halves (a prefetch
+        waits there while prompts are answered; only calls from this thread pause).
         """
         import torch
 
@@ -61,16 +107,32 @@ class _SamBackend:
         image = rgb if model.image_format == "RGB" else rgb[..., ::-1]
         resized = self.transform.apply_image(image)
         tensor = torch.as_tensor(resized, device=model.device).permute(2, 0, 1).contiguous()[None]
-        with torch.no_grad():
-            enc = model.image_encoder
-            x = enc.patch_embed(model.preprocess(tensor))
-            if enc.pos_embed is not None:
-                x = x + enc.pos_embed
-            for block in enc.blocks:
-                if between_blocks is not None:
+        enc = model.image_encoder
+        hooks = []
+        if between_blocks is not None:
+            me = threading.get_ident()
+
+            def pause(_module, _args):
+                if threading.get_ident() == me:  # another thread's encode of the same model runs on
                     between_blocks()
-                x = block(x)
-            features = enc.neck(x.permute(0, 3, 1, 2))
+
+            for block in enc.blocks:
+                for part in (getattr(block, "attn", None), getattr(block, "mlp", None)):
+                    if part is not None:
+                        hooks.append(part.register_forward_pre_hook(pause))
+        try:
+            with torch.no_grad():
+                x = enc.patch_embed(model.preprocess(tensor))
+                if enc.pos_embed is not None:
+                    x = x + enc.pos_embed
+                for block in enc.blocks:
+                    if between_blocks is not None:
+                        between_blocks()
+                    x = block(x)
+                features = enc.neck(x.permute(0, 3, 1, 2))
+        finally:
+            for hook in hooks:
+                hook.remove()
         return Embedding(features, tuple(image.shape[:2]), tuple(tensor.shape[-2:]))
 
     def predictor_for(self, emb: Embedding):
@@ -86,12 +148,53 @@ class _SamBackend:
         self._last = (emb, p)
         return p
 
-    def predict(self, emb, coords_xy, labels, box_xyxy, mask_input, multimask):
-        masks, scores, _ = self.predictor_for(emb).predict(
-            point_coords=coords_xy, point_labels=labels, box=box_xyxy, mask_input=mask_input,
-            multimask_output=multimask,
-        )
-        return masks.astype(bool), scores.astype(np.float32)
+    def predict(self, emb, coords_xy, labels, box_xyxy, mask_input, multimask, lazy=False):
+        if not lazy:
+            masks, scores, _ = self.predictor_for(emb).predict(
+                point_coords=coords_xy, point_labels=labels, box=box_xyxy, mask_input=mask_input,
+                multimask_output=multimask,
+            )
+            return masks.astype(bool), scores.astype(np.float32)
+        return self._predict_lazy(emb, coords_xy, labels, box_xyxy, mask_input, multimask)
+
+    def _predict_lazy(self, emb, coords_xy, labels, box_xyxy, mask_input, multimask):
+        """``SamPredictor.predict`` up to the low-resolution logits; masks upsampled on demand.
+
+        The prompt transforms, encoder and decoder calls are ``SamPredictor``'s
+        own; ``postprocess_masks`` and the threshold run per candidate, which
+        gives the same pixels as running them on all candidates at once.
+        """
+        import torch
+
+        p = self.predictor_for(emb)
+        model = self.model
+        coords_t = labels_t = box_t = mask_t = None
+        if coords_xy is not None:
+            coords_t = torch.as_tensor(p.transform.apply_coords(coords_xy, p.original_size), dtype=torch.float,
+                                       device=p.device)[None, :, :]
+            labels_t = torch.as_tensor(labels, dtype=torch.int, device=p.device)[None, :]
+        if box_xyxy is not None:
+            box_t = torch.as_tensor(p.transform.apply_boxes(box_xyxy, p.original_size), dtype=torch.float,
+                                    device=p.device)[None, :]
+        if mask_input is not None:
+            mask_t = torch.as_tensor(mask_input, dtype=torch.float, device=p.device)[None, :, :, :]
+        with torch.no_grad():
+            sparse, dense = model.prompt_encoder(
+                points=(coords_t, labels_t) if coords_t is not None else None, boxes=box_t, masks=mask_t,
+            )
+            low_res, iou = model.mask_decoder(
+                image_embeddings=p.features, image_pe=model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask,
+            )
+        input_size, original_size = p.input_size, p.original_size
+
+        def upsample(i: int) -> np.ndarray:
+            with torch.no_grad():
+                up = model.postprocess_masks(low_res[:, i: i + 1], input_size, original_size)
+                return (up > model.mask_threshold)[0, 0].detach().cpu().numpy()
+
+        return LazyMasks(int(low_res.shape[1]), tuple(original_size), upsample), iou[0].detach().cpu().numpy().astype(
+            np.float32)
 
     def mask_prompt(self, emb: Embedding, mask: np.ndarray) -> np.ndarray:
         import torch
@@ -125,7 +228,7 @@ class _Sam2Backend:
         size = tuple(int(v) for v in inputs["pixel_values"].shape[-2:])
         return Embedding(feats, tuple(rgb.shape[:2]), size)
 
-    def predict(self, emb, coords_xy, labels, box_xyxy, mask_input, multimask):
+    def predict(self, emb, coords_xy, labels, box_xyxy, mask_input, multimask, lazy=False):
         import torch
 
         if mask_input is not None:
@@ -165,8 +268,10 @@ class SamSession:
     """
 
     def __init__(self, model, device: str = "auto", cache_size: int = 8, store=None, disk_cache=None):
+        from napari_segsuite.core.threads import keep_thread_heaps_warm
         from napari_segsuite.models.base import load_model
 
+        keep_thread_heaps_warm()  # encoders and decoders run in worker threads: as fast as on the main one
         self.runner = load_model(model, device, store=store)
         if self.runner.family == "sam":
             self.backend = _SamBackend(self.runner)
@@ -183,6 +288,10 @@ class SamSession:
         self._prompting = 0
         self._last_prompt = 0.0
         self._cache: OrderedDict[str, Embedding] = OrderedDict()
+        #: caller-chosen plane tokens -> cache keys: O(1) lookups, no hashing of the pixels
+        self._token_keys: OrderedDict[Any, str] = OrderedDict()
+        #: held while the current image is switched or prompted (prompts from several threads)
+        self.lock = threading.RLock()
         self.current: Embedding | None = None
         self.image_key: str | None = None
         self.image_shape: tuple[int, int] | None = None
@@ -217,7 +326,9 @@ class SamSession:
                 self._last_prompt = time.monotonic()
                 self._prompt_lock.notify_all()
 
-    def _yield_to_prompts(self) -> None:
+    def _yield_to_prompts(self, stop=None) -> None:
+        if stop is not None and stop():
+            raise EncodingStopped("The background encoding was stopped.")
         with self._prompt_lock:
             while True:
                 quiet = time.monotonic() - self._last_prompt
@@ -225,39 +336,88 @@ class SamSession:
                     return
                 self._prompt_lock.wait(timeout=max(0.01, self.PROMPT_QUIET_S - quiet))
 
-    def encode_job(self, image2d: np.ndarray, *, background: bool = False) -> Generator[Progress, None, str]:
+    def encode_job(
+        self, image2d: np.ndarray, *, background: bool = False, stop=None,
+    ) -> Generator[Progress, None, str]:
         """Encode ``image2d`` into the cache (no prompt state changes); returns the key.
 
         Safe to run in a background thread while prompts are answered on
         another image. With ``background=True`` (prefetch of the next planes)
         the encoder pauses between its blocks while prompts are being decoded,
-        so prompts keep their speed.
+        so prompts keep their speed; ``stop()`` (optional) is asked at the same
+        points and ends the encoding with :class:`EncodingStopped` when true.
         """
         rgb = prepare_rgb_uint8(image2d)
         key = self.key_for(rgb)
-        if key in self._cache:
-            self._cache.move_to_end(key)
+        with self.lock:
+            cached = key in self._cache
+            if cached:
+                self._cache.move_to_end(key)
+        if cached:
             yield Progress(1, 1, "Embedding from cache")
             return key
         emb = self._load_disk(key)
         if emb is None:
             yield Progress(0, 1, "Encoding image")
-            emb = self.backend.encode(rgb, self._yield_to_prompts if background else None)
+            pause = (lambda: self._yield_to_prompts(stop)) if background else None
+            emb = self.backend.encode(rgb, pause)
             self.encoder_runs += 1
             self._save_disk(key, emb)
-        self._cache[key] = emb
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        with self.lock:
+            self._cache[key] = emb
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
         yield Progress(1, 1, "Image encoded")
         return key
 
-    def set_image_job(self, image2d: np.ndarray) -> Generator[Progress, None, str]:
-        """Make ``image2d`` the image prompts refer to (encoding it if needed), as a job."""
-        key = yield from self.encode_job(image2d)
-        self.current = self._cache[key]
-        self.image_key = key
-        self.image_shape = tuple(np.asarray(image2d).shape[:2])
+    def set_image_job(self, image2d: np.ndarray, token=None) -> Generator[Progress, None, str]:
+        """Make ``image2d`` the image prompts refer to (encoding it if needed), as a job.
+
+        ``token`` (optional, hashable) names this plane for the caller, e.g.
+        (layer, data version, plane index): later :meth:`key_for_token` and
+        :meth:`use` find its embedding without reading the pixels again.
+        """
+        key = self.key_for_token(token)
+        if key is None:
+            key = yield from self.encode_job(image2d)
+        if token is not None:
+            self.remember_token(token, key)
+        with self.lock:
+            self._make_current(key)
         return key
+
+    def remember_token(self, token, key: str) -> None:
+        """Let ``token`` stand for the plane whose cache key is ``key``."""
+        self._token_keys[token] = key
+        self._token_keys.move_to_end(token)
+        while len(self._token_keys) > 8 * max(1, self.cache_size):
+            self._token_keys.popitem(last=False)
+
+    def key_for_token(self, token) -> str | None:
+        """The cache key of the plane named ``token``, when its embedding is in memory (O(1))."""
+        if token is None:
+            return None
+        key = self._token_keys.get(token)
+        return key if key is not None and key in self._cache else None
+
+    def _make_current(self, key: str) -> None:
+        emb = self._cache[key]
+        self._cache.move_to_end(key)
+        self.current = emb
+        self.image_key = key
+        self.image_shape = tuple(emb.original_size)
+
+    @contextlib.contextmanager
+    def use(self, key: str):
+        """Hold the session on the cached image ``key`` (prompts from several threads stay apart)."""
+        with self.lock:
+            before = self.image_key
+            self._make_current(key)
+            try:
+                yield self
+            finally:
+                if before is not None and before != key and before in self._cache:
+                    self._make_current(before)
 
     def set_image(self, image2d: np.ndarray) -> None:
         """Encode ``image2d`` (H, W) or (H, W, C) of any dtype, using the cache when possible."""
@@ -306,6 +466,7 @@ class SamSession:
         box: np.ndarray | None = None,
         mask: np.ndarray | None = None,
         multimask: bool = True,
+        lazy: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Masks for the prompts on the current image.
 
@@ -321,15 +482,20 @@ class SamSession:
             An existing mask to refine (SAM's low-resolution mask prompt; SAM only).
         multimask : bool
             Three candidates (True) or one.
+        lazy : bool
+            With SAM, return the masks as :class:`LazyMasks`: each candidate is
+            upsampled to the image size when first read (same pixels).
 
         Returns
         -------
         masks : (N, H, W) bool
         scores : (N,) float32, the predicted IoU of each mask
         """
-        if self.current is None or self.image_shape is None:
+        with self.lock:
+            current, shape = self.current, self.image_shape
+        if current is None or shape is None:
             raise InputError("Set an image before prompting.")
-        h, w = self.image_shape
+        h, w = shape
         coords = labels = None
         if points is not None and len(points):
             pts = np.asarray(points, dtype=float).reshape(-1, 2)
@@ -350,18 +516,22 @@ class SamSession:
             if r1 - r0 < 1 or c1 - c0 < 1:
                 raise InputError("The box has no area inside the image; draw a larger box.")
             sam_box = np.array([c0, r0, c1, r1])
-        mask_input = None if mask is None else self.mask_prompt(mask)
+        mask_input = None if mask is None else self._mask_prompt(current, shape, mask)
         if coords is None and sam_box is None and mask_input is None:
             raise InputError("There is no prompt: add a point or a box first.")
         with self.prompting():
-            return self.backend.predict(self.current, coords, labels, sam_box, mask_input, multimask)
+            return self.backend.predict(current, coords, labels, sam_box, mask_input, multimask, lazy)
 
     def mask_prompt(self, mask: np.ndarray) -> np.ndarray:
         """An image-sized mask as SAM's low-resolution logits prompt ((1, 256, 256) for 1024-pixel models)."""
+        with self.lock:
+            return self._mask_prompt(self.current, self.image_shape, mask)
+
+    def _mask_prompt(self, current: Embedding, shape, mask: np.ndarray) -> np.ndarray:
         mask = np.asarray(mask, dtype=bool)
-        if mask.shape != self.image_shape:
-            raise InputError(f"The mask prompt has shape {mask.shape}, the image {self.image_shape}.")
-        return self.backend.mask_prompt(self.current, mask)
+        if mask.shape != shape:
+            raise InputError(f"The mask prompt has shape {mask.shape}, the image {shape}.")
+        return self.backend.mask_prompt(current, mask)
 
     # -- batches of boxes (issue 7: detector + SAM) ----------------------------------
     def predict_boxes(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -383,9 +553,11 @@ class SamSession:
         """
         import torch
 
-        if self.current is None or self.image_shape is None:
+        with self.lock:
+            current, shape = self.current, self.image_shape
+        if current is None or shape is None:
             raise InputError("Set an image before prompting.")
-        h, w = self.image_shape
+        h, w = shape
         rc = np.asarray(boxes, dtype=float).reshape(-1, 4)
         if len(rc) == 0:
             return np.zeros((0, h, w), dtype=bool), np.zeros(0, dtype=np.float32)
@@ -396,11 +568,11 @@ class SamSession:
         xyxy = np.stack([c0, r0, c1, r1], axis=1)
         if not isinstance(self.backend, _SamBackend):  # SAM 2.1: one decoder pass per box
             with self.prompting():
-                results = [self.backend.predict(self.current, None, None, b, None, False) for b in xyxy]
+                results = [self.backend.predict(current, None, None, b, None, False) for b in xyxy]
             return (np.stack([m[0] for m, _ in results]), np.array([sc[0] for _, sc in results], np.float32))
-        p = self.backend.predictor_for(self.current)
+        p = self.backend.predictor_for(current)
         t = torch.as_tensor(xyxy, dtype=torch.float, device=p.device)
-        t = p.transform.apply_boxes_torch(t, self.image_shape)
+        t = p.transform.apply_boxes_torch(t, shape)
         with self.prompting(), torch.inference_mode():
             masks, scores, _ = p.predict_torch(
                 point_coords=None, point_labels=None, boxes=t, multimask_output=False,

@@ -12,7 +12,16 @@ Prompts live in two layers the widget creates next to the image:
 
 After each prompt change (debounced) the objects appear in the preview layer
 ``<image> [sam preview]``; a result that arrives after newer prompts is
-dropped. With one object and "three candidates", the candidate masks and
+dropped. On a plane whose embedding is cached, prompts are decoded on one
+persistent thread per widget (a warm thread decodes as fast as the main
+thread; only the newest waiting request is decoded), and only the shown
+candidate is upsampled to the image size until another one is picked.
+Neighbouring planes are prefetched on a second, lowest-priority thread that
+also pauses between encoder blocks while prompts are decoded. Progress shows
+in the dock's own bar (not napari's activity dock, whose animation slows
+encoders where OpenGL is software-rendered).
+
+With one object and "three candidates", the candidate masks and
 their predicted IoU are on the buttons 1/2/3 (**Alt-1/2/3**); the best score is
 the default. **Shift-C** commits the preview into the target Labels layer
 (next free id; existing labels are kept unless "overwrite" is ticked; one undo
@@ -24,6 +33,9 @@ are never encoded again.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import itertools
 import os
 import re
 import threading
@@ -86,6 +98,9 @@ class SamPromptWidget(SegmentationWidget):
             Container(widgets=[self.undo_button, self.redo_button], layout="horizontal", labels=False),
             self.autosave_dir, self.restore_button, self.embedding_dir, self.prefetch,
         ])
+        # Progress shows in this dock's own bar: napari's activity animation would slow the encoder
+        # by a third where OpenGL is software-rendered (see JobRunner.napari_progress).
+        self.jobs.napari_progress = False
         self.session = None
         self._session_key = None
         self.points_layer = None
@@ -98,8 +113,19 @@ class SamPromptWidget(SegmentationWidget):
         self._image_for_prompts = None
         self.last_autosave: Path | None = None
         self._autosave_thread: threading.Thread | None = None
-        self._prefetch_worker = None
         self.prefetched: list[str] = []
+        from napari_segsuite.core.threads import ServiceThread
+
+        #: one long-lived thread decodes the prompts (newest request only): a warm OpenMP team
+        self.prompt_thread = ServiceThread("segsuite-sam-prompts", keep="latest")
+        #: neighbouring planes are encoded on a low-priority thread that pauses while prompts decode
+        self.prefetch_thread = ServiceThread("segsuite-sam-prefetch", keep="all", nice=19)
+        self._bridge_obj = None
+        self._in_flight = 0
+        self._closed = False
+        self.last_preview_error: BaseException | None = None
+        self._data_versions: dict[int, list] = {}
+        self.native.destroyed.connect(self._on_destroyed)
         self._timer = QTimer()
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
@@ -195,7 +221,7 @@ class SamPromptWidget(SegmentationWidget):
         self.schedule_preview()
 
     # -- session ------------------------------------------------------------------------------
-    def _session_job(self, plane):
+    def _session_job(self, plane, token=None):
         """Load the session for the chosen model (worker) and make ``plane`` current."""
         from napari_segsuite.tasks.sam_session import SamSession
 
@@ -206,14 +232,15 @@ class SamPromptWidget(SegmentationWidget):
             self.session = SamSession(key[0], key[1], store=self.store,
                                       disk_cache=folder if folder not in ("", ".") else None)
             self._session_key = key
-        yield from self.session.set_image_job(plane)
+        yield from self.session.set_image_job(plane, token)
         return self.session
 
     def make_job(self):
         """Run: encode the current plane (prompts then decode instantly)."""
         image = self.selected_image()
         self.models.spec  # noqa: B018 - raises a user-facing error when no local file is chosen
-        plane, _ = current_plane(self.viewer, image)
+        plane, sel = current_plane(self.viewer, image)
+        token = self.plane_token(image, sel.index)
 
         def on_result(session) -> None:
             self.ensure_prompt_layers()
@@ -224,7 +251,7 @@ class SamPromptWidget(SegmentationWidget):
             self.schedule_preview()
             self.start_prefetch()
 
-        return (lambda: self._session_job(plane)), on_result
+        return (lambda: self._session_job(plane, token)), on_result
 
     # -- prompts -> preview -------------------------------------------------------------------
     def schedule_preview(self, event=None) -> None:
@@ -268,14 +295,20 @@ class SamPromptWidget(SegmentationWidget):
         return image, plane, sel, objects
 
     def request_preview(self) -> None:
-        """Predict the objects of the current prompts in a worker; show them in the preview."""
+        """Predict the objects of the current prompts; show them in the preview.
+
+        On a plane whose embedding is cached, the prompts go to the widget's
+        persistent prompt thread (only the newest request is decoded; the
+        result comes back through a Qt signal). Otherwise a job with progress
+        and Cancel loads the model and encodes the plane first.
+        """
         if self.jobs.busy:
             self._pending = True
             return
         if self.points_layer is None or self.image.value not in self.viewer.layers:
             return  # an automatic trigger with nothing to prompt (e.g. layers being removed)
         try:
-            _, plane, sel, objects = self.gather_prompts()
+            image, plane, sel, objects = self.gather_prompts()
             self.models.spec  # noqa: B018
         except SegSuiteError as exc:
             from napari.utils.notifications import show_error
@@ -288,33 +321,117 @@ class SamPromptWidget(SegmentationWidget):
             return
         generation = self._generation
         multimask = bool(self.multimask.value) and len(objects) == 1
-
-        plain_boxes = len(objects) > 1 and all(
-            o["box"] is not None and not len(o["points"]) and "mask" not in o for o in objects
-        )
+        token = self.plane_token(image, sel.index)
+        key = self._cached_key(token)
+        if key is not None:
+            self._submit_decode(key, objects, multimask, generation, sel)
+            return
 
         def job():
-            session = yield from self._session_job(plane)
-            if plain_boxes:  # one batched decoder pass for all boxes
-                masks, scores = session.predict_boxes(np.array([o["box"] for o in objects]))
-                return [{"masks": m[None], "scores": sc[None], "choice": 0} for m, sc in zip(masks, scores, strict=True)]
-            results = []
-            for obj in objects:
-                masks, scores = session.predict(
-                    points=obj["points"] if len(obj["points"]) else None,
-                    point_labels=obj["labels"] if len(obj["points"]) else None,
-                    box=obj["box"], mask=obj.get("mask"), multimask=multimask,
-                )
-                results.append({"masks": masks, "scores": scores, "choice": int(np.argmax(scores))})
-            return results
+            session = yield from self._session_job(plane, token)
+            with session.use(session.image_key):
+                return _predict_objects(session, objects, multimask)
 
         def on_result(results) -> None:
+            if generation == self._generation:  # else newer prompts arrived meanwhile; their preview follows
+                self._show_objects(results, sel)
             self.start_prefetch()
-            if generation != self._generation:
-                return  # newer prompts arrived meanwhile; their preview follows
-            self._show_objects(results, sel)
 
         self._start(job, on_result, "SAM preview")
+
+    # -- the persistent prompt thread ----------------------------------------------------------
+    def plane_token(self, image, index: tuple) -> tuple:
+        """A hashable name of the plane at ``index`` (a :class:`PlaneSelection`'s) of ``image``'s data.
+
+        O(1), no pixels are read.
+
+        It changes when the layer's data is replaced or edited (napari's data
+        event), so a token never names stale pixels.
+        """
+        entry = self._data_versions.get(id(image))
+        if entry is None or entry[0]() is not image:
+            import weakref
+
+            entry = [weakref.ref(image), next(_VERSIONS)]
+            self._data_versions[id(image)] = entry
+
+            def bump(_event=None, entry=entry) -> None:
+                entry[1] = next(_VERSIONS)
+
+            image.events.data.connect(bump)
+        return (id(image), entry[1], tuple(None if isinstance(i, slice) else int(i) for i in index))
+
+    def _cached_key(self, token) -> str | None:
+        """The cache key of the plane ``token`` when the session for the chosen model has it in memory."""
+        if self.session is None or self._session_key != (*self.model_key(), str(self.embedding_dir.value)):
+            return None
+        return self.session.key_for_token(token)
+
+    def _bridge(self):
+        if self._bridge_obj is None:
+            self._bridge_obj = _make_bridge()
+            self._bridge_obj.delivered.connect(self._on_decoded)
+        return self._bridge_obj
+
+    def _submit_decode(self, key: str, objects: list[dict], multimask: bool, generation: int, sel) -> None:
+        session = self.session
+        bridge = self._bridge()
+
+        def work():
+            with session.use(key):
+                return _predict_objects(session, objects, multimask)
+
+        def done(outcome) -> None:  # on the prompt thread (or here, for a dropped request)
+            bridge.delivered.emit((outcome, generation, sel))
+
+        self._in_flight += 1
+        self.prompt_thread.submit(work, done)
+
+    def _on_decoded(self, item) -> None:
+        """A prompt-thread result, on the GUI thread: show it unless newer prompts exist."""
+        outcome, generation, sel = item
+        self._in_flight -= 1
+        if self._closed or outcome.dropped:
+            return
+        if outcome.error is not None:
+            from napari.utils.notifications import show_error
+
+            exc = outcome.error
+            msg = str(exc) if isinstance(exc, SegSuiteError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, SegSuiteError):
+                import logging
+
+                logging.getLogger(__name__).error("Prompt decoding failed", exc_info=exc)
+            self.last_preview_error = exc
+            show_error(msg)
+            self.message.value = msg
+            return
+        if generation == self._generation:
+            self._show_objects(outcome.value, sel)
+        self.start_prefetch()
+
+    @property
+    def preview_busy(self) -> bool:
+        """Whether a preview is being computed or waits to be shown."""
+        return self.jobs.busy or self._in_flight > 0 or self._timer.isActive() or self._pending
+
+    def _on_destroyed(self, *_) -> None:
+        try:
+            self.shutdown()
+        except Exception:  # an exception in a Qt slot at exit would abort the process
+            import logging
+
+            logging.getLogger(__name__).exception("Stopping the SAM threads failed")
+
+    def shutdown(self) -> None:
+        """Stop the widget's threads (the viewer or the widget is closing). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(RuntimeError):  # at exit Qt may have deleted the timer already
+            self._timer.stop()
+        self.prompt_thread.close(timeout=10)
+        self.prefetch_thread.close(timeout=10)
 
     def _on_done(self, how: str) -> None:
         super()._on_done(how)
@@ -358,8 +475,11 @@ class SamPromptWidget(SegmentationWidget):
         self._render_preview()
 
     # -- prefetch -----------------------------------------------------------------------------
-    def neighbour_planes(self) -> list[np.ndarray]:
-        """The planes before and after the current one along the slider axes (GUI thread)."""
+    def neighbour_planes(self, tokens: bool = False) -> list:
+        """The planes before and after the current one along the innermost slider (GUI thread).
+
+        With ``tokens=True``, ``(token, plane)`` pairs (see :meth:`plane_token`).
+        """
         image = self.selected_image()
         _, sel = current_plane(self.viewer, image)
         data = image.data[0] if getattr(image, "multiscale", False) else image.data
@@ -371,44 +491,43 @@ class SamPromptWidget(SegmentationWidget):
                 if 0 <= j < data.shape[axis]:
                     idx = list(sel.index)
                     idx[axis] = j
-                    planes.append(np.asarray(data[tuple(idx)]))
+                    plane = np.asarray(data[tuple(idx)])
+                    planes.append((self.plane_token(image, tuple(idx)), plane) if tokens else plane)
             break  # the innermost slider only (z, or t for 2D+t)
         return planes
 
     def start_prefetch(self) -> None:
-        """Encode the neighbouring planes in a background thread, one at a time.
+        """Encode the neighbouring planes on the low-priority prefetch thread, one at a time.
 
         The encoder runs beside the prompt decoder (separate predictors, no
-        shared state), so prompts never wait for it; each plane is encoded once
-        and then answers from the cache.
+        shared state) at the lowest CPU priority, and pauses between its
+        blocks while prompts are decoded; each plane is encoded once and then
+        answers from the cache.
         """
-        if not self.prefetch.value or self.session is None:
+        if not self.prefetch.value or self.session is None or self._closed:
             return
-        if self._prefetch_worker is not None:
+        if self.prefetch_thread.busy:
             return
+        session = self.session
         try:
-            todo = [p for p in self.neighbour_planes() if not self.session.is_cached(p)]
+            todo = [(t, p) for t, p in self.neighbour_planes(tokens=True) if session.key_for_token(t) is None]
         except SegSuiteError:
             return
         if not todo:
             return
-        from superqt.utils import create_worker
+        thread = self.prefetch_thread
 
-        session = self.session
+        def work():
+            from napari_segsuite.core.progress import run_sync
 
-        def job():
-            for plane in todo:
-                key = yield from session.encode_job(plane, background=True)
+            for token, plane in todo:
+                if thread.closed:
+                    return
+                key = run_sync(session.encode_job(plane, background=True, stop=lambda: thread.closed))
+                session.remember_token(token, key)
                 self.prefetched.append(key)
-            return len(todo)
 
-        def finished(*_):
-            self._prefetch_worker = None
-
-        worker = create_worker(job, _start_thread=False, _connect={"errored": finished})
-        worker.finished.connect(finished)
-        self._prefetch_worker = worker
-        worker.start()
+        thread.submit(work)
 
     # -- commit, clear, undo ----------------------------------------------------------------
     def _target_name(self, image) -> str:
@@ -773,6 +892,45 @@ class SamPromptWidget(SegmentationWidget):
                 target.data_setitem(full, np.concatenate(values))
             _update_features(target, sel.labels_index, None)
         return written
+
+
+_VERSIONS = itertools.count(1)
+
+
+@functools.cache
+def _bridge_class():
+    from qtpy.QtCore import QObject, Signal
+
+    class Bridge(QObject):
+        delivered = Signal(object)
+
+    return Bridge
+
+
+def _make_bridge():
+    """A QObject whose ``delivered`` signal carries prompt-thread results to the GUI thread (lazy Qt import)."""
+    return _bridge_class()()
+
+
+def _predict_objects(session, objects: list[dict], multimask: bool) -> list[dict]:
+    """The preview objects: one batched decoder pass for plain boxes, else one prediction per object."""
+    plain_boxes = len(objects) > 1 and all(
+        o["box"] is not None and not len(o["points"]) and "mask" not in o for o in objects
+    )
+    if plain_boxes:
+        masks, scores = session.predict_boxes(np.array([o["box"] for o in objects]))
+        return [{"masks": m[None], "scores": sc[None], "choice": 0} for m, sc in zip(masks, scores, strict=True)]
+    results = []
+    for obj in objects:
+        masks, scores = session.predict(
+            points=obj["points"] if len(obj["points"]) else None,
+            point_labels=obj["labels"] if len(obj["points"]) else None,
+            box=obj["box"], mask=obj.get("mask"), multimask=multimask, lazy=True,
+        )
+        choice = int(np.argmax(scores))
+        masks[choice]  # the shown candidate is upsampled here, in the thread; the others when picked
+        results.append({"masks": masks, "scores": scores, "choice": choice})
+    return results
 
 
 class _PlaneStack:

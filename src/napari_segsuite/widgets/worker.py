@@ -45,6 +45,10 @@ class JobRunner:
         self.worker = None
         self._pbar = None
         self.last_error: BaseException | None = None
+        #: show jobs in napari's activity dock too. Its "in progress" animation repaints the
+        #: main window all along; where OpenGL is software-rendered (no GPU, remote desktops,
+        #: Xvfb) that took a third of the CPU from a SAM encoder in the worker.
+        self.napari_progress = True
 
     @property
     def busy(self) -> bool:
@@ -74,7 +78,7 @@ class JobRunner:
             return (yield from job_factory())
 
         worker = create_worker(job, _start_thread=False, _connect={"errored": self._on_error})
-        self._pbar = progress(total=0, desc=description)
+        self._pbar = progress(total=0, desc=description) if self.napari_progress else None
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(lambda value: self._on_returned(value, on_result))
         worker.aborted.connect(self._on_aborted)
