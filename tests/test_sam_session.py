@@ -15,6 +15,8 @@ def images():
     return {
         "rgb": rng.integers(0, 255, (120, 160, 3), dtype=np.uint8),
         "gray": rng.integers(0, 255, (90, 70), dtype=np.uint8),
+        # the tiny model's input size: no resize back to the image's size
+        "square": rng.integers(0, 255, (256, 256, 3), dtype=np.uint8),
     }
 
 
@@ -164,14 +166,16 @@ def test_disk_cache_reuses_embeddings_across_sessions(tiny_sam_path, tmp_path, i
     assert second.encoder_runs == 1  # a changed image is encoded again
 
 
+@pytest.mark.parametrize("name", ["rgb", "square"])
 @pytest.mark.parametrize("multimask", [True, False])
-def test_lazy_masks_equal_sampredictor_and_upsample_only_what_is_read(pair, images, multimask):
+def test_lazy_masks_equal_sampredictor_and_upsample_only_what_is_read(pair, images, multimask, name):
     from napari_segsuite.tasks.sam_session import LazyMasks
 
     session, reference = pair
-    image = images["rgb"]
+    image = images[name]
     session.set_image(image)
     reference.set_image(image)
+    assert session.current.decoder_cache is None
     prompts = [
         {"points": np.array([[30.0, 50.0], [80.0, 100.0]]), "point_labels": np.array([1, 0])},
         {"box": np.array([20.0, 30.0, 90.0, 140.0])},
@@ -191,6 +195,8 @@ def test_lazy_masks_equal_sampredictor_and_upsample_only_what_is_read(pair, imag
         np.testing.assert_array_equal(np.asarray(masks), ref_masks)
         np.testing.assert_array_equal(scores, ref_scores.astype(np.float32))
         assert masks.shape == ref_masks.shape and len(masks) == len(ref_scores)
+        # the decoder's prompt-independent part is kept with the plane after the first prompt
+        assert session.current.decoder_cache is not None
 
 
 def test_plane_tokens_find_cached_embeddings_without_the_pixels(tiny_sam_path, images):

@@ -117,17 +117,39 @@ class ChunkedMaskDecoder:
         self.decoder = sam.mask_decoder
         self.chunk = max(1, int(chunk))
 
-    def __call__(self, image_embeddings, sparse, dense, multimask_output: bool = True) -> DecodedBatch:
+    def shared(self, image_embeddings, dense) -> dict:
+        """The first block's image side, the same for every prompt without a mask prompt.
+
+        It depends on the image embedding alone (plus the "no mask" embedding),
+        so a caller decoding many prompts on one image may keep it and pass it
+        to each call.
+        """
+        tf = self.decoder.transformer
+        src = image_embeddings + dense[:1]
+        keys0 = src.flatten(2).permute(0, 2, 1)
+        key_pe = self.sam.prompt_encoder.get_dense_pe().flatten(2).permute(0, 2, 1)
+        first = tf.layers[0]
+        k_in = keys0 + key_pe
+        t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+        return {
+            "keys0": keys0,
+            "key_pe": key_pe,
+            "t2i_k": _heads(t2i.k_proj(k_in), t2i.num_heads),
+            "t2i_v": _heads(t2i.v_proj(keys0), t2i.num_heads),
+            "i2t_q": _heads(i2t.q_proj(k_in), i2t.num_heads),
+        }
+
+    def __call__(self, image_embeddings, sparse, dense, multimask_output: bool = True,
+                 shared: dict | None = None) -> DecodedBatch:
         """Decode a batch; arguments as for ``MaskDecoder.forward`` with one image.
 
         ``dense`` must be the same for every prompt (no mask prompts), which is
-        what lets the first block share its image side.
+        what lets the first block share its image side; ``shared`` is that
+        image side from :meth:`shared` (computed here when not given).
         """
         import torch
 
         dec = self.decoder
-        tf = dec.transformer
-        image_pe = self.sam.prompt_encoder.get_dense_pe()
         out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
         out_tokens = out_tokens.unsqueeze(0).expand(sparse.size(0), -1, -1)
         tokens = torch.cat((out_tokens, sparse), dim=1)
@@ -136,20 +158,9 @@ class ChunkedMaskDecoder:
         # (stride 0): cheap to recognise; anything else is compared in full.
         if dense.shape[0] > 1 and dense.stride(0) != 0 and not bool((dense == dense[:1]).all()):
             raise ValueError("ChunkedMaskDecoder needs the same dense embedding for every prompt.")
-
-        # The first block's image side, shared by all prompts: keys = embedding + dense.
-        src = image_embeddings + dense[:1]
-        keys0 = src.flatten(2).permute(0, 2, 1)
-        key_pe = image_pe.flatten(2).permute(0, 2, 1)
-        first = tf.layers[0]
-        n_heads = first.cross_attn_token_to_image.num_heads
-        k_in = keys0 + key_pe
-        shared = {
-            "t2i_k": _heads(first.cross_attn_token_to_image.k_proj(k_in), n_heads),
-            "t2i_v": _heads(first.cross_attn_token_to_image.v_proj(keys0), n_heads),
-            "i2t_q": _heads(first.cross_attn_image_to_token.q_proj(k_in),
-                            first.cross_attn_image_to_token.num_heads),
-        }
+        if shared is None:
+            shared = self.shared(image_embeddings, dense)
+        keys0, key_pe = shared["keys0"], shared["key_pe"]
         hs, keys = self._transformer(tokens, keys0, key_pe, shared)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1:(1 + dec.num_mask_tokens), :]

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ class Embedding:
     features: Any
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+    #: Prompt-independent decoder work kept with the plane (SAM: the first block's image side).
+    decoder_cache: Any = field(default=None, repr=False, compare=False)
 
 
 class LazyMasks:
@@ -182,15 +184,34 @@ class _SamBackend:
             sparse, dense = model.prompt_encoder(
                 points=(coords_t, labels_t) if coords_t is not None else None, boxes=box_t, masks=mask_t,
             )
-            low_res, iou = model.mask_decoder(
-                image_embeddings=p.features, image_pe=model.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask,
-            )
-        input_size, original_size = p.input_size, p.original_size
+            if mask_t is None:
+                # The decoder's first-block image side depends on the plane alone: computed at
+                # the first prompt, kept with the embedding (the same numbers, bit for bit).
+                from napari_segsuite.models.sam_decoder import ChunkedMaskDecoder
+
+                decoder = ChunkedMaskDecoder(model)
+                if emb.decoder_cache is None:
+                    emb.decoder_cache = decoder.shared(p.features, dense)
+                decoded = decoder(p.features, sparse, dense, multimask, shared=emb.decoder_cache)
+                low_res, iou = decoded.all_low_res_masks(), decoded.iou
+            else:
+                low_res, iou = model.mask_decoder(
+                    image_embeddings=p.features, image_pe=model.prompt_encoder.get_dense_pe(),
+                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask,
+                )
+        input_size, original_size = tuple(p.input_size), tuple(p.original_size)
 
         def upsample(i: int) -> np.ndarray:
+            import torch.nn.functional as F
+
             with torch.no_grad():
-                up = model.postprocess_masks(low_res[:, i: i + 1], input_size, original_size)
+                # ``Sam.postprocess_masks``; its second resize is skipped when it would keep the
+                # size (a bilinear resize to the same size returns its input unchanged).
+                side = model.image_encoder.img_size
+                up = F.interpolate(low_res[:, i: i + 1], (side, side), mode="bilinear", align_corners=False)
+                up = up[..., : input_size[0], : input_size[1]]
+                if input_size != original_size:
+                    up = F.interpolate(up, original_size, mode="bilinear", align_corners=False)
                 return (up > model.mask_threshold)[0, 0].detach().cpu().numpy()
 
         return LazyMasks(int(low_res.shape[1]), tuple(original_size), upsample), iou[0].detach().cpu().numpy().astype(
