@@ -296,7 +296,7 @@ def _process(item: Item, spec: JobSpec) -> dict:
             if stack:
                 table.insert(0, "plane", z)
             tables.append(table)
-        table = pd.concat(tables, ignore_index=True)
+        table = tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True)
         if labels_path.suffix != ".zarr":
             import tifffile
 
@@ -328,7 +328,7 @@ def _process(item: Item, spec: JobSpec) -> dict:
         "chunked": big,
     }
     tmp_side = _tmp(paths["sidecar"])
-    tmp_side.write_text(json.dumps(sidecar, indent=1))
+    tmp_side.write_text(json.dumps(sidecar))  # compact: json's C encoder (indent uses the Python one)
     _replace(tmp_side, paths["sidecar"])
     return {
         "_table": table,  # for objects.csv without reading the file back; not in the manifest
@@ -727,18 +727,19 @@ def _finish(summary, spec, model_info, started, t0, scheduler, workers, processe
     from napari_segsuite.batch import manifest as mf
 
     out = Path(spec.out)
-    frames = []
+    frames, names = [], []
     for rec in summary.records:
         df = rec.pop("_table", None)
         if df is None and rec["status"] in ("done", "skipped") and rec.get("table"):
             path = Path(rec["table"])
             df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
         if df is not None:
-            df = df.copy()
-            df.insert(0, "image", rec["name"])
             frames.append(df)
+            names.append(rec["name"])
     if frames:
+        # one concatenation, then the image column for all rows at once
         combined = pd.concat(frames, ignore_index=True)
+        combined.insert(0, "image", np.repeat(np.array(names, dtype=object), [len(f) for f in frames]))
         final = out / f"{COMBINED_TABLE}.{spec.table}"
         tmp = _tmp(final)
         combined.to_parquet(tmp, index=False) if spec.table == "parquet" else combined.to_csv(tmp, index=False)
