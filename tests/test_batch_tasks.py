@@ -36,14 +36,9 @@ def sam_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def rgb():
     """An RGB image with bright blobs on a colour ramp (what the tiny YOLO reacts to)."""
-    rng = np.random.default_rng(7)
-    img = np.zeros((160, 224, 3), np.uint8)
-    img[..., 0] = np.linspace(0, 255, 224)[None, :]
-    img[..., 2] = np.linspace(255, 0, 160)[:, None]
-    yy, xx = np.mgrid[:160, :224]
-    for r, c in ((40, 50), (100, 160), (120, 60)):
-        img[(yy - r) ** 2 + (xx - c) ** 2 < 18 ** 2] = (255, 255, 40)
-    return np.clip(img.astype(int) + rng.integers(-10, 10, img.shape), 0, 255).astype(np.uint8)
+    from napari_segsuite.testing.instance_doubles import ramp_with_blobs
+
+    return ramp_with_blobs()
 
 
 def test_instance_cli_with_a_tiny_yolo_gives_the_api_labels(yolo_path, rgb, tmp_path, capsys):

@@ -19,14 +19,9 @@ MRCNN_SIZE = 192  # Mask R-CNN is full size even when random: keep its input sma
 @pytest.fixture(scope="module")
 def image():
     """An RGB image whose colour order matters (a red-to-blue ramp with bright blobs)."""
-    rng = np.random.default_rng(7)
-    img = np.zeros((160, 224, 3), np.uint8)
-    img[..., 0] = np.linspace(0, 255, 224)[None, :]
-    img[..., 2] = np.linspace(255, 0, 160)[:, None]
-    yy, xx = np.mgrid[:160, :224]
-    for r, c in ((40, 50), (100, 160), (120, 60)):
-        img[(yy - r) ** 2 + (xx - c) ** 2 < 18 ** 2] = (255, 255, 40)
-    return np.clip(img.astype(int) + rng.integers(-10, 10, img.shape), 0, 255).astype(np.uint8)
+    from napari_segsuite.testing.instance_doubles import ramp_with_blobs
+
+    return ramp_with_blobs()
 
 
 @pytest.fixture(scope="module")

@@ -87,3 +87,16 @@ def tile_border_scene():
     img[90:140, 50:58] = (250, 0, 0)  # a bar longer than the overlap, across two tile borders
     img[10:16, 20:130] = (230, 0, 0)  # a wide bar across three tiles
     return img, len(discs) + 2
+
+
+def ramp_with_blobs() -> np.ndarray:
+    """A (160, 224, 3) uint8 RGB image whose colour order matters: a red-to-blue ramp, three
+    bright yellow blobs of radius 18 and a little noise (what the tiny detectors react to)."""
+    rng = np.random.default_rng(7)
+    img = np.zeros((160, 224, 3), np.uint8)
+    img[..., 0] = np.linspace(0, 255, 224)[None, :]
+    img[..., 2] = np.linspace(255, 0, 160)[:, None]
+    yy, xx = np.mgrid[:160, :224]
+    for r, c in ((40, 50), (100, 160), (120, 60)):
+        img[(yy - r) ** 2 + (xx - c) ** 2 < 18 ** 2] = (255, 255, 40)
+    return np.clip(img.astype(int) + rng.integers(-10, 10, img.shape), 0, 255).astype(np.uint8)
