@@ -12,6 +12,14 @@
   (connected components, no model: the tiny models are too slow for 400 Mpixel on this shared
   CPU), with the worker's peak memory.
 
+Measured 2026-11-28 on the 2-core dev VM, load average 1.0-1.6 (the benchmark alone),
+``benchmarks/run.py batch --repeats 5``: 2 workers / 1 worker, warm: 2.30x with the default
+threads (1 worker x 2 torch threads 16.8 img/s, 2 workers x 1 thread 38.6 img/s) and 1.82x with
+1 torch thread per worker (20.6 vs 37.6 img/s); end to end with cluster start and model load
+(5-6 s of the 6.6-8 s on these 48 tiny images) 1.17x / 1.14x. Overhead of ``run_batch`` against
+the plain loop on 96 images of 128x128 (12 ms each): 1.095x (median of 5 paired rounds; 1.066x
+in a separate 5-round run). 20,000 x 20,000 threshold task: 33.3 s, worker peak 473 MB.
+
 ``SEGSUITE_BENCH_SMOKE=1`` shrinks every case (a few tiny images, a 2,500-pixel image, one
 overhead round) to check that the benchmark runs; its figures mean nothing.
 """

@@ -7,30 +7,33 @@ process so that the ratios compare runs made side by side. Needs a display
 (``./dev bench sam`` brings Xvfb). ``SEGSUITE_BENCH_SAM_QUICK=1`` skips the
 "first mask" rows.
 
-Measured 2026-11-28 on the 2-core shared dev VM (Xvfb, software OpenGL),
-``--repeats 3``, SEGSUITE_BENCH_SAM_QUICK=1; load average 0.28 at the start
-(the benchmark itself then brings it to 2.0). Runs made while other work
-loaded the machine (load 3-5) scattered by 2x and more, ratios included.
+Measured 2026-11-28 (second session, after the decoder's first block was kept
+with the plane) on the 2-core dev VM (Xvfb, software OpenGL), ``benchmarks/run.py
+sam --repeats 3``, load average 2.0 (the benchmark alone):
 
 ==============================================================  =========  ========
 measure                                                         value      goal
 ==============================================================  =========  ========
-prompt decode, bare SamPredictor.predict (main thread)          60.2 ms
-prompt decode, SamSession.predict (main thread)                 60.9 ms    1.01x
-prompt decode on the prompt thread, idle                        72.5 ms
-  same, while a plane is prefetched (20/20 during the encoder)  72.7 ms    1.00x (not slower)
-  same, prefetch thread at normal priority                                 1.15x (reference)
+first mask, new 1024x1024 image, vit_b                          9057 ms    report
+first mask, new 1024x1024 image, SAM 2.1 Hiera-tiny             1820 ms    report
+prompt decode, bare SamPredictor.predict (main thread)          61.5 ms
+prompt decode, SamSession.predict (main thread)                 61.9 ms    1.007x
+prompt decode on the prompt thread, idle                        73.9 ms
+  same, while a plane is prefetched (20/20 during the encoder)  75.8 ms    1.026x (not slower)
+  same, prefetch thread at normal priority                                 1.091x (reference)
 revisit a cached plane                                          4.1 ms     <= 50 ms
-encoder on the main thread                                      8757 ms
-encoder in the widget's JobRunner worker, viewer running        8616 ms    0.98x (<= 1.05)
-  plain threading.Thread                                                   1.02x (reference)
-  worker with napari's activity progress bar                               1.27x (reference)
-longest event-loop gap while encoding                           17 ms      <= 100 ms
-bare SamPredictor.predict, alternating with the clicks          89.7 ms
-widget click to preview shown (debounce timer -> set_data)      101.9 ms   1.14x (<= 1.1: missed)
-first mask, new image, vit_b (full run, load 3.8)               19.6 s     report
-first mask, new image, SAM 2.1 Hiera-tiny (full run, load 3.8)  2.7 s      report
+encoder on the main thread                                      8130 ms
+encoder in the widget's JobRunner worker, viewer running        8470 ms    1.042x (<= 1.05)
+  plain threading.Thread                                                   1.033x (reference)
+  worker with napari's activity progress bar                               1.336x (reference)
+longest event-loop gap while encoding (10 ms heartbeat)         17.2 ms    <= 100 ms
+bare SamPredictor.predict, alternating with the clicks          78.6 ms
+widget click to preview shown (debounce timer -> set_data)      80.3 ms    1.021x (<= 1.1)
 ==============================================================  =========  ========
+
+An earlier run the same day (load 0.28 at the start, before the first-block
+cache) gave click to preview 1.14x, encoder 0.98x and prefetch 1.00x; runs
+under load 3-5 scattered by 2x and more, ratios included.
 """
 
 from __future__ import annotations

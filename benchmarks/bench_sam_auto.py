@@ -15,14 +15,25 @@ Propagation: seconds per plane on a 16-plane 256x256 moving-disk stack, for
 the tiny models (the methods' overhead) and vit_b (projection: one encoder run
 and one prompt per plane).
 
-Measured on the shared 2-core CPU (load 4-6), 2026-11-28, one run each:
-tiny SAM 28.4 s (generator) vs 11.2 s (ours, 0.39x); vit_b 310 s vs 266 s
-(0.86x; 244 s, 0.79x, with the embedding cached), the same masks. With vit_b
-the mask decoder, which both must run for every point to give the same
-masks, takes ~14 s per 64-point batch, the generator's full-resolution
-upsampling of the batch ~1.4 s: filtering before upsampling cannot reach 0.5x
-there. Propagation: 0.2-0.4 s/plane (tiny SAM, projection), 0.1 s/plane
-(tiny SAM 2.1 video), 40 s/plane (vit_b projection, the encoder).
+Measured 2026-11-28 (second session) on the 2-core dev VM, load average 1.3-2
+(the benchmark alone), ``benchmarks/run.py sam_auto --repeats 1``; box NMS off
+(1.0) because random masks all look alike and NMS at 0.7 would leave one:
+
+- tiny SAM: generator 6.72 s, ours 1.98 s (0.294x), 1.70 s with the embedding
+  cached (0.253x); 278 masks, 275 labels, labels identical.
+- vit_b: generator 112.9 s, ours 49.4 s (**0.437x**), 41.0 s with the embedding
+  cached (0.363x); 540 masks, 226 labels, labels identical. The mask decoder
+  is :class:`~napari_segsuite.models.sam_decoder.ChunkedMaskDecoder` (the
+  library's numbers bit for bit, about half the time: a 64-point batch 3.1 s
+  vs 9.0 s of CPU time on one thread) and its output upscaling runs only for
+  points with a candidate that passes the IoU filter.
+- 4000 x 4000 in 25 tiles of 1024 (overlap 256), tiny SAM: 31.9 s, peak
+  resident memory 1069 MB (742 MB before the run: model, image, libraries).
+  No mask survives here: a random model's masks are blobs as large as the
+  tile, which the generator's rule drops at inner tile edges (merging of
+  objects across tile borders is tested with a deterministic mask source).
+- Propagation per 256 x 256 plane: tiny SAM (projection) 0.008 s, tiny
+  SAM 2.1 video 0.032 s, vit_b projection 8.2 s (one encoder run per plane).
 """
 
 from __future__ import annotations
