@@ -30,8 +30,8 @@ def _prompts(sam, n, seed):
 
 @pytest.mark.parametrize("n, chunk", [(13, 4), (9, 1), (6, 3), (1, 4)])
 @pytest.mark.parametrize("multimask", [True, False])
+@torch.no_grad()
 def test_chunked_decoder_equals_mask_decoder(sam_parts, n, chunk, multimask):
-    torch.set_grad_enabled(False)
     emb = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(n))
     sparse, dense = _prompts(sam_parts, n, seed=chunk)
     low, iou = sam_parts.mask_decoder(image_embeddings=emb, image_pe=sam_parts.prompt_encoder.get_dense_pe(),
@@ -45,8 +45,8 @@ def test_chunked_decoder_equals_mask_decoder(sam_parts, n, chunk, multimask):
         assert torch.equal(decoded.low_res_masks(subset), low[subset]), subset
 
 
+@torch.no_grad()
 def test_chunked_decoder_refuses_mask_prompts(sam_parts):
-    torch.set_grad_enabled(False)
     emb = torch.randn(1, 256, 64, 64)
     sparse, dense = _prompts(sam_parts, 2, seed=0)
     dense = dense.clone()

@@ -215,6 +215,23 @@ def test_same_seed_same_model():
         assert (ta == tb).all(), name
 
 
+def test_training_works_where_the_caller_turned_gradients_off():
+    import torch
+
+    rng = np.random.default_rng(3)
+    image = rng.random((40, 40)).astype(np.float32)
+    strokes = np.zeros((40, 40), np.uint8)
+    strokes[2:5, 2:30], strokes[20:23, 2:30] = 1, 2
+    opts = {**SMALL, "steps": 3, "val_fraction": 0.0}
+    reference = api.train_unet(image, strokes, **opts)
+    with torch.no_grad():  # e.g. a script or another plugin that turned autograd off in this thread
+        result = api.train_unet(image, strokes, **opts)
+    for (name, ta), tb in zip(reference.model.state_dict().items(), result.model.state_dict().values(),
+                              strict=True):
+        assert (ta == tb).all(), name
+    assert len(result.history) == 3 and all(np.isfinite(r["train_loss"]) for r in result.history)
+
+
 def test_several_planes_and_rgb_images_train():
     rng = np.random.default_rng(4)
     stack = rng.random((3, 32, 32)).astype(np.float32)

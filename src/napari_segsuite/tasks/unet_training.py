@@ -808,8 +808,9 @@ def train_unet_job(
             xb, tb = augment_batch(xb, tb, rng, intensity=intensity)
         x_t, t_t = torch.from_numpy(xb).to(device), torch.from_numpy(tb).to(device)
         optimizer.zero_grad(set_to_none=True)
-        loss = masked_loss(model(x_t), t_t, weights_t, opts.dice_weight)
-        loss.backward()
+        with torch.enable_grad():  # whatever the calling thread's grad mode is
+            loss = masked_loss(model(x_t), t_t, weights_t, opts.dice_weight)
+            loss.backward()
         optimizer.step()
         value = float(loss.detach().cpu())
         if not math.isfinite(value):
