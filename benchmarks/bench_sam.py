@@ -31,9 +31,14 @@ bare SamPredictor.predict, alternating with the clicks          78.6 ms
 widget click to preview shown (debounce timer -> set_data)      80.3 ms    1.021x (<= 1.1)
 ==============================================================  =========  ========
 
-An earlier run the same day (load 0.28 at the start, before the first-block
-cache) gave click to preview 1.14x, encoder 0.98x and prefetch 1.00x; runs
-under load 3-5 scattered by 2x and more, ratios included.
+A second quiet run of the same code (``SEGSUITE_BENCH_SAM_QUICK=1``, load 0.5 at
+the start) gave click to preview 1.090x (75.7 vs 69.4 ms), encoder 0.938x,
+prefetch 1.041x, event-loop gap 18.9 ms. An earlier run the same day (load
+0.28, before the first-block cache) gave click to preview 1.14x, encoder 0.98x
+and prefetch 1.00x; runs under load 3-5 scattered by 2x and more, ratios
+included. In the prefetch rows the prompts come every ~120 ms, inside the
+prefetch's 0.3 s quiet window, so after the first prompt the encoder is paused
+while they are decoded: the remaining 0-4% is not CPU taken by the prefetch.
 """
 
 from __future__ import annotations
