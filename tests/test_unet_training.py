@@ -203,32 +203,33 @@ def test_cancel_midway_keeps_the_best_model_so_far():
     assert best.predict(image).shape == image.shape
 
 
-def test_same_seed_same_model():
+def _three_steps():
+    """A random 40x40 image, two stroke classes and options for a 3-step run without validation."""
     rng = np.random.default_rng(3)
     image = rng.random((40, 40)).astype(np.float32)
     strokes = np.zeros((40, 40), np.uint8)
     strokes[2:5, 2:30], strokes[20:23, 2:30] = 1, 2
-    opts = {**SMALL, "steps": 3, "val_fraction": 0.0}
-    a = api.train_unet(image, strokes, **opts)
-    b = api.train_unet(image, strokes, **opts)
+    return image, strokes, {**SMALL, "steps": 3, "val_fraction": 0.0}
+
+
+def _same_weights(a, b) -> None:
     for (name, ta), tb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
         assert (ta == tb).all(), name
+
+
+def test_same_seed_same_model():
+    image, strokes, opts = _three_steps()
+    _same_weights(api.train_unet(image, strokes, **opts), api.train_unet(image, strokes, **opts))
 
 
 def test_training_works_where_the_caller_turned_gradients_off():
     import torch
 
-    rng = np.random.default_rng(3)
-    image = rng.random((40, 40)).astype(np.float32)
-    strokes = np.zeros((40, 40), np.uint8)
-    strokes[2:5, 2:30], strokes[20:23, 2:30] = 1, 2
-    opts = {**SMALL, "steps": 3, "val_fraction": 0.0}
+    image, strokes, opts = _three_steps()
     reference = api.train_unet(image, strokes, **opts)
     with torch.no_grad():  # e.g. a script or another plugin that turned autograd off in this thread
         result = api.train_unet(image, strokes, **opts)
-    for (name, ta), tb in zip(reference.model.state_dict().items(), result.model.state_dict().values(),
-                              strict=True):
-        assert (ta == tb).all(), name
+    _same_weights(reference, result)
     assert len(result.history) == 3 and all(np.isfinite(r["train_loss"]) for r in result.history)
 
 
