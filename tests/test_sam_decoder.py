@@ -53,3 +53,19 @@ def test_chunked_decoder_refuses_mask_prompts(sam_parts):
     dense[1] += 1.0  # a mask prompt on the second prompt: the image side is no longer shared
     with pytest.raises(ValueError, match="same dense embedding"):
         ChunkedMaskDecoder(sam_parts)(emb, sparse, dense)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("original", [(256, 256), (120, 160), (300, 200)])
+def test_postprocess_masks_equals_sam_postprocess_masks(tiny_sam_path, original):
+    from napari_segsuite.api import SamSession
+    from napari_segsuite.models.sam_decoder import postprocess_masks
+
+    sam = SamSession(str(tiny_sam_path), device="cpu").runner.model
+    side = sam.image_encoder.img_size
+    scale = side / max(original)
+    input_size = (int(original[0] * scale + 0.5), int(original[1] * scale + 0.5))
+    low = torch.randn(2, 3, side // 4, side // 4, generator=torch.Generator().manual_seed(1))
+    ours = postprocess_masks(sam, low, input_size, original)
+    assert ours.shape[-2:] == original
+    assert torch.equal(ours, sam.postprocess_masks(low, input_size, original))

@@ -57,6 +57,24 @@ def _context(qh, kh, vh):
     return _recombine(scores @ vh)
 
 
+def postprocess_masks(sam, low, input_size, original_size):
+    """``Sam.postprocess_masks``: logits (B, K, h, w) to the image's size, the same numbers.
+
+    Its second resize (from the padded input's crop back to the image) is
+    skipped when it would keep the size: a bilinear resize to the same size
+    returns its input unchanged, so only the time differs (a 1024 x 1024 image
+    is one such case for every SAM).
+    """
+    import torch.nn.functional as F
+
+    side = sam.image_encoder.img_size
+    up = F.interpolate(low, (side, side), mode="bilinear", align_corners=False)
+    up = up[..., : input_size[0], : input_size[1]]
+    if tuple(input_size) != tuple(original_size):
+        up = F.interpolate(up, tuple(original_size), mode="bilinear", align_corners=False)
+    return up
+
+
 class DecodedBatch:
     """One batch of single-prompt decodes: IoU predictions now, masks on request.
 

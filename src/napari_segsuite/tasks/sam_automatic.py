@@ -175,7 +175,9 @@ class SamMaskSource:
 
     def upscale(self, emb, low):
         """Logits (M, H, W) at the crop's size from low-resolution logits (M, h, w)."""
-        return self.model.postprocess_masks(low[:, None], emb.input_size, emb.original_size)[:, 0]
+        from napari_segsuite.models.sam_decoder import postprocess_masks
+
+        return postprocess_masks(self.model, low[:, None], emb.input_size, emb.original_size)[:, 0]
 
 
 class Sam2MaskSource:
@@ -318,13 +320,11 @@ def _process_crop(source, emb, crop_box, grid, params: AutoParams, orig_size, la
                 # and only their prompts go through the decoder's output upscaling.
                 keep = iou > params.pred_iou_thresh if params.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
                 rows = torch.nonzero(keep).flatten()
-                prompts = torch.unique(rows // n_out)
-                low = decoded.low_res_masks(prompts.numpy()) if len(prompts) else None
-                if low is not None:
+                low = torch.empty(0)  # nothing passes: nothing to upscale
+                if len(rows):
+                    prompts = torch.unique(rows // n_out)
                     where = torch.searchsorted(prompts, rows // n_out)
-                    low = low[where, rows % n_out]
-                else:
-                    low = decoded.all_low_res_masks().flatten(0, 1)[:0]
+                    low = decoded.low_res_masks(prompts.numpy())[where, rows % n_out]
                 iou, point_rows = iou[keep], point_rows[keep]
             else:
                 low = decoded.all_low_res_masks().flatten(0, 1)

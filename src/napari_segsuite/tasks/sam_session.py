@@ -202,16 +202,10 @@ class _SamBackend:
         input_size, original_size = tuple(p.input_size), tuple(p.original_size)
 
         def upsample(i: int) -> np.ndarray:
-            import torch.nn.functional as F
+            from napari_segsuite.models.sam_decoder import postprocess_masks
 
             with torch.no_grad():
-                # ``Sam.postprocess_masks``; its second resize is skipped when it would keep the
-                # size (a bilinear resize to the same size returns its input unchanged).
-                side = model.image_encoder.img_size
-                up = F.interpolate(low_res[:, i: i + 1], (side, side), mode="bilinear", align_corners=False)
-                up = up[..., : input_size[0], : input_size[1]]
-                if input_size != original_size:
-                    up = F.interpolate(up, original_size, mode="bilinear", align_corners=False)
+                up = postprocess_masks(model, low_res[:, i: i + 1], input_size, original_size)
                 return (up > model.mask_threshold)[0, 0].detach().cpu().numpy()
 
         return LazyMasks(int(low_res.shape[1]), tuple(original_size), upsample), iou[0].detach().cpu().numpy().astype(
