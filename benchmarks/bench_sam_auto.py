@@ -87,6 +87,7 @@ def _side_by_side(ckpt: Path, name: str, image: np.ndarray, pps: int, repeats: i
     from napari_segsuite.api import SamSession
     from napari_segsuite.core.progress import run_sync
     from napari_segsuite.tasks.sam_automatic import AutoParams, automatic_job
+    from napari_segsuite.testing.tiny_sam import generator_labels
 
     torch.set_grad_enabled(False)
     session = SamSession(str(ckpt), device="cpu")
@@ -112,7 +113,7 @@ def _side_by_side(ckpt: Path, name: str, image: np.ndarray, pps: int, repeats: i
                 t = time.perf_counter()
                 run_sync(automatic_job(fresh, image, params))
                 times["ours_cached"].append(time.perf_counter() - t)
-        same = same and _equal(ref, res, image.shape[:2])
+        same = same and bool(np.array_equal(generator_labels(ref, image.shape[:2])[0], res.labels))
     gen_s = min(times["generator"])
     h, w = image.shape[:2]
     case = (f"{name}, {h}x{w}, points_per_side={pps}, pred_iou_thresh={params.pred_iou_thresh:.3g}, "
@@ -216,19 +217,6 @@ def _large_tiled_row(checkpoint: Path, folder: Path) -> dict:
             "masks": r["masks"], "labels": r["labels"], "method": "sam_automatic (tiles)",
             "seconds": r["seconds"], "ratio": "-",
             "same": f"peak RSS {r['peak_mb']:.0f} MB (model loaded: {r['before_mb']:.0f} MB)"}
-
-
-def _equal(ref, res, shape) -> bool:
-    """Every label region equals a generator mask minus the smaller masks painted over it."""
-    labels = np.zeros(shape, np.int32)
-    order = sorted(range(len(ref)), key=lambda k: (-int(ref[k]["segmentation"].sum()), k))
-    for k in order:
-        labels[ref[k]["segmentation"]] = k + 1
-    ids = np.unique(labels)
-    ids = ids[ids != 0]
-    lut = np.zeros(len(ref) + 1, np.int32)
-    lut[ids] = np.arange(1, len(ids) + 1)
-    return bool(np.array_equal(lut[labels], res.labels))
 
 
 def _propagation_rows(folder: Path, vit_b: Path | None) -> list[dict]:

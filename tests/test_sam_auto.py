@@ -16,6 +16,7 @@ from napari_segsuite.tasks.sam_automatic import (
     masks_to_result,
     tile_boxes,
 )
+from napari_segsuite.testing.tiny_sam import generator_labels
 
 # The random tiny SAM's logits are small (|x| < 0.3) and its predicted IoU is
 # around 0; these thresholds let masks through while every filter still bites.
@@ -38,19 +39,6 @@ def sam_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def image():
     return np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
-
-
-def _expected_labels(records, shape):
-    """The overlap rule applied to the generator's own masks: largest first, smaller on top."""
-    labels = np.zeros(shape, np.int32)
-    order = sorted(range(len(records)), key=lambda k: (-int(records[k]["segmentation"].sum()), k))
-    for k in order:
-        labels[records[k]["segmentation"]] = k + 1
-    ids = np.unique(labels)
-    ids = ids[ids != 0]
-    lut = np.zeros(len(records) + 1, np.int32)
-    lut[ids] = np.arange(1, len(ids) + 1)
-    return lut[labels], [records[i - 1] for i in ids]
 
 
 @pytest.mark.parametrize("extra", [{}, {"min_mask_region_area": 30}], ids=["plain", "small-regions"])
@@ -80,7 +68,7 @@ def test_api_labels_are_the_generator_masks_with_smaller_on_top(sam_path, image)
     result = api.sam_automatic(image, session, **PERMISSIVE)
     reference = SamAutomaticMaskGenerator(session.runner.model, **AutoParams(**PERMISSIVE).generator_kwargs()
                                           ).generate(image)
-    expected, kept = _expected_labels(reference, image.shape[:2])
+    expected, kept = generator_labels(reference, image.shape[:2])
     np.testing.assert_array_equal(result.labels, expected)
     assert result.labels.dtype == np.int32
     table = result.table
