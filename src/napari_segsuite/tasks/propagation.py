@@ -152,12 +152,18 @@ def _project(session, volume, start, mask, steps, limit, iou_floor, min_area):
                 masks, _ = session.predict(points=_interior_point(prev)[None], box=box, multimask=False)
             new = np.asarray(masks[0], dtype=bool)
             done += 1
-            if new.sum() < min_area or mask_iou(new, prev) < iou_floor:
+            if _object_lost(new, prev, min_area, iou_floor):
                 break
             out[z] = new
             prev = new
     yield Progress(total, total, f"Propagated to {len(out)} plane(s)")
     return out
+
+
+def _object_lost(new: np.ndarray, prev: np.ndarray, min_area: int, iou_floor: float) -> bool:
+    """The stop rule of both methods: the object vanished (too small) or jumped (IoU with
+    the previous plane under the floor)."""
+    return bool(new.sum() < min_area or mask_iou(new, prev) < iou_floor)
 
 
 def _interior_point(mask: np.ndarray) -> np.ndarray:
@@ -226,7 +232,7 @@ def _video(session, volume, start, mask, steps, limit, iou_floor, min_area):
             done += 1
             masks = processor.post_process_masks([output.pred_masks.cpu()], original_sizes=[[h, w]])[0]
             new = np.asarray(masks[0, 0].numpy(), dtype=bool)
-            if new.sum() < min_area or mask_iou(new, prev) < iou_floor:
+            if _object_lost(new, prev, min_area, iou_floor):
                 break
             out[z] = new
             prev = new

@@ -311,10 +311,7 @@ class SamPromptWidget(SegmentationWidget):
             image, plane, sel, objects = self.gather_prompts()
             self.models.spec  # noqa: B018
         except SegSuiteError as exc:
-            from napari.utils.notifications import show_error
-
-            show_error(str(exc))
-            self.message.value = str(exc)
+            self._report(exc)
             return
         if not objects:
             self._show_objects([], sel)
@@ -773,17 +770,30 @@ class SamPromptWidget(SegmentationWidget):
         show_error(str(exc))
         self.message.value = str(exc)
 
+    def _refuse_when_busy(self) -> bool:
+        """True (and a message) when a job is running: one job at a time."""
+        if self.jobs.busy:
+            self.message.value = "Busy; wait for the running job or cancel it."
+        return self.jobs.busy
+
+    def _job_plane(self):
+        """The chosen image layer, its current plane and the selection (GUI thread).
+
+        Raises a :class:`SegSuiteError` the user can act on (no image, no model file).
+        """
+        image = self.selected_image()
+        self.models.spec  # noqa: B018 - raises a user-facing error when no local file is chosen
+        plane, sel = current_plane(self.viewer, image)
+        return image, plane, sel
+
     def segment_everything(self) -> None:
         """Class-agnostic masks for the current plane into ``<image> [sam auto]`` (in a worker)."""
         from napari_segsuite.tasks.sam_automatic import automatic_job
 
-        if self.jobs.busy:
-            self.message.value = "Busy; wait for the running job or cancel it."
+        if self._refuse_when_busy():
             return
         try:
-            image = self.selected_image()
-            self.models.spec  # noqa: B018
-            plane, sel = current_plane(self.viewer, image)
+            image, plane, sel = self._job_plane()
             params = self.automatic_params()
         except SegSuiteError as exc:
             self._report(exc)
@@ -826,13 +836,10 @@ class SamPromptWidget(SegmentationWidget):
         """Carry an object of the current plane to the neighbouring planes (worker; one undo step)."""
         from napari_segsuite.tasks.propagation import propagate_job
 
-        if self.jobs.busy:
-            self.message.value = "Busy; wait for the running job or cancel it."
+        if self._refuse_when_busy():
             return
         try:
-            image = self.selected_image()
-            self.models.spec  # noqa: B018
-            plane, sel = current_plane(self.viewer, image)
+            image, plane, sel = self._job_plane()
             axis = self._propagation_axis(sel)
             target = self._find_target(image, sel, create=False)
             if target is None:
