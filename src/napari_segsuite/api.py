@@ -285,20 +285,26 @@ def segment_semantic(
 
 
 def _instance_run(image, runner, sam, boxes, *, conf, iou, mask_threshold, classes, max_det, imgsz,
-                  tile_size, overlap, stack, class_names=None):
+                  tile_size, overlap, stack, class_names=None, exemplars=None, exemplar_labels=None,
+                  text_threshold=0.25):
     from napari_segsuite.tasks.instance import (
         InstanceParams,
         combine_planes,
-        resolve_classes,
+        concept_params,
         segment_planes_job,
         split_planes,
     )
 
-    names = class_names if class_names is not None else (runner.class_names if runner is not None else {})
     params = InstanceParams(
-        conf=conf, iou=iou, mask_threshold=mask_threshold, classes=resolve_classes(classes, names),
-        max_det=max_det, imgsz=imgsz,
+        conf=conf, iou=iou, mask_threshold=mask_threshold, max_det=max_det, imgsz=imgsz,
+        text_threshold=text_threshold,
     )
+    if runner is not None:
+        names = concept_params(runner, params, classes, exemplars, exemplar_labels)
+    else:
+        names = class_names or {}
+    if class_names is not None:
+        names = class_names
     params.check()
     planes, is_stack = split_planes(image, stack)
     results = run_sync(segment_planes_job(
@@ -322,8 +328,11 @@ def segment_instances(
     overlap: int = 64,
     stack: bool | None = None,
     store: ModelStore | None = None,
+    *,
+    exemplars=None,
+    exemplar_labels=None,
 ):
-    """Instance segmentation of an image or a stack with YOLO-seg, Mask R-CNN or Mask2Former.
+    """Instance segmentation of an image or a stack: YOLO-seg, Mask R-CNN, Mask2Former or SAM 3 concepts.
 
     Parameters
     ----------
@@ -335,9 +344,12 @@ def segment_instances(
         "auto", "cpu", "cuda" or "mps".
     conf, iou, mask_threshold : float
         Score threshold, NMS IoU (YOLO, Mask R-CNN), mask probability threshold
-        (Mask R-CNN, Mask2Former).
+        (Mask R-CNN, Mask2Former, SAM 3: its processor's ``threshold`` and
+        ``mask_threshold``).
     classes : ids and/or names, optional
-        Classes to keep (``["cell", 2]`` or ``"cell, 2"``).
+        Classes to keep (``["cell", 2]`` or ``"cell, 2"``). For SAM 3 the
+        concepts to find, in words: every instance of each becomes one label
+        with ``class_name`` = the concept (all concepts share one vision pass).
     max_det : int
         Most detections per image (per tile when tiled).
     imgsz : int, optional
@@ -346,6 +358,11 @@ def segment_instances(
         Tiled inference for large images; objects crossing tiles come out once.
     stack : bool, optional
         Whether the first axis of a 3D array is a stack (guessed when None).
+    exemplars : (N, 4) array, optional
+        SAM 3 only: exemplar boxes (row0, col0, row1, col1) in image pixels
+        (each plane's, for a stack), alone or with ``classes``; not with tiles.
+    exemplar_labels : (N,) array, optional
+        1 "more like this", 0 "not like this" per exemplar (default all 1).
 
     Returns
     -------
@@ -359,6 +376,7 @@ def segment_instances(
     return _instance_run(
         image, runner, None, None, conf=conf, iou=iou, mask_threshold=mask_threshold, classes=classes,
         max_det=max_det, imgsz=imgsz, tile_size=tile_size, overlap=overlap, stack=stack,
+        exemplars=exemplars, exemplar_labels=exemplar_labels,
     )
 
 
@@ -377,6 +395,8 @@ def detect_then_segment(
     overlap: int = 64,
     stack: bool | None = None,
     store: ModelStore | None = None,
+    *,
+    text_threshold: float = 0.25,
 ):
     """Boxes from a detector (or given boxes), masks from Segment Anything.
 
@@ -385,10 +405,15 @@ def detect_then_segment(
     image : ndarray
         As for :func:`segment_instances`.
     detector : str, path, Runner or (N, 4) array
-        Any instance model, a detection-only YOLO, or boxes
+        Any instance model, a detection-only YOLO, an open-vocabulary detector
+        (Grounding DINO, MM-Grounding-DINO, OWLv2: ``classes`` are then the
+        objects to find, in words, and ``conf`` their box threshold), or boxes
         (row0, col0, row1, col1) in pixels (class 0, score 1).
     sam : str, path, Runner or SamSession
         A Segment Anything model; a :class:`SamSession` keeps its embedding cache.
+    text_threshold : float
+        Grounding DINO's text threshold: a box is kept when one of its
+        caption's tokens passes it.
     Other parameters
         As for :func:`segment_instances` (they apply to the detector).
 
@@ -416,6 +441,7 @@ def detect_then_segment(
     return _instance_run(
         image, runner, session, None, conf=conf, iou=iou, mask_threshold=mask_threshold, classes=classes,
         max_det=max_det, imgsz=imgsz, tile_size=tile_size, overlap=overlap, stack=stack,
+        text_threshold=text_threshold,
     )
 
 
