@@ -477,7 +477,7 @@ def train_unet(image, labels, *, class_names=None, init_model=None, on_progress=
     Examples
     --------
     >>> from skimage import data
-    >>> from napari_segsuite.testing.coins import coins_strokes
+    >>> from napari_segsuite.demo.coins import coins_strokes
     >>> model = train_unet(data.coins(), coins_strokes(), class_names=["background", "coin"],
     ...                    steps=200)  # doctest: +SKIP
     >>> labels = model.predict(data.coins())  # doctest: +SKIP

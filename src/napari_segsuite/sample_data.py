@@ -43,7 +43,7 @@ def coins_strokes():
     """Coins with a few painted training strokes (1 = background, 2 = coin), for the U-Net."""
     from skimage import data
 
-    from napari_segsuite.testing.coins import COINS_CLASS_NAMES, coins_strokes
+    from napari_segsuite.demo.coins import COINS_CLASS_NAMES, coins_strokes
 
     names = COINS_CLASS_NAMES
     features = {"index": list(names), "class_name": list(names.values())}

@@ -146,8 +146,9 @@ def semantic_table(labels: np.ndarray, class_names: dict, *, background_zero: bo
 
 
 def panoptic_task(image, runner, **params):
-    """Panoptic segmentation with :func:`napari_segsuite.api.segment_panoptic`."""
-    from napari_segsuite.api import segment_panoptic
+    """Panoptic segmentation with :func:`napari_segsuite.tasks.panoptic.panoptic_job`."""
+    from napari_segsuite.core.progress import run_sync
+    from napari_segsuite.tasks.panoptic import PanopticParams, panoptic_job
 
     allowed = {"threshold", "mask_threshold", "overlap_mask_area_threshold", "label_ids_to_fuse", "label_divisor"}
     unknown = set(params) - allowed
@@ -159,7 +160,9 @@ def panoptic_task(image, runner, **params):
         kwargs["label_ids_to_fuse"] = [int(v) for v in (value.split(",") if isinstance(value, str) else value) if str(v) != ""]
     if "label_divisor" in params:
         kwargs["label_divisor"] = int(params["label_divisor"])
-    result = segment_panoptic(image, runner, **kwargs)
+    if "label_ids_to_fuse" in kwargs:
+        kwargs["label_ids_to_fuse"] = tuple(kwargs["label_ids_to_fuse"])
+    result = run_sync(panoptic_job(runner, image, PanopticParams(**kwargs)))
     table = result.table.rename(columns={"segment_id": "label"})
     return result.labels.astype(LABEL_DTYPE), table
 

@@ -5,28 +5,37 @@ do, its device, its class names and its provenance. Widgets and tasks only talk
 to runners; adding a model family means adding one module under ``models/``
 and one line in :data:`FAMILIES`.
 
-Task-specific prediction methods are declared here so that every family
-implements the same signatures:
+The task methods are declared on :class:`Runner`, so every family implements
+the same signatures:
 
-- ``predict_semantic(image_rgb_uint8) -> logits (C, H, W) float32`` for semantic
-- ``predict_instances(image_rgb_uint8, **params) -> InstancePrediction`` for instance
-- ``predict_panoptic(image_rgb_uint8, **params) -> (segments (H, W), rows)`` for panoptic
-- ``set_image`` / ``predict_prompt`` for promptable models (SAM, SAM 2.1)
+- :meth:`Runner.predict_semantic` ``(image_rgb_uint8) -> scores (C, H, W) float32``
+- :meth:`Runner.predict_instances` ``(image_rgb_uint8, **params) ->``
+  :class:`~napari_segsuite.models.prediction.InstancePrediction`
+- :meth:`Runner.predict_panoptic` ``(image_rgb_uint8, **params) -> (segments (H, W), rows)``
+- :meth:`Runner.prompt_model` ``() ->`` :class:`~napari_segsuite.models.prompt.PromptModel`
+  for promptable families (SAM, SAM 2.1)
 
-A family raises :class:`NotImplementedError` (with a message naming the task)
-for what it cannot do; :meth:`Runner.require` turns that into a user message
-before any work starts.
+A family overrides the methods of the tasks it does (listed in its
+``tasks``); the others keep :class:`Runner`'s, which raise
+:class:`~napari_segsuite.core.errors.InputError` naming the task.
+:meth:`Runner.require` says the same before any work starts.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from napari_segsuite.core.device import resolve_device
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.models.offline import guard_llvm_clash
 from napari_segsuite.models.store import ModelSource, ModelStore, default_store
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from napari_segsuite.models.prediction import InstancePrediction
+    from napari_segsuite.models.prompt import PromptModel
 
 #: family name -> "module:RunnerClass", imported only when a model is loaded.
 FAMILIES: dict[str, str] = {
@@ -98,6 +107,29 @@ class Runner:
     def _load(cls, source: ModelSource, device: str) -> Runner:
         raise NotImplementedError
 
+    # -- task methods (a family overrides those of its tasks) ---------------------
+    def predict_semantic(self, image_rgb_uint8: np.ndarray) -> np.ndarray:
+        """Per-class scores ``(C, H, W)`` float32 of one (H, W, 3) uint8 RGB image at its size."""
+        self.require("semantic")
+        raise NotImplementedError(f"{type(self).__name__} lists semantic but does not implement it.")
+
+    def predict_instances(self, image_rgb_uint8: np.ndarray, **params) -> InstancePrediction:
+        """Instances (or boxes, for detection models) of one (H, W, 3) uint8 RGB image.
+
+        ``params`` are those of :class:`~napari_segsuite.tasks.instance.InstanceParams`
+        (``conf``, ``iou``, ``mask_threshold``, ``classes``, ``max_det``, ``imgsz``,
+        and ``concepts`` for concept models); each family's defaults are its
+        library's.
+        """
+        self.require("instance")
+        raise NotImplementedError(f"{type(self).__name__} lists instance but does not implement it.")
+
+    def predict_panoptic(self, image_rgb_uint8: np.ndarray, **params) -> tuple[np.ndarray, list[dict]]:
+        """Segments ``(H, W)`` int32 (0: none) and one row per segment (``id``, ``label_id``,
+        ``was_fused``, ``score``) of one (H, W, 3) uint8 RGB image."""
+        self.require("panoptic")
+        raise NotImplementedError(f"{type(self).__name__} lists panoptic but does not implement it.")
+
     # -- common -------------------------------------------------------------
     @property
     def name(self) -> str:
@@ -112,7 +144,7 @@ class Runner:
                 f"segmentation, not {task}. Choose a {task} model."
             )
 
-    def prompt_model(self):
+    def prompt_model(self) -> PromptModel:
         """This model behind :class:`~napari_segsuite.models.prompt.PromptModel` (promptable families).
 
         Returns a new prompt model on each call (it holds per-session state

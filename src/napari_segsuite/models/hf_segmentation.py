@@ -702,7 +702,7 @@ class Mask2FormerRunner(Runner):
 
         from napari_segsuite.core.errors import InputError
         from napari_segsuite.core.image import prepare_rgb_uint8
-        from napari_segsuite.tasks.instance import InstancePrediction
+        from napari_segsuite.models.prediction import InstancePrediction
 
         if "instance" not in self.tasks:
             raise NotImplementedError(

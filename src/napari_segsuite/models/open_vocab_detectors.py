@@ -51,7 +51,7 @@ def _need_concepts(concepts, title: str) -> list[str]:
 
 
 def _keep(boxes, scores, ids, shape, max_det):
-    from napari_segsuite.tasks.instance import InstancePrediction
+    from napari_segsuite.models.prediction import InstancePrediction
 
     h, w = shape
     xyxy = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()

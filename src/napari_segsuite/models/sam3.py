@@ -7,7 +7,7 @@ by example, alone or together with the words.
 
 :class:`Sam3Runner` is an instance model: :meth:`Sam3Runner.predict_instances`
 takes ``concepts`` (one class per concept) and/or ``exemplars`` and returns
-an :class:`~napari_segsuite.tasks.instance.InstancePrediction`. The masks,
+an :class:`~napari_segsuite.models.prediction.InstancePrediction`. The masks,
 boxes and scores are those of the processor's own
 ``post_process_instance_segmentation`` with ``threshold=conf`` and
 ``mask_threshold``; instances of all concepts are pooled (where two overlap
@@ -254,7 +254,7 @@ class Sam3Runner(Runner):
         -------
         InstancePrediction
         """
-        from napari_segsuite.tasks.instance import InstancePrediction
+        from napari_segsuite.models.prediction import InstancePrediction
 
         rgb = np.asarray(image_rgb_uint8)
         concepts = check_concepts(concepts)

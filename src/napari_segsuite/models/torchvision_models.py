@@ -332,7 +332,7 @@ class TorchvisionRunner(Runner):
         """
         import torch
 
-        from napari_segsuite.tasks.instance import InstancePrediction
+        from napari_segsuite.models.prediction import InstancePrediction
 
         if "instance" not in self.tasks:
             raise NotImplementedError(f"{self.arch} does semantic segmentation, not instance segmentation.")

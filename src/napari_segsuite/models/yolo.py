@@ -145,7 +145,7 @@ class YoloRunner(Runner):
             Boxes in (row0, col0, row1, col1); masks None for detection models.
         """
         from napari_segsuite.core.image import prepare_rgb_uint8
-        from napari_segsuite.tasks.instance import InstancePrediction
+        from napari_segsuite.models.prediction import InstancePrediction
 
         rgb = prepare_rgb_uint8(image_rgb_uint8)
         bgr = np.ascontiguousarray(rgb[..., ::-1])

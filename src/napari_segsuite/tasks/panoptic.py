@@ -253,8 +253,6 @@ def panoptic_job(
         yield Progress(0, 3, "Loading the model")
         runner = load_model(model, device, store=store)
     runner.require(TASK)
-    if not hasattr(runner, "predict_panoptic"):
-        raise InputError(f"Model '{runner.name}' ({runner.family}) cannot do panoptic segmentation.")
     fuse = params.label_ids_to_fuse
     if fuse is None:
         fuse = default_stuff_ids(len(runner.class_names))

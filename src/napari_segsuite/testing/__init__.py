@@ -1,6 +1,7 @@
-"""Test support: tiny randomly initialised models of the real architectures.
+"""Test support: what the test suite and the benchmarks use and the plugin never does.
 
-Used by the test suite, the benchmarks and the smoke mode. Each builder writes
-a checkpoint in its library's real on-disk format, so loading it goes through
-exactly the code a user's real checkpoint takes.
+Tiny models and the coins strokes live in :mod:`napari_segsuite.demo` (the
+smoke steps and the sample data ship them); the modules here of the same
+names re-export them for the tests. Shipped code never imports this package
+(``tests/test_import_contract.py``).
 """

@@ -50,7 +50,7 @@ class ThresholdDetector:
     def predict_instances(self, rgb, conf=0.0, **_):
         from scipy import ndimage
 
-        from napari_segsuite.tasks.instance import InstancePrediction
+        from napari_segsuite.models.prediction import InstancePrediction
 
         self.calls += 1
         red = rgb[..., 0]

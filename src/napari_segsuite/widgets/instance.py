@@ -325,8 +325,8 @@ class InstanceWidget(SegmentationWidget):
         import shutil
         import tempfile
 
+        from napari_segsuite.demo.tiny_models import build_tiny_yolo
         from napari_segsuite.layers import output_layer_name
-        from napari_segsuite.testing.tiny_models import build_tiny_yolo
 
         image = self.selected_image()
         folder = Path(tempfile.mkdtemp(prefix="segsuite-smoke-"))

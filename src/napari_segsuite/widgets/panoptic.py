@@ -371,7 +371,7 @@ class PanopticWidget(SegmentationWidget):
         """Run a tiny random Mask2Former panoptic model end to end on the current image."""
         import tempfile
 
-        from napari_segsuite.testing.tiny_models import build_tiny_mask2former
+        from napari_segsuite.demo.tiny_models import build_tiny_mask2former
 
         self._smoke_dir = tempfile.TemporaryDirectory(prefix="segsuite-panoptic-")
         folder = build_tiny_mask2former(Path(self._smoke_dir.name) / "tiny_mask2former_panoptic",

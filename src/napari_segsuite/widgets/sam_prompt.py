@@ -675,7 +675,7 @@ class SamPromptWidget(SegmentationWidget):
 
         from qtpy.QtWidgets import QApplication
 
-        from napari_segsuite.testing.tiny_sam import build_tiny_sam
+        from napari_segsuite.demo.tiny_sam import build_tiny_sam
         from napari_segsuite.widgets.base import LOCAL
 
         path = build_tiny_sam(Path(tempfile.mkdtemp()) / "tiny_sam.pth")

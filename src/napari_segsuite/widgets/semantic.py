@@ -318,7 +318,7 @@ class SemanticWidget(SegmentationWidget):
         import shutil
         import tempfile
 
-        from napari_segsuite.testing.tiny_models import build_tiny_segformer
+        from napari_segsuite.demo.tiny_models import build_tiny_segformer
 
         if self.image.value is None:
             self._select_active_image()
