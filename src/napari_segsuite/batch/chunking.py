@@ -22,46 +22,23 @@ be a zarr array on disk); different images run on different workers.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.labels import LABEL_DTYPE
+from napari_segsuite.core.tiling import Tile, halo_grid
 
 DEFAULT_CHUNK = 2048
 DEFAULT_OVERLAP = 64
 
 
-@dataclass(frozen=True)
-class Tile:
-    """One chunk: its index, its core and its padded window (row/col start and stop)."""
-
-    index: int
-    core: tuple[int, int, int, int]
-    window: tuple[int, int, int, int]
-
-    def core_in_window(self) -> tuple[slice, slice]:
-        """The core as slices of the padded window."""
-        r0, r1, c0, c1 = self.core
-        w0, _, v0, _ = self.window
-        return slice(r0 - w0, r1 - w0), slice(c0 - v0, c1 - v0)
-
-
 def tile_grid(shape: tuple[int, int], chunk: int, overlap: int) -> list[Tile]:
-    """The chunks of a plane of ``shape`` (H, W), in raster order."""
+    """The chunks of a plane of ``shape`` (H, W), in raster order: cores of ``chunk`` pixels,
+    windows with ``overlap`` pixels of halo (:func:`napari_segsuite.core.tiling.halo_grid`)."""
     if chunk < 16:
         raise InputError(f"The chunk size must be at least 16 pixels, got {chunk}.")
-    if overlap < 0 or overlap >= chunk:
-        raise InputError(f"The overlap must be between 0 and the chunk size, got {overlap}.")
-    h, w = int(shape[0]), int(shape[1])
-    tiles = []
-    for r0 in range(0, h, chunk):
-        for c0 in range(0, w, chunk):
-            r1, c1 = min(r0 + chunk, h), min(c0 + chunk, w)
-            window = (max(r0 - overlap, 0), min(r1 + overlap, h), max(c0 - overlap, 0), min(c1 + overlap, w))
-            tiles.append(Tile(len(tiles), (r0, r1, c0, c1), window))
-    return tiles
+    return halo_grid(shape, chunk, overlap)
 
 
 class UnionFind:

@@ -1,7 +1,7 @@
 """Instances as cropped masks, tiling with overlap, and merging instances across tiles.
 
 Pure numpy. An image too large for one pass is cut into overlapping tiles
-(:func:`tile_grid`); each tile's detections become :class:`Detection` objects
+(:func:`napari_segsuite.core.tiling.tile_grid`); each tile's detections become :class:`Detection` objects
 in image coordinates (:func:`detections_from_arrays`). An object that crosses
 a tile border is seen by several tiles, whole or cut; :func:`merge_tiled`
 keeps it once: two detections of the same class from different tiles are the
@@ -22,70 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.labels import LABEL_DTYPE
+from napari_segsuite.core.tiling import Tile, tile_grid
 
-
-@dataclass(frozen=True)
-class Tile:
-    """A rectangle ``[r0:r1, c0:c1]`` of the image."""
-
-    r0: int
-    c0: int
-    r1: int
-    c1: int
-
-    @property
-    def slices(self) -> tuple[slice, slice]:
-        """Index of the tile in a (H, W, ...) array."""
-        return slice(self.r0, self.r1), slice(self.c0, self.c1)
-
-    def intersect(self, other: Tile) -> Tile | None:
-        """The rectangle both tiles cover, or None."""
-        r0, c0 = max(self.r0, other.r0), max(self.c0, other.c0)
-        r1, c1 = min(self.r1, other.r1), min(self.c1, other.c1)
-        return Tile(r0, c0, r1, c1) if r1 > r0 and c1 > c0 else None
-
-
-def _starts(size: int, tile: int, step: int) -> list[int]:
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, step))
-    starts.append(size - tile)  # the last tile ends at the image's edge
-    return sorted(set(starts))
-
-
-def tile_grid(shape: tuple[int, int], tile_size: int | None, overlap: int = 64) -> list[Tile]:
-    """Overlapping tiles covering an image of ``shape`` (rows, cols).
-
-    Parameters
-    ----------
-    shape : (int, int)
-        Image size.
-    tile_size : int or None
-        Tile edge in pixels; None (or a tile at least as large as the image)
-        gives a single tile.
-    overlap : int
-        Pixels shared by neighbouring tiles; objects smaller than this are
-        seen whole by at least one tile.
-
-    Returns
-    -------
-    list of Tile
-    """
-    h, w = int(shape[0]), int(shape[1])
-    if tile_size is None or tile_size <= 0:
-        return [Tile(0, 0, h, w)]
-    tile_size = int(tile_size)
-    overlap = int(overlap)
-    if not 0 <= overlap < tile_size:
-        raise InputError(f"The tile overlap ({overlap}) must be at least 0 and smaller than the tile ({tile_size}).")
-    step = tile_size - overlap
-    return [
-        Tile(r, c, min(r + tile_size, h), min(c + tile_size, w))
-        for r in _starts(h, tile_size, step)
-        for c in _starts(w, tile_size, step)
-    ]
+__all__ = ["Detection", "Tile", "detections_from_arrays", "merge_tiled", "paint_labels", "tile_grid"]
 
 
 @dataclass

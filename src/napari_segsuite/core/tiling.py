@@ -1,13 +1,24 @@
-"""Tiled inference with overlap and smooth blending, in bounded memory.
+"""Tiles: the one place that cuts an image into windows and blends what they give.
 
-A model sees the image tile by tile. Neighbouring tiles overlap, and each
-tile's per-class scores are weighted by a separable window that ramps up
-(a raised cosine with a floor, so that border pixels still count) over the
-overlap on every side that touches another tile, and stays at 1 elsewhere and
-along the image border. The weighted scores of all tiles are summed, divided
-by the summed weights and reduced to a class per pixel (argmax).
+- :class:`Tile`: a window ``[r0:r1, c0:c1]`` of the image (``slices``), and
+  the part of the image it owns (its *core*, ``core_slices``), for tasks that
+  keep each pixel from one tile only;
+- :func:`axis_starts`: the one rule for where tiles start along an axis
+  (advance by ``tile - overlap``, the last tile flush with the image end);
+- :func:`tile_grid`: overlapping tiles of one size covering an image, row by
+  row (instance tiling, segment everything, U-Net prediction), with cores that
+  partition the image (each from the middle of its overlap with the previous
+  tile to the middle of its overlap with the next);
+  :func:`halo_grid`: non-overlapping cores with a halo of context around each
+  (batch chunking); :func:`make_grid` / :class:`TileGrid`: the same starts as
+  a product of row and column starts, for blending cell by cell;
+- :func:`axis_window` (built on :func:`ramp`): the one blending window, a
+  raised cosine with a floor over the overlap on every side that touches
+  another tile, 1 elsewhere and along the image border.
 
-Memory stays bounded whatever the image size:
+Tiled semantic inference (:func:`blend_tiles`) runs in bounded memory: each
+tile's per-class scores are weighted by the window, summed, divided by the
+summed weights and reduced to a class per pixel (argmax).
 
 - the input is read one tile at a time (``image[y0:y1, x0:x1]``), so numpy
   memmaps, dask and zarr arrays are never loaded whole;
@@ -31,7 +42,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -71,6 +82,126 @@ def axis_starts(length: int, tile: int, overlap: int) -> list[int]:
     return sorted(set(starts))
 
 
+@dataclass(frozen=True)
+class Tile:
+    """A window ``[r0:r1, c0:c1]`` of an image and the part of the image it owns.
+
+    Parameters
+    ----------
+    r0, c0, r1, c1 : int
+        The window's first row and column and its ends (exclusive).
+    core : (int, int, int, int), optional
+        The part of the image this tile owns, as ``(r0, r1, c0, c1)`` (the
+        order of :attr:`slices`); the whole window when not given.
+    index : int
+        Position in its grid (raster order).
+
+    Two tiles are equal when their windows are.
+    """
+
+    r0: int
+    c0: int
+    r1: int
+    c1: int
+    core_bounds: tuple[int, int, int, int] | None = field(default=None, compare=False)
+    index: int = field(default=0, compare=False)
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """The window as an index of a (H, W, ...) array."""
+        return slice(self.r0, self.r1), slice(self.c0, self.c1)
+
+    @property
+    def window(self) -> tuple[int, int, int, int]:
+        """The window as ``(r0, r1, c0, c1)``, the order of :attr:`slices`."""
+        return self.r0, self.r1, self.c0, self.c1
+
+    @property
+    def core(self) -> tuple[int, int, int, int]:
+        """The owned part as ``(r0, r1, c0, c1)``."""
+        return self.core_bounds if self.core_bounds is not None else self.window
+
+    @property
+    def core_slices(self) -> tuple[slice, slice]:
+        """The owned part as an index of the image."""
+        r0, r1, c0, c1 = self.core
+        return slice(r0, r1), slice(c0, c1)
+
+    def core_in_window(self) -> tuple[slice, slice]:
+        """The owned part as an index of the window's own array."""
+        r0, r1, c0, c1 = self.core
+        return slice(r0 - self.r0, r1 - self.r0), slice(c0 - self.c0, c1 - self.c0)
+
+    def intersect(self, other: Tile) -> Tile | None:
+        """The window both tiles cover, or None."""
+        r0, c0 = max(self.r0, other.r0), max(self.c0, other.c0)
+        r1, c1 = min(self.r1, other.r1), min(self.c1, other.c1)
+        return Tile(r0, c0, r1, c1) if r1 > r0 and c1 > c0 else None
+
+
+def axis_cores(starts: list[int], tile: int, length: int) -> list[tuple[float, float]]:
+    """Where each tile's share of an axis begins and ends: from the middle of its
+    overlap with the previous tile to the middle of its overlap with the next
+    (half-integers where an overlap is odd); the shares partition ``[0, length)``."""
+    ends = [min(s + tile, length) for s in starts]
+    out = []
+    for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
+        lo = 0.0 if i == 0 else (s + ends[i - 1]) / 2
+        hi = float(length) if i == len(starts) - 1 else (starts[i + 1] + e) / 2
+        out.append((lo, hi))
+    return out
+
+
+def tile_grid(shape: tuple[int, int], tile_size: int | None, overlap: int = 64) -> list[Tile]:
+    """Overlapping tiles covering an image of ``shape`` (rows, cols), row by row.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Image size.
+    tile_size : int or None
+        Tile edge in pixels; None or 0 (or a tile at least as large as the
+        image) gives a single tile.
+    overlap : int
+        Pixels shared by neighbouring tiles, ``0 <= overlap < tile_size``.
+
+    Returns
+    -------
+    list of Tile
+        Each with its core (:func:`axis_cores`, rounded up to whole pixels),
+        so the cores partition the image.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    if tile_size is None or tile_size <= 0:
+        return [Tile(0, 0, h, w)]
+    tile_size, overlap = int(tile_size), int(overlap)
+    if not 0 <= overlap < tile_size:
+        raise InputError(f"The tile overlap ({overlap}) must be at least 0 and smaller than the tile ({tile_size}).")
+    ys, xs = axis_starts(h, tile_size, overlap), axis_starts(w, tile_size, overlap)
+    ycores, xcores = axis_cores(ys, tile_size, h), axis_cores(xs, tile_size, w)
+    tiles = []
+    for y, (cy0, cy1) in zip(ys, ycores, strict=True):
+        for x, (cx0, cx1) in zip(xs, xcores, strict=True):
+            core = (math.ceil(cy0), math.ceil(cy1), math.ceil(cx0), math.ceil(cx1))
+            tiles.append(Tile(y, x, min(y + tile_size, h), min(x + tile_size, w), core, len(tiles)))
+    return tiles
+
+
+def halo_grid(shape: tuple[int, int], core: int, halo: int) -> list[Tile]:
+    """Cores of ``core`` x ``core`` pixels from the top-left corner, each in a window with
+    ``halo`` pixels of context on every side (cut at the image border), row by row."""
+    if halo < 0 or halo >= core:
+        raise InputError(f"The overlap must be between 0 and the chunk size, got {halo}.")
+    h, w = int(shape[0]), int(shape[1])
+    tiles = []
+    for r0 in range(0, h, core):
+        for c0 in range(0, w, core):
+            r1, c1 = min(r0 + core, h), min(c0 + core, w)
+            tiles.append(Tile(max(r0 - halo, 0), max(c0 - halo, 0), min(r1 + halo, h), min(c1 + halo, w),
+                              (r0, r1, c0, c1), len(tiles)))
+    return tiles
+
+
 def ramp(n: int, floor: float = WINDOW_FLOOR) -> np.ndarray:
     """A raised-cosine ramp of ``n`` values rising from about ``floor`` towards 1."""
     if n <= 0:
@@ -95,6 +226,14 @@ def axis_window(start: int, stop: int, length: int, overlap: int, floor: float =
         if stop < length:
             w[n - k:] = np.minimum(w[n - k:], r[::-1])
     return w
+
+
+def tile_window(tile: Tile, shape: tuple[int, int], overlap: int, floor: float = WINDOW_FLOOR) -> np.ndarray:
+    """The 2D blending window (float32) of ``tile`` in an image of ``shape``: the outer
+    product of its row and column :func:`axis_window`."""
+    wy = axis_window(tile.r0, tile.r1, int(shape[0]), overlap, floor)
+    wx = axis_window(tile.c0, tile.c1, int(shape[1]), overlap, floor)
+    return np.outer(wy, wx).astype(np.float32)
 
 
 def axis_weight_sum(starts: list[int], tile: int, length: int, overlap: int, floor: float = WINDOW_FLOOR) -> np.ndarray:

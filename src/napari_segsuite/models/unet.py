@@ -356,6 +356,62 @@ def prepare_unet_input(plane: np.ndarray, config: dict) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(out.astype(np.float32), -1, 0))
 
 
+def logits_job(model, x: np.ndarray, multiple: int, device: str, *, tile_size: int | None = 512,
+               overlap: int = 64):
+    """Logits (classes, H, W) of a prepared (C, H, W) U-Net input, as a job: the one U-Net prediction path.
+
+    The input is edge-padded to a multiple of ``multiple`` (the padding is cut
+    off again) and run in tiles of ``tile_size`` (rounded down to that
+    multiple; None: one tile) from :func:`napari_segsuite.core.tiling.tile_grid`,
+    blended with :func:`napari_segsuite.core.tiling.tile_window` so there are
+    no seams. An input that fits one tile is run whole, exactly as the model
+    runs it. Yields one :class:`~napari_segsuite.core.progress.Progress` per
+    tile when there are several; the model's train/eval mode is restored after.
+    """
+    import torch
+
+    from napari_segsuite.core.progress import Progress
+    from napari_segsuite.core.tiling import tile_grid, tile_window
+
+    h, w = x.shape[1:]
+    if tile_size is None:
+        tile = max(h + (-h) % multiple, w + (-w) % multiple)
+    else:
+        tile = max(multiple, (int(tile_size) // multiple) * multiple)
+    overlap = int(np.clip(overlap, 0, tile // 2))
+    if h <= tile and w <= tile:
+        th, tw = h + (-h) % multiple, w + (-w) % multiple
+    else:
+        th, tw = min(tile, h + (-h) % multiple), min(tile, w + (-w) % multiple)
+    ph, pw = max(0, th - h), max(0, tw - w)
+    xp = np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="edge") if ph or pw else x
+    shape = xp.shape[1:]
+    tiles = tile_grid(shape, tile, overlap)
+    out = None
+    weight = np.zeros(shape, np.float32) if len(tiles) > 1 else None
+    was_training = model.training
+    model.eval()
+    try:
+        for done, t in enumerate(tiles, start=1):
+            patch = torch.from_numpy(np.ascontiguousarray(xp[(slice(None), *t.slices)])).unsqueeze(0)
+            with torch.inference_mode():
+                logits = model(patch.to(device))[0].float().cpu().numpy()
+            if weight is None:
+                out = logits
+                break
+            if out is None:
+                out = np.zeros((logits.shape[0], *shape), np.float32)
+            win = tile_window(t, shape, overlap)
+            out[(slice(None), *t.slices)] += logits * win
+            weight[t.slices] += win
+            yield Progress(done, len(tiles), f"Tile {done}/{len(tiles)}")
+    finally:
+        model.train(was_training)
+    if weight is not None:
+        out /= weight
+    return out[:, :h, :w]
+
+
 class UnetRunner(Runner):
     """A napari-segsuite U-Net folder (``smp.Unet``): semantic segmentation."""
 
@@ -395,14 +451,7 @@ class UnetRunner(Runner):
         ndarray
             (classes, H, W) float32 logits.
         """
-        import torch
+        from napari_segsuite.core.progress import run_sync
 
         x = prepare_unet_input(image, self.config)
-        h, w = x.shape[-2:]
-        m = 2 ** self.config["encoder_depth"]
-        ph, pw = (-h) % m, (-w) % m
-        if ph or pw:
-            x = np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="edge")
-        with torch.inference_mode():
-            out = self.model(torch.from_numpy(x).unsqueeze(0).to(self.device))[0]
-        return out[:, :h, :w].float().cpu().numpy()
+        return run_sync(logits_job(self.model, x, 2 ** self.config["encoder_depth"], self.device, tile_size=None))

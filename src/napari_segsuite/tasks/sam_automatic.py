@@ -147,7 +147,7 @@ class AutoResult:
 
 
 def tile_boxes(size: tuple[int, int], tile: int, overlap: int) -> tuple[list[list[int]], list[list[float]]]:
-    """A grid of overlapping tiles covering an image, and each tile's core.
+    """The tiles of :func:`napari_segsuite.core.tiling.tile_grid` as SAM crop boxes, and their cores.
 
     Parameters
     ----------
@@ -166,27 +166,14 @@ def tile_boxes(size: tuple[int, int], tile: int, overlap: int) -> tuple[list[lis
         from the middle of its overlap with the previous tile to the middle of
         its overlap with the next.
     """
-    if overlap < 0 or overlap >= tile:
-        raise InputError(f"The tile overlap ({overlap}) must be at least 0 and smaller than the tile ({tile}).")
+    from napari_segsuite.core.tiling import axis_cores, axis_starts, tile_grid
 
-    def axis(n: int):
-        if n <= tile:
-            return [(0, n)], [(0.0, float(n))]
-        step = tile - overlap
-        starts = [*range(0, n - tile, step), n - tile]
-        spans = [(s, s + tile) for s in starts]
-        cores = []
-        for i, (s, e) in enumerate(spans):
-            lo = 0.0 if i == 0 else (s + spans[i - 1][1]) / 2
-            hi = float(n) if i == len(spans) - 1 else (spans[i + 1][0] + e) / 2
-            cores.append((lo, hi))
-        return spans, cores
-
+    tiles = tile_grid(size, tile, overlap)
     h, w = size
-    ys, yc = axis(h)
-    xs, xc = axis(w)
-    boxes = [[x0, y0, x1, y1] for (y0, y1) in ys for (x0, x1) in xs]
-    cores = [[cx0, cy0, cx1, cy1] for (cy0, cy1) in yc for (cx0, cx1) in xc]
+    ycores = axis_cores(axis_starts(h, tile, overlap), tile, h)
+    xcores = axis_cores(axis_starts(w, tile, overlap), tile, w)
+    boxes = [[t.c0, t.r0, t.c1, t.r1] for t in tiles]
+    cores = [[cx0, cy0, cx1, cy1] for (cy0, cy1) in ycores for (cx0, cx1) in xcores]
     return boxes, cores
 
 

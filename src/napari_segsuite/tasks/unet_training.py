@@ -46,6 +46,7 @@ import numpy as np
 
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.progress import Progress, run_sync
+from napari_segsuite.models.unet import logits_job
 
 UNLABELED_NAME = "unlabeled"
 VALIDATION_BLOCK = 32
@@ -529,72 +530,6 @@ def augment_batch(x: np.ndarray, t: np.ndarray, rng: np.random.Generator, intens
 
 
 # -- prediction --------------------------------------------------------------------------
-
-
-def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
-    if size <= tile:
-        return [0]
-    step = max(1, tile - overlap)
-    starts = list(range(0, size - tile + 1, step))
-    if starts[-1] != size - tile:
-        starts.append(size - tile)
-    return starts
-
-
-def _taper(n: int, ramp: int) -> np.ndarray:
-    w = np.ones(n, np.float32)
-    if ramp > 0 and n > 2 * ramp:
-        r = (np.arange(ramp, dtype=np.float32) + 1) / (ramp + 1)
-        w[:ramp], w[-ramp:] = r, r[::-1]
-    return w
-
-
-def logits_job(model, x: np.ndarray, multiple: int, device: str, *, tile_size: int = 512,
-               overlap: int = 64) -> Generator[Progress, None, np.ndarray]:
-    """Logits (classes, H, W) of a prepared (C, H, W) input: overlapping tiles, blended.
-
-    Tiles of ``tile_size`` overlap by ``overlap`` pixels; their logits are
-    averaged with weights that fall off linearly in the overlap, so there are
-    no seams. An input that fits one tile is run whole (padded to a multiple
-    of ``multiple``). Yields one Progress per tile.
-    """
-    import torch
-
-    h, w = x.shape[1:]
-    tile = max(multiple, (int(tile_size) // multiple) * multiple)
-    overlap = int(np.clip(overlap, 0, tile // 2))
-    if h <= tile and w <= tile:
-        th, tw = h + (-h) % multiple, w + (-w) % multiple
-    else:
-        th, tw = min(tile, h + (-h) % multiple), min(tile, w + (-w) % multiple)
-    ph, pw = max(0, th - h), max(0, tw - w)
-    xp = np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="edge") if ph or pw else x
-    H, W = xp.shape[1:]
-    rows, cols = _tile_starts(H, th, overlap), _tile_starts(W, tw, overlap)
-    total = len(rows) * len(cols)
-    out = None
-    weight = np.zeros((H, W), np.float32)
-    win = np.outer(_taper(th, overlap // 2 if len(rows) > 1 else 0), _taper(tw, overlap // 2 if len(cols) > 1 else 0))
-    was_training = model.training
-    model.eval()
-    done = 0
-    try:
-        for r0 in rows:
-            for c0 in cols:
-                patch = torch.from_numpy(np.ascontiguousarray(xp[:, r0:r0 + th, c0:c0 + tw])).unsqueeze(0)
-                with torch.inference_mode():
-                    logits = model(patch.to(device))[0].float().cpu().numpy()
-                if out is None:
-                    out = np.zeros((logits.shape[0], H, W), np.float32)
-                out[:, r0:r0 + th, c0:c0 + tw] += logits * win
-                weight[r0:r0 + th, c0:c0 + tw] += win
-                done += 1
-                if total > 1:
-                    yield Progress(done, total, f"Tile {done}/{total}")
-    finally:
-        model.train(was_training)
-    out /= weight
-    return out[:, :h, :w]
 
 
 def check_channels(image: np.ndarray, in_channels: int) -> None:
