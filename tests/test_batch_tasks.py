@@ -55,7 +55,7 @@ def test_instance_cli_with_a_tiny_yolo_gives_the_api_labels(yolo_path, rgb, tmp_
         labels = tifffile.imread(out / f"{name}.tif")
         np.testing.assert_array_equal(labels, expected.labels)
         table = pd.read_csv(out / f"{name}.csv")
-        assert list(table["label"]) == list(expected.table["label_id"])
+        assert list(table["label"]) == list(expected.table["label"])
         assert {"class_id", "class_name", "score", "area"} <= set(table.columns)
         np.testing.assert_allclose(table["score"], expected.table["score"], rtol=1e-5)
     combined = pd.read_csv(out / "objects.csv")
@@ -96,7 +96,7 @@ def test_instance_batch_with_a_tiny_mask2former(rgb, tmp_path):
     params = {"conf": 0.0, "mask_threshold": 0.05, "max_det": 5}
     summary = api.run_batch("instance", str(folder), tmp_path / "x.png", tmp_path / "o", params=params)
     assert summary.done, summary.failed
-    expected = api.segment_instances(rgb[:96, :128], str(folder), "cpu", **params)
+    expected = api.segment_instances(rgb[:96, :128], str(folder), device="cpu", **params)
     assert len(expected.table) > 0
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "o" / "x.tif"), expected.labels)
 
@@ -119,7 +119,7 @@ def test_sam_auto_cli_matches_the_api_and_parquet_equals_csv(sam_path, tmp_path,
         assert expected.labels.max() > 1
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "csv" / f"{name}.tif"), expected.labels)
         csv = pd.read_csv(tmp_path / "csv" / f"{name}.csv")
-        assert list(csv["label"]) == list(expected.table["index"])
+        assert list(csv["label"]) == list(expected.table["label"])
         np.testing.assert_allclose(csv["predicted_iou"], expected.table["predicted_iou"], rtol=1e-6)
         # The Parquet table reads back equal to the CSV one (same rows, columns and values).
         parquet = pd.read_parquet(tmp_path / "parquet" / f"{name}.parquet")

@@ -128,7 +128,7 @@ def test_instance_on_all_open_images(make_napari_viewer, qtbot, models, rng):
         rows = layer.features.set_index("index")
         assert {"class_name", "score", "area"} <= set(rows.columns)
         assert sorted(rows.index) == sorted(int(i) for i in np.unique(layer.data) if i)
-        table = expected.table.set_index("label_id")
+        table = expected.table.set_index("label")
         for label in rows.index:  # each object's own class and score, also on plane 1
             assert rows.loc[label, "score"] == pytest.approx(table.loc[label, "score"], rel=1e-5)
             assert rows.loc[label, "class_name"] == table.loc[label, "class_name"]

@@ -38,13 +38,13 @@ def test_label_table_area_and_bbox():
     labels[1:3, 2:5] = 4
     labels[4, 0] = 9
     t = label_table(labels, extra={4: {"class_name": "coin"}})
-    assert list(t["index"]) == [4, 9]
+    assert list(t["label"]) == [4, 9]
     assert list(t["area"]) == [6, 1]
     assert list(t["bbox_0_min"]) == [1, 4] and list(t["bbox_0_max"]) == [3, 5]
     assert list(t["bbox_1_min"]) == [2, 0] and list(t["bbox_1_max"]) == [5, 1]
     assert list(t["class_name"]) == ["coin", None]
     empty = label_table(np.zeros((3, 3), int))
-    assert len(empty["index"]) == 0 and len(empty["area"]) == 0
+    assert len(empty["label"]) == 0 and len(empty["area"]) == 0
 
 
 def test_relabel_sequential():

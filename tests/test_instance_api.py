@@ -73,7 +73,7 @@ def test_yolo_seg_equals_ultralytics_on_the_bgr_image(models, yolo, image):
     np.testing.assert_array_equal(classes, ref.boxes.cls.numpy().astype(int))
     expected, _ = masks_to_labels(ref.masks.data.numpy() > 0.5, ref.boxes.conf.numpy())
     np.testing.assert_array_equal(ours.labels, expected)
-    assert list(ours.table.label_id) == list(range(1, len(scores) + 1))
+    assert list(ours.table.label) == list(range(1, len(scores) + 1))
     assert (np.diff(scores) <= 0).all()  # ids ordered by score
     # the colour order matters on this image: RGB fed as-is gives another answer
     wrong = YOLO(str(models["yolo_seg"])).predict(image, verbose=False, retina_masks=True, **kw)[0]
@@ -146,7 +146,7 @@ def test_detector_then_sam_carries_class_and_score(models, tiny_sam_path, image)
 
     det = api.load_model(models["yolo_det"], "cpu")
     session = api.SamSession(str(tiny_sam_path), device="cpu")
-    result = api.detect_then_segment(image, det, session, conf=0.002, max_det=6)
+    result = api.detect_then_segment(image, det, sam=session, conf=0.002, max_det=6)
     boxes, scores, classes = _rows(result)
     pred = det.predict_instances(image, conf=0.002, max_det=6)
     assert pred.masks is None and len(scores) == len(pred) == 6
@@ -165,7 +165,7 @@ def test_detector_then_sam_carries_class_and_score(models, tiny_sam_path, image)
     expected, _ = masks_to_labels(masks[:, 0].numpy(), pred.scores)
     np.testing.assert_array_equal(result.labels, expected)
     # the embedding cache: a second run does not encode the image again
-    api.detect_then_segment(image, det, session, conf=0.002, max_det=6)
+    api.detect_then_segment(image, det, sam=session, conf=0.002, max_det=6)
     assert session.encoder_runs == 1
 
 
@@ -185,7 +185,7 @@ def test_predict_boxes_matches_one_box_at_a_time(tiny_sam_path, image):
 
 
 def test_boxes_as_detector(tiny_sam_path, image):
-    result = api.detect_then_segment(image, np.array([[20, 30, 70, 90]]), str(tiny_sam_path), device="cpu")
+    result = api.detect_then_segment(image, np.array([[20, 30, 70, 90]]), sam=str(tiny_sam_path), device="cpu")
     assert list(result.table.class_name) == ["object"] and result.table.score[0] == 1.0
     assert result.table.area[0] == (result.labels == 1).sum() > 0
 
@@ -195,7 +195,7 @@ def test_stack_gives_one_result_per_plane_with_continuing_ids(yolo, image):
     stack = api.segment_instances(np.stack([image, image[::-1].copy(), image]), yolo, conf=0.002, max_det=4)
     assert stack.labels.shape == (3, *image.shape[:2])
     assert list(stack.table.plane.unique()) == [0, 1, 2]
-    assert stack.table.label_id.is_unique
+    assert stack.table.label.is_unique
     np.testing.assert_array_equal(stack.labels[0], single.labels)
     np.testing.assert_array_equal(stack.labels[2][stack.labels[2] > 0] - 8, single.labels[single.labels > 0])
 
@@ -204,7 +204,7 @@ def test_no_detections_is_an_empty_result_with_a_message(yolo, image):
     result = api.segment_instances(image, yolo, conf=1.0)
     assert result.empty and len(result.table) == 0 and not result.labels.any()
     assert list(result.table.columns) == [
-        "label_id", "class_id", "class_name", "score", "bbox_row0", "bbox_col0", "bbox_row1", "bbox_col1", "area",
+        "label", "class_id", "class_name", "score", "bbox_row0", "bbox_col0", "bbox_row1", "bbox_col1", "area",
     ]
     assert "No instances" in result.message
 

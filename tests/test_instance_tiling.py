@@ -95,5 +95,5 @@ def test_tiled_yolo_runs_and_keeps_shapes(tmp_path):
     res = api.segment_instances(img, path, device="cpu", conf=0.002, max_det=5, tile_size=160, overlap=32)
     # a random YOLO's masks cover whole tiles, so pieces merge across tiles: fewer rows than 4 tiles x 5
     assert res.labels.shape == (300, 200) and 1 <= len(res.table) < 20
-    assert res.table.label_id.tolist() == list(range(1, len(res.table) + 1))
+    assert res.table.label.tolist() == list(range(1, len(res.table) + 1))
     assert (np.diff(res.table.score) <= 0).all()

@@ -65,11 +65,11 @@ def test_run_writes_labels_features_and_boxes(make_napari_viewer, qtbot, yolo_pa
     ref = api.segment_instances(rgb, yolo_paths["seg"], device="cpu", conf=0.0, max_det=8)
     np.testing.assert_array_equal(layer.data, ref.labels)  # overlap rule and ids as the API's
     present = sorted(int(i) for i in np.unique(layer.data) if i)
-    feats = layer.features.set_index("label_id")
+    feats = layer.features.set_index("label")
     assert sorted(feats.index) == present
     for col in ("class_id", "class_name", "score", "bbox_row0", "bbox_col1", "area"):
         assert col in layer.features
-    ref_rows = ref.table.set_index("label_id").loc[present]
+    ref_rows = ref.table.set_index("label").loc[present]
     np.testing.assert_allclose(feats.loc[present, "score"].astype(float), ref_rows.score)
     assert list(feats.loc[present, "class_name"]) == list(ref_rows.class_name)
     assert (feats.loc[present, "area"].to_numpy() == [(layer.data == i).sum() for i in present]).all()
@@ -133,7 +133,7 @@ def test_detector_boxes_refined_with_sam(make_napari_viewer, qtbot, yolo_paths, 
     widget.sam_model.value = str(tiny_sam_path)
     _run(qtbot, widget)
     assert widget.jobs.last_error is None, widget.jobs.last_error
-    ref = api.detect_then_segment(rgb, yolo_paths["det"], str(tiny_sam_path), device="cpu", conf=0.0, max_det=5)
+    ref = api.detect_then_segment(rgb, yolo_paths["det"], sam=str(tiny_sam_path), device="cpu", conf=0.0, max_det=5)
     layer = viewer.layers["img [instance]"]
     np.testing.assert_array_equal(layer.data, ref.labels)
     assert set(layer.features.class_name) <= {"cell", "coin", "nucleus"}

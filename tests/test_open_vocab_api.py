@@ -124,7 +124,7 @@ def test_sam3_on_a_stack_and_in_tiles(sam3, image):
     assert stack.labels.shape == (2, *image.shape[:2]) and list(stack.table.plane.unique()) == [0, 1]
     np.testing.assert_array_equal(stack.labels[0], single.labels)
     tiled = api.segment_instances(image, sam3, classes=["cell"], conf=0.24, tile_size=128, overlap=32)
-    assert tiled.labels.shape == image.shape[:2] and tiled.table.label_id.is_unique
+    assert tiled.labels.shape == image.shape[:2] and tiled.table.label.is_unique
     with pytest.raises(InputError, match="tile"):
         api.segment_instances(image, sam3, exemplars=[[10, 10, 50, 50]], tile_size=128)
 
@@ -179,7 +179,7 @@ def test_grounding_dino_then_sam_equals_the_libraries(folders, tiny_sam_path, im
     scores, xyxy, classes = _gdino_reference(folders["gdino"], image, concepts, 0.5, 0.3)
     assert 0 < len(scores) and len(set(classes.tolist())) == 2
     result = api.detect_then_segment(
-        image, folders["gdino"], str(tiny_sam_path), device="cpu", classes=concepts, conf=0.5, text_threshold=0.3,
+        image, folders["gdino"], sam=str(tiny_sam_path), device="cpu", classes=concepts, conf=0.5, text_threshold=0.3,
     )
     order = np.argsort(-scores, kind="stable")
     got_boxes, got_scores = _rows(result)
@@ -191,7 +191,7 @@ def test_grounding_dino_then_sam_equals_the_libraries(folders, tiny_sam_path, im
     np.testing.assert_array_equal(result.labels, expected)
     # the text threshold is the library's: a stricter one keeps fewer boxes
     strict, _, _ = _gdino_reference(folders["gdino"], image, concepts, 0.5, 0.9)
-    fewer = api.detect_then_segment(image, folders["gdino"], str(tiny_sam_path), device="cpu", classes=concepts,
+    fewer = api.detect_then_segment(image, folders["gdino"], sam=str(tiny_sam_path), device="cpu", classes=concepts,
                                     conf=0.5, text_threshold=0.9)
     assert len(fewer.table) == len(strict) < len(scores)
 
@@ -212,7 +212,7 @@ def test_owlv2_then_sam_equals_the_libraries(folders, tiny_sam_path, image):
     xyxy = np.clip(ref["boxes"].numpy(), 0, [w, h, w, h])
     scores, classes = ref["scores"].numpy(), ref["labels"].numpy()
     assert len(scores) > 0
-    result = api.detect_then_segment(image, folders["owlv2"], str(tiny_sam_path), device="cpu", classes=concepts,
+    result = api.detect_then_segment(image, folders["owlv2"], sam=str(tiny_sam_path), device="cpu", classes=concepts,
                                      conf=0.3)
     order = np.argsort(-scores, kind="stable")
     got_boxes, got_scores = _rows(result)
@@ -238,7 +238,7 @@ def test_bad_input_is_a_clear_error(folders, sam3, tiny_sam_path, image, tmp_pat
         api.segment_instances(image, api.load_model(folders["gdino"], "cpu"), classes="cell",
                               exemplars=[[10, 10, 50, 50]])
     with pytest.raises(InputError, match="finds what you name"):
-        api.detect_then_segment(image, folders["owlv2"], str(tiny_sam_path), device="cpu")
+        api.detect_then_segment(image, folders["owlv2"], sam=str(tiny_sam_path), device="cpu")
     with pytest.raises(InputError, match="detection model"):
         api.segment_instances(image, folders["gdino"], classes="cell", device="cpu")
     # words given to a model with a fixed class list
@@ -281,7 +281,7 @@ def test_batch_cli_runs_sam3_and_detector_with_sam(folders, sam3, tiny_sam_path,
                  str(tmp_path / "o2"), "--param", "classes=cell,nucleus", "--param", "conf=0.5",
                  "--param", f"sam={tiny_sam_path}"])
     assert code == 0
-    expected = api.detect_then_segment(image, folders["gdino"], str(tiny_sam_path), device="cpu",
+    expected = api.detect_then_segment(image, folders["gdino"], sam=str(tiny_sam_path), device="cpu",
                                        classes="cell,nucleus", conf=0.5)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "o2" / "in.tif"), expected.labels)
     # bad input: an empty concept fails the image with the reason, and nothing is written

@@ -52,14 +52,14 @@ def _transformers_reference(folder, rgb, fuse, **params):
 def test_same_segments_as_transformers(folder, runner, image, fuse):
     rgb = np.repeat(image[..., None], 3, axis=-1)
     ref_seg, ref_info = _transformers_reference(folder, rgb, fuse, **LOW)
-    result = api.segment_panoptic(image, runner, "cpu", label_ids_to_fuse=fuse, **LOW)
+    result = api.segment_panoptic(image, runner, device="cpu", label_ids_to_fuse=fuse, **LOW)
     assert result.labels.dtype == np.int32 and result.labels.shape == image.shape
     np.testing.assert_array_equal(result.labels, np.where(ref_seg < 0, 0, ref_seg))
     ref = {}
     for s in ref_info:  # a fused class repeats its segment; keep its best score
         if s["id"] not in ref or s["score"] > ref[s["id"]]["score"]:
             ref[s["id"]] = s
-    table = result.table.set_index("segment_id")
+    table = result.table.set_index("label")
     assert sorted(table.index) == sorted(ref)
     assert len(ref) >= 1
     for sid, s in ref.items():
@@ -73,7 +73,7 @@ def test_same_segments_as_transformers(folder, runner, image, fuse):
 
 def test_two_segments_and_the_table_columns(runner, image):
     result = api.segment_panoptic(image, runner, label_ids_to_fuse=[0], **LOW)
-    assert list(result.table.columns) == ["segment_id", "class_id", "class_name", "is_thing", "score", "area"]
+    assert list(result.table.columns) == ["label", "class_id", "class_name", "is_thing", "score", "area"]
     assert len(result.table) == 2
     assert result.table["area"].sum() == (result.labels > 0).sum()
     assert result.parameters["threshold"] == 0.0 and result.parameters["label_ids_to_fuse"] == [0]
@@ -82,15 +82,15 @@ def test_two_segments_and_the_table_columns(runner, image):
 def test_default_thresholds_may_give_no_segment_but_a_defined_result(runner, image):
     result = api.segment_panoptic(image, runner)  # random weights: nothing scores 0.8
     assert result.labels.shape == image.shape and not result.labels.any()
-    assert len(result.table) == 0 and "segment_id" in result.table.columns
+    assert len(result.table) == 0 and "label" in result.table.columns
 
 
 def test_label_divisor_encoding(runner, image):
     plain = api.segment_panoptic(image, runner, label_ids_to_fuse=[0], **LOW)
     coded = api.segment_panoptic(image, runner, label_ids_to_fuse=[0], label_divisor=1000, **LOW)
     for _, row in coded.table.iterrows():
-        assert row["segment_id"] // 1000 == row["class_id"]
-        assert row["segment_id"] % 1000 >= 1
+        assert row["label"] // 1000 == row["class_id"]
+        assert row["label"] % 1000 >= 1
     # the same partition of the image, only renumbered
     pairs = set(zip(plain.labels.ravel().tolist(), coded.labels.ravel().tolist(), strict=True))
     assert len(pairs) == len(np.unique(plain.labels)) == len(np.unique(coded.labels))
@@ -120,7 +120,7 @@ def test_bad_parameters_are_clear_errors(runner, image):
 def test_semantic_model_is_refused(tmp_path, image):
     sem = build_tiny_mask2former(tmp_path / "semantic", task="semantic", num_labels=3)
     with pytest.raises(InputError, match="not panoptic"):
-        api.segment_panoptic(image, str(sem), "cpu")
+        api.segment_panoptic(image, str(sem), device="cpu")
 
 
 def test_split_views_and_evaluation_against_itself(runner, image):
@@ -130,7 +130,7 @@ def test_split_views_and_evaluation_against_itself(runner, image):
     assert len(np.unique(instances[instances > 0])) == len(things) == len(feats)
     sem = result.semantic_labels()
     assert set(np.unique(sem[sem > 0]) - 1) == set(result.table["class_id"])
-    report = api.evaluate(result, result.labels, gt_classes=dict(zip(result.table["segment_id"], result.table["class_id"], strict=True)))
+    report = api.evaluate(result, result.labels, gt_classes=dict(zip(result.table["label"], result.table["class_id"], strict=True)))
     assert report.summary["pq"] == 1.0 and report.summary["iou"] == 1.0
     assert report.summary["ap"] == pytest.approx(1.0)
     # a ground truth without classes: class-agnostic comparison
@@ -186,7 +186,7 @@ def test_fuse_semantic_and_instances_by_hand():
     np.testing.assert_array_equal(same.labels, result.labels)
     coded = fuse_semantic_instance(semantic, masks, [1, 1, 1, 1], [0.9, 0.8, 0.7, 0.3], stuff_classes=[2],
                                    min_stuff_area=5, label_divisor=100)
-    assert sorted(coded.table["segment_id"]) == [101, 102, 201]
+    assert sorted(coded.table["label"]) == [101, 102, 201]
 
 
 def test_fuse_checks_its_input():

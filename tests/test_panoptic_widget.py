@@ -50,13 +50,13 @@ def test_run_writes_one_layer_with_features(make_napari_viewer, qtbot, tiny_pano
     _run(qtbot, widget)
     assert widget.jobs.last_error is None, widget.jobs.last_error
     layer = viewer.layers["coins [panoptic]"]
-    expected = api.segment_panoptic(image, str(tiny_panoptic), "cpu", label_ids_to_fuse=[0], **LOW)
+    expected = api.segment_panoptic(image, str(tiny_panoptic), device="cpu", label_ids_to_fuse=[0], **LOW)
     np.testing.assert_array_equal(layer.data, expected.labels)
     assert tuple(layer.scale) == (2.0, 2.0) and tuple(layer.translate) == (5.0, 0.0)
     feats = layer.features.set_index("index")
     for row in expected.segments:
-        f = feats.loc[row["segment_id"]]
-        assert f["segment_id"] == row["segment_id"] and f["class_id"] == row["class_id"]
+        f = feats.loc[row["label"]]
+        assert f["label"] == row["label"] and f["class_id"] == row["class_id"]
         assert f["class_name"] == row["class_name"] and bool(f["is_thing"]) == row["is_thing"]
         assert f["score"] == pytest.approx(row["score"]) and f["area"] == row["area"]
     assert len(feats) == len(expected.table) == 2
@@ -72,7 +72,7 @@ def test_split_and_divisor_outputs(make_napari_viewer, qtbot, tiny_panoptic, ima
     widget = _widget(viewer, tiny_panoptic, output="split")
     _run(qtbot, widget)
     assert widget.jobs.last_error is None, widget.jobs.last_error
-    expected = api.segment_panoptic(image, str(tiny_panoptic), "cpu", label_ids_to_fuse=[0], **LOW)
+    expected = api.segment_panoptic(image, str(tiny_panoptic), device="cpu", label_ids_to_fuse=[0], **LOW)
     sem = viewer.layers["coins [panoptic semantic]"]
     inst = viewer.layers["coins [panoptic instance]"]
     np.testing.assert_array_equal(sem.data, expected.semantic_labels())
@@ -209,7 +209,7 @@ def test_writes_the_current_plane_of_a_stack(make_napari_viewer, qtbot, tiny_pan
     assert widget.jobs.last_error is None, widget.jobs.last_error
     layer = viewer.layers["stack [panoptic]"]
     assert layer.data.shape == stack.shape
-    expected = api.segment_panoptic(stack[2], str(tiny_panoptic), "cpu", label_ids_to_fuse=[0], **LOW)
+    expected = api.segment_panoptic(stack[2], str(tiny_panoptic), device="cpu", label_ids_to_fuse=[0], **LOW)
     np.testing.assert_array_equal(layer.data[2], expected.labels)
     assert not layer.data[[0, 1, 3]].any()
     assert "0:2" in layer.metadata["segsuite"]["planes"]

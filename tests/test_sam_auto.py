@@ -72,12 +72,12 @@ def test_api_labels_are_the_generator_masks_with_smaller_on_top(sam_path, image)
     np.testing.assert_array_equal(result.labels, expected)
     assert result.labels.dtype == np.int32
     table = result.table
-    assert list(table["index"]) == list(range(1, len(kept) + 1))
+    assert list(table["label"]) == list(range(1, len(kept) + 1))
     np.testing.assert_allclose(table["predicted_iou"], [r["predicted_iou"] for r in kept], atol=1e-6)
     np.testing.assert_allclose(table["stability_score"], [r["stability_score"] for r in kept], atol=1e-6)
     assert list(table["mask_area"]) == [r["area"] for r in kept]
     for _, row in table.iterrows():
-        region = result.labels == row["index"]
+        region = result.labels == row["label"]
         assert row["area"] == region.sum()
         rows, cols = np.nonzero(region)
         assert (row["bbox_0_min"], row["bbox_1_min"]) == (rows.min(), cols.min())

@@ -46,7 +46,7 @@ def test_segment_everything_writes_the_api_labels_into_the_current_plane(setup, 
     assert not layer.data[[0, 1, 2, 4, 5, 6, 7]].any()
     np.testing.assert_allclose(layer.scale, image.scale)
     rows = layer.features.set_index("index")
-    np.testing.assert_allclose(rows.loc[expected.table["index"], "predicted_iou"].astype(float),
+    np.testing.assert_allclose(rows.loc[expected.table["label"], "predicted_iou"].astype(float),
                                expected.table["predicted_iou"], rtol=1e-6)
     assert "stability_score" in rows.columns
 
@@ -63,7 +63,7 @@ def test_propagation_writes_the_object_into_its_planes_in_one_undo_step(setup, q
     widget.prop_button.clicked()
     _wait(qtbot, widget)
     assert widget.jobs.last_error is None, widget.jobs.last_error
-    expected = api.propagate(stack, 3, truth[3], SamSession(str(tiny_sam_path), device="cpu"),
+    expected = api.propagate(stack, SamSession(str(tiny_sam_path), device="cpu"), start_index=3, mask=truth[3],
                              max_planes=2, iou_floor=0.0)
     assert sorted(expected) == [1, 2, 4, 5]
     data = np.asarray(target.data)

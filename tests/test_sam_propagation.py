@@ -61,7 +61,7 @@ def test_sam_projection_with_the_tiny_model_returns_masks_in_the_right_planes(ti
     stack, truth = moving_disk_stack()
     session = SamSession(str(tiny_sam_path), device="cpu")
     assert choose_method(session) == "project"
-    masks = api.propagate(stack, START, truth[START], session, max_planes=2, iou_floor=0.0)
+    masks = api.propagate(stack, session, start_index=START, mask=truth[START], max_planes=2, iou_floor=0.0)
     assert sorted(masks) == [1, 2, 4, 5]
     assert all(m.shape == (64, 64) and m.dtype == bool for m in masks.values())
     print("tiny SAM projection IoU with the truth:", {z: round(mask_iou(m, truth[z]), 3) for z, m in masks.items()})
@@ -74,11 +74,11 @@ def test_sam21_video_propagation_returns_masks_in_the_right_planes(sam2_video):
     stack, truth = moving_disk_stack()
     session = SamSession(str(sam2_video), device="cpu")
     assert choose_method(session) == "video"
-    masks = api.propagate(stack, START, truth[START], session, iou_floor=0.0, max_planes=2)
+    masks = api.propagate(stack, session, start_index=START, mask=truth[START], iou_floor=0.0, max_planes=2)
     assert sorted(masks) == [1, 2, 4, 5]
     assert all(m.shape == (64, 64) and m.dtype == bool for m in masks.values())
     print("tiny SAM 2.1 video IoU with the truth:", {z: round(mask_iou(m, truth[z]), 3) for z, m in masks.items()})
-    back = api.propagate(stack, START, truth[START], session, iou_floor=0.0, direction="backward")
+    back = api.propagate(stack, session, start_index=START, mask=truth[START], iou_floor=0.0, direction="backward")
     assert sorted(back) == [0, 1, 2]
 
 

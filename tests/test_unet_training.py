@@ -33,7 +33,7 @@ def trained(coins):
     before = strokes.copy()
     seen = []
     model = api.train_unet(coins, strokes, class_names=list(COINS_CLASS_NAMES.values()),
-                           on_progress=seen.append, **FAST)
+                           progress=seen.append, **FAST)
     assert np.array_equal(strokes, before)
     return model, seen
 

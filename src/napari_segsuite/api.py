@@ -96,8 +96,9 @@ def download_model(name: str, store: ModelStore | None = None, *, verbose: bool 
 def segment_panoptic(
     image,
     model,
-    device: str = "auto",
     *,
+    device: str = "auto",
+    progress=None,
     threshold: float = 0.8,
     mask_threshold: float = 0.5,
     overlap_mask_area_threshold: float = 0.8,
@@ -116,6 +117,8 @@ def segment_panoptic(
         ``save_pretrained`` folder, or a runner from :func:`load_model`.
     device : str
         "auto", "cpu", "cuda" or "mps".
+    progress : callable, optional
+        Called with every :class:`Progress`.
     threshold, mask_threshold, overlap_mask_area_threshold : float
         transformers' ``post_process_panoptic_segmentation`` parameters.
     label_ids_to_fuse : iterable of int, optional
@@ -129,7 +132,7 @@ def segment_panoptic(
     Returns
     -------
     napari_segsuite.tasks.panoptic.PanopticResult
-        ``.labels`` (H, W) int32 and ``.table`` (pandas DataFrame: segment_id,
+        ``.labels`` (H, W) int32 and ``.table`` (pandas DataFrame: label,
         class_id, class_name, is_thing, score, area).
     """
     from napari_segsuite.tasks.panoptic import PanopticParams, panoptic_job
@@ -141,7 +144,7 @@ def segment_panoptic(
         label_ids_to_fuse=None if label_ids_to_fuse is None else tuple(int(i) for i in label_ids_to_fuse),
         label_divisor=label_divisor,
     )
-    return run_sync(panoptic_job(model, image, params, device=device, channels_last=channels_last))
+    return run_sync(panoptic_job(model, image, params, device=device, channels_last=channels_last), progress)
 
 
 def evaluate(
@@ -193,8 +196,8 @@ def evaluate(
     labels = getattr(prediction, "labels", prediction)
     table = getattr(prediction, "table", None)
     if table is not None:
-        pred_classes = pred_classes or dict(zip(table["segment_id"].astype(int), table["class_id"].astype(int), strict=True))
-        pred_scores = pred_scores or dict(zip(table["segment_id"].astype(int), table["score"].astype(float), strict=True))
+        pred_classes = pred_classes or dict(zip(table["label"].astype(int), table["class_id"].astype(int), strict=True))
+        pred_scores = pred_scores or dict(zip(table["label"].astype(int), table["score"].astype(float), strict=True))
         class_names = class_names or getattr(prediction, "class_names", None)
     labels = check_label_image(labels, "predicted labels")
     gt = check_label_image(ground_truth, "ground-truth labels")
@@ -226,10 +229,10 @@ def fuse_semantic_instance(semantic, instances, instance_classes, instance_score
 def segment_semantic(
     image,
     model,
+    *,
     device: str = "auto",
     tile_size: int | None = None,
     overlap: int = 64,
-    *,
     confidence: bool = False,
     out=None,
     confidence_out=None,
@@ -286,7 +289,11 @@ def segment_semantic(
 
 def _instance_run(image, runner, sam, boxes, *, conf, iou, mask_threshold, classes, max_det, imgsz,
                   tile_size, overlap, stack, class_names=None, exemplars=None, exemplar_labels=None,
-                  text_threshold=0.25):
+                  text_threshold=0.25, progress=None):
+    from dataclasses import asdict
+
+    import numpy as np
+
     from napari_segsuite.tasks.instance import (
         InstanceParams,
         combine_planes,
@@ -297,7 +304,7 @@ def _instance_run(image, runner, sam, boxes, *, conf, iou, mask_threshold, class
 
     params = InstanceParams(
         conf=conf, iou=iou, mask_threshold=mask_threshold, max_det=max_det, imgsz=imgsz,
-        text_threshold=text_threshold,
+        text_threshold=text_threshold, progress=progress,
     )
     if runner is not None:
         names = concept_params(runner, params, classes, exemplars, exemplar_labels)
@@ -310,27 +317,36 @@ def _instance_run(image, runner, sam, boxes, *, conf, iou, mask_threshold, class
     results = run_sync(segment_planes_job(
         planes, len(planes), runner=runner, params=params, sam=sam, boxes=boxes, class_names=names,
         tile_size=tile_size, overlap=overlap,
-    ))
-    return combine_planes(results) if is_stack else results[0]
+    ), progress)
+    result = combine_planes(results) if is_stack else results[0]
+    result.provenance = {
+        "task": "instance",
+        "model": runner.provenance() if runner is not None else "boxes",
+        "sam": sam.runner.provenance() if sam is not None else None,
+        "parameters": {k: v for k, v in asdict(params).items() if not isinstance(v, np.ndarray)},
+        "tile_size": tile_size, "overlap": overlap,
+    }
+    return result
 
 
 def segment_instances(
     image,
     model,
+    *,
     device: str = "auto",
-    conf: float = 0.25,
-    iou: float = 0.7,
+    conf: float | None = None,
+    iou: float | None = None,
     mask_threshold: float = 0.5,
     classes=None,
-    max_det: int = 300,
+    max_det: int | None = None,
     imgsz: int | None = None,
     tile_size: int | None = None,
     overlap: int = 64,
     stack: bool | None = None,
     store: ModelStore | None = None,
-    *,
     exemplars=None,
     exemplar_labels=None,
+    progress=None,
 ):
     """Instance segmentation of an image or a stack: YOLO-seg, Mask R-CNN, Mask2Former or SAM 3 concepts.
 
@@ -342,20 +358,26 @@ def segment_instances(
         Registry name, local checkpoint, or a loaded runner.
     device : str
         "auto", "cpu", "cuda" or "mps".
-    conf, iou, mask_threshold : float
-        Score threshold, NMS IoU (YOLO, Mask R-CNN), mask probability threshold
-        (Mask R-CNN, Mask2Former, SAM 3: its processor's ``threshold`` and
-        ``mask_threshold``).
+    conf, iou : float, optional
+        Score threshold and NMS IoU (YOLO, Mask R-CNN). None: the model's own
+        library default (YOLO 0.25 / 0.7, Mask R-CNN 0.5 / 0.5 as torchvision's
+        model, Mask2Former 0.5, SAM 3 0.5).
+    mask_threshold : float
+        Mask probability threshold (Mask R-CNN, Mask2Former, SAM 3: its
+        processor's ``threshold`` and ``mask_threshold``).
     classes : ids and/or names, optional
         Classes to keep (``["cell", 2]`` or ``"cell, 2"``). For SAM 3 the
         concepts to find, in words: every instance of each becomes one label
         with ``class_name`` = the concept (all concepts share one vision pass).
-    max_det : int
-        Most detections per image (per tile when tiled).
+    max_det : int, optional
+        Most detections per image (per tile when tiled); None: the library's
+        default (YOLO 300, torchvision's Mask R-CNN 100, Mask2Former 100).
     imgsz : int, optional
         Model input size (the model's default when None).
     tile_size, overlap : int
         Tiled inference for large images; objects crossing tiles come out once.
+    progress : callable, optional
+        Called with every :class:`Progress`.
     stack : bool, optional
         Whether the first axis of a 3D array is a stack (guessed when None).
     exemplars : (N, 4) array, optional
@@ -368,7 +390,7 @@ def segment_instances(
     -------
     InstanceResult
         ``.labels`` (ids ordered by score; the higher score wins where instances
-        overlap) and ``.table`` (pandas: label_id, class_id, class_name, score,
+        overlap) and ``.table`` (pandas: label, class_id, class_name, score,
         bbox_row0/col0/row1/col1, area; with a ``plane`` column for stacks).
         With no detections both are empty and ``.message`` says so.
     """
@@ -376,27 +398,28 @@ def segment_instances(
     return _instance_run(
         image, runner, None, None, conf=conf, iou=iou, mask_threshold=mask_threshold, classes=classes,
         max_det=max_det, imgsz=imgsz, tile_size=tile_size, overlap=overlap, stack=stack,
-        exemplars=exemplars, exemplar_labels=exemplar_labels,
+        exemplars=exemplars, exemplar_labels=exemplar_labels, progress=progress,
     )
 
 
 def detect_then_segment(
     image,
     detector,
+    *,
     sam,
     device: str = "auto",
-    conf: float = 0.25,
-    iou: float = 0.7,
+    conf: float | None = None,
+    iou: float | None = None,
     mask_threshold: float = 0.5,
     classes=None,
-    max_det: int = 300,
+    max_det: int | None = None,
     imgsz: int | None = None,
     tile_size: int | None = None,
     overlap: int = 64,
     stack: bool | None = None,
     store: ModelStore | None = None,
-    *,
     text_threshold: float = 0.25,
+    progress=None,
 ):
     """Boxes from a detector (or given boxes), masks from Segment Anything.
 
@@ -435,19 +458,19 @@ def detect_then_segment(
         return _instance_run(
             image, None, session, dets, conf=conf, iou=iou, mask_threshold=mask_threshold, classes=None,
             max_det=max_det, imgsz=imgsz, tile_size=None, overlap=overlap, stack=False,
-            class_names={0: "object"},
+            class_names={0: "object"}, progress=progress,
         )
     runner = load_model(detector, device, store=store)
     return _instance_run(
         image, runner, session, None, conf=conf, iou=iou, mask_threshold=mask_threshold, classes=classes,
         max_det=max_det, imgsz=imgsz, tile_size=tile_size, overlap=overlap, stack=stack,
-        text_threshold=text_threshold,
+        text_threshold=text_threshold, progress=progress,
     )
 
 
 # -- U-Net trained from strokes (issue 6) -----------------------------------
 
-def train_unet(image, labels, *, class_names=None, init_model=None, on_progress=None, **options) -> TrainedUnet:
+def train_unet(image, labels, *, class_names=None, init_model=None, progress=None, **options) -> TrainedUnet:
     """Train a U-Net from sparse strokes and return it (``.predict(image)``, ``.save(path)``).
 
     Parameters
@@ -461,7 +484,7 @@ def train_unet(image, labels, *, class_names=None, init_model=None, on_progress=
         ``{1: "background", 2: "coin"}`` or ``["background", "coin"]``.
     init_model : TrainedUnet, optional
         Continue training this model (e.g. after adding strokes).
-    on_progress : callable, optional
+    progress : callable, optional
         Called with every :class:`Progress` (``partial`` holds the curve point).
     **options
         :class:`TrainingOptions` fields: ``steps``, ``patch_size``, ``batch_size``,
@@ -486,7 +509,7 @@ def train_unet(image, labels, *, class_names=None, init_model=None, on_progress=
     from napari_segsuite.tasks import unet_training
 
     return unet_training.train_unet(image, labels, class_names=class_names, init_model=init_model,
-                                    on_progress=on_progress, **options)
+                                    on_progress=progress, **options)
 
 
 def load_unet(path, device: str = "cpu") -> TrainedUnet:
@@ -552,18 +575,20 @@ def _sam_session(model, device: str):
     return model if isinstance(model, SamSession) else SamSession(model, device)
 
 
-def sam_automatic(image2d, model, device: str = "auto", **params):
+def sam_automatic(image, model, *, device: str = "auto", progress=None, **params):
     """Class-agnostic masks for a whole 2D image ("segment everything"), SAM or SAM 2.1.
 
     Parameters
     ----------
-    image2d : ndarray
+    image : ndarray
         (H, W) or (H, W, C), any dtype.
     model : str, path, Runner or SamSession
         A SAM / SAM 2.1 registry name, checkpoint, loaded runner, or a session
         (whose embedding cache is then used for the whole image).
     device : str
         "auto", "cpu", "cuda" or "mps".
+    progress : callable, optional
+        Called with every :class:`Progress`.
     **params
         ``segment_anything.SamAutomaticMaskGenerator``'s parameters under the
         same names (``points_per_side``, ``points_per_batch``,
@@ -579,7 +604,8 @@ def sam_automatic(image2d, model, device: str = "auto", **params):
     napari_segsuite.tasks.sam_automatic.AutoResult
         ``.labels`` (H, W) int32 without overlaps (smaller masks on top),
         ``.table`` (one row per label: area, bbox, predicted_iou,
-        stability_score, ...) and ``.masks`` (the generator's masks).
+        stability_score, ...), ``.masks`` (the generator's masks) and
+        ``.provenance``.
     """
     from napari_segsuite.tasks.sam_automatic import AutoParams, automatic_job
 
@@ -587,24 +613,28 @@ def sam_automatic(image2d, model, device: str = "auto", **params):
         p = AutoParams(**params)
     except TypeError as exc:
         raise InputError(f"Unknown automatic-mask parameter: {exc}") from None
-    return run_sync(automatic_job(_sam_session(model, device), image2d, p))
+    return run_sync(automatic_job(_sam_session(model, device), image, p), progress)
 
 
-def propagate(volume, start_index: int, mask, model, device: str = "auto", **options):
+def propagate(image, model, *, start_index: int, mask, device: str = "auto", progress=None, **options):
     """Carry one object's mask from plane ``start_index`` of a stack to its neighbours.
 
     Parameters
     ----------
-    volume : ndarray
+    image : ndarray
         (N, H, W) or (N, H, W, C): z planes or time points along the first axis.
-    start_index : int
-        The plane holding ``mask``.
-    mask : ndarray of bool, (H, W)
-        The object on that plane.
     model : str, path, Runner or SamSession
         SAM (the previous mask is projected onto the next plane as a box and
         mask prompt) or SAM 2.1 (video propagation, when the folder holds the
         video memory weights).
+    start_index : int
+        The plane holding ``mask``.
+    mask : ndarray of bool, (H, W)
+        The object on that plane.
+    device : str
+        "auto", "cpu", "cuda" or "mps".
+    progress : callable, optional
+        Called with every :class:`Progress` (one per plane).
     **options
         ``direction`` ("both", "forward", "backward"), ``max_planes``,
         ``iou_floor``, ``method`` ("auto", "video", "project"); see
@@ -612,13 +642,22 @@ def propagate(volume, start_index: int, mask, model, device: str = "auto", **opt
 
     Returns
     -------
-    dict of int to ndarray
-        Plane index -> boolean mask, for the planes the object was carried to
-        (not including ``start_index``).
+    napari_segsuite.tasks.propagation.PropagationResult
+        A mapping plane index -> boolean mask for the planes the object was
+        carried to (not including ``start_index``), with ``.labels`` (the
+        stack, 1 on the object), ``.table`` (plane, area) and ``.provenance``.
     """
-    from napari_segsuite.tasks.propagation import propagate_job
+    import numpy as np
 
-    return run_sync(propagate_job(_sam_session(model, device), volume, start_index, mask, **options))
+    from napari_segsuite.tasks.propagation import PropagationResult, propagate_job
+
+    session = _sam_session(model, device)
+    masks = run_sync(propagate_job(session, image, start_index, mask, **options), progress)
+    start = np.asarray(mask, dtype=bool)
+    return PropagationResult(
+        masks, (len(image), *start.shape), int(start_index), start,
+        provenance={"task": "propagation", "model": session.runner.provenance(), "parameters": dict(options)},
+    )
 
 
 # -- training datasets out and in ---------------------------------------------------------

@@ -357,7 +357,7 @@ def write_plane(
         Model and parameters; stored in ``layer.metadata["segsuite"]``, under
         the plane's key for nD layers.
     extra_features : dict, optional
-        ``{label_id: {column: value}}`` for ``layer.features``.
+        ``{label: {column: value}}`` for ``layer.features``.
     target : Labels, optional
         Write here instead of the default ``"<image> [<task>]"`` layer.
     mode : {"replace", "merge", "paint"}
@@ -423,7 +423,8 @@ FEATURES_FULL_VOLUME_LIMIT = 64_000_000
 
 
 def _update_features(layer, plane_index: tuple, extra: dict[int, dict] | None) -> None:
-    """One row per label in ``layer.features``: id, area, bbox, plus extra columns.
+    """One row per label in ``layer.features``: ``index`` (napari's key) and ``label`` (both the
+    label id), area, bbox, plus extra columns.
 
     Areas and boxes cover the whole volume when it has at most
     :data:`FEATURES_FULL_VOLUME_LIMIT` voxels, else the written plane. Extra
@@ -434,10 +435,13 @@ def _update_features(layer, plane_index: tuple, extra: dict[int, dict] | None) -
 
     data = layer.data
     source = np.asarray(data) if data.size <= FEATURES_FULL_VOLUME_LIMIT else np.asarray(data[plane_index])
-    table = pd.DataFrame(label_table(source)).set_index("index", drop=False)
+    table = pd.DataFrame(label_table(source))
+    table.insert(0, "index", table["label"])  # napari's key from label value to feature row
+    table = table.set_index("label", drop=False)
     old = layer.features
-    if len(old) and "index" in old.columns:
-        old = old.drop_duplicates("index").set_index("index", drop=False)
+    key = "label" if "label" in old.columns else "index"
+    if len(old) and key in old.columns:
+        old = old.drop_duplicates(key).set_index(key, drop=False)
         for col in old.columns:
             if col not in table.columns:
                 table[col] = old[col].reindex(table.index)

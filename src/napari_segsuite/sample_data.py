@@ -46,7 +46,7 @@ def coins_strokes():
     from napari_segsuite.demo.coins import COINS_CLASS_NAMES, coins_strokes
 
     names = COINS_CLASS_NAMES
-    features = {"index": list(names), "class_name": list(names.values())}
+    features = {"index": list(names), "label": list(names), "class_name": list(names.values())}
     return [
         (data.coins(), {"name": "coins"}, "image"),
         (coins_strokes(), {"name": "coins strokes", "features": features, "opacity": 0.9}, "labels"),

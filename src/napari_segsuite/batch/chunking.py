@@ -216,7 +216,7 @@ def _core_rows(core: np.ndarray, r0: int, c0: int, extras, kind: str):
 
     cols = label_table(core)
     rows = pd.DataFrame({
-        "label": cols["index"], "area": cols["area"],
+        "label": cols["label"], "area": cols["area"],
         "bbox_0_min": cols["bbox_0_min"] + r0, "bbox_0_max": cols["bbox_0_max"] + r0,
         "bbox_1_min": cols["bbox_1_min"] + c0, "bbox_1_max": cols["bbox_1_max"] + c0,
     })

@@ -18,12 +18,14 @@ task here by registering theirs under the same name.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.labels import LABEL_DTYPE
+from napari_segsuite.core.vocabulary import Task
+from napari_segsuite.tasks.instance import InstanceParams
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,23 @@ def get_task(name: str) -> TaskSpec:
         return TASKS[name]
     except KeyError:
         raise InputError(f"Unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}.") from None
+
+
+def param_names(params_class, *, exclude=()) -> tuple[str, ...]:
+    """The ``--param`` names of a task: the fields of its parameter dataclass."""
+    return tuple(f.name for f in fields(params_class) if f.name not in exclude)
+
+
+def check_params(task: str, params: dict, known) -> None:
+    """Raise a user-facing error naming the parameters ``task`` does not take."""
+    unknown = set(params) - set(known)
+    if unknown:
+        raise InputError(f"{task}: unknown parameters {sorted(unknown)}; known: {', '.join(sorted(known))}.")
+
+
+def _opt(value, kind):
+    """``kind(value)``, or None for an absent or empty value (the model's default then applies)."""
+    return None if value in (None, "", 0) else kind(value)
 
 
 def _table(rows: dict) -> pd.DataFrame:  # noqa: F821 - pandas is imported lazily
@@ -150,10 +169,8 @@ def panoptic_task(image, runner, **params):
     from napari_segsuite.core.progress import run_sync
     from napari_segsuite.tasks.panoptic import PanopticParams, panoptic_job
 
-    allowed = {"threshold", "mask_threshold", "overlap_mask_area_threshold", "label_ids_to_fuse", "label_divisor"}
-    unknown = set(params) - allowed
-    if unknown:
-        raise InputError(f"panoptic: unknown parameters {sorted(unknown)}; known: {', '.join(sorted(allowed))}.")
+    allowed = set(param_names(PanopticParams))
+    check_params("panoptic", params, allowed)
     kwargs = {k: float(v) for k, v in params.items() if k in allowed - {"label_ids_to_fuse", "label_divisor"}}
     if "label_ids_to_fuse" in params:
         value = params["label_ids_to_fuse"]
@@ -163,15 +180,17 @@ def panoptic_task(image, runner, **params):
     if "label_ids_to_fuse" in kwargs:
         kwargs["label_ids_to_fuse"] = tuple(kwargs["label_ids_to_fuse"])
     result = run_sync(panoptic_job(runner, image, PanopticParams(**kwargs)))
-    table = result.table.rename(columns={"segment_id": "label"})
+    table = result.table
     return result.labels.astype(LABEL_DTYPE), table
 
 
 # -- instance (issue 7's instance models: YOLO-seg, Mask R-CNN, Mask2Former instance) -------
 
+#: what ``--param`` may set for ``instance``: the fields of ``InstanceParams`` that take plain
+#: values (concepts go through ``classes``), plus tiling and the SAM refinement
 INSTANCE_PARAMS = (
-    "conf", "iou", "mask_threshold", "classes", "max_det", "imgsz", "tile_size", "overlap", "sam",
-    "text_threshold",
+    *param_names(InstanceParams, exclude=("concepts", "exemplars", "exemplar_labels")),
+    "tile_size", "overlap", "sam",
 )
 _PROMPT_RUNNERS: dict = {}
 _PROMPT_RUNNERS_LOCK = __import__("threading").Lock()
@@ -216,14 +235,11 @@ def instance_task(image, runner, **params):
         takes_concepts,
     )
 
-    unknown = set(params) - set(INSTANCE_PARAMS)
-    if unknown:
-        raise InputError(f"instance: unknown parameters {sorted(unknown)}; known: {', '.join(INSTANCE_PARAMS)}.")
+    check_params("instance", params, INSTANCE_PARAMS)
     p = InstanceParams(
-        conf=float(params.get("conf", 0.25)), iou=float(params.get("iou", 0.7)),
+        conf=_opt(params.get("conf"), float), iou=_opt(params.get("iou"), float),
         mask_threshold=float(params.get("mask_threshold", 0.5)),
-        max_det=int(params.get("max_det", 300)),
-        imgsz=int(params["imgsz"]) if params.get("imgsz") not in (None, "", 0) else None,
+        max_det=_opt(params.get("max_det"), int), imgsz=_opt(params.get("imgsz"), int),
         text_threshold=float(params.get("text_threshold", 0.25)),
     )
     classes = params.get("classes")
@@ -235,7 +251,7 @@ def instance_task(image, runner, **params):
         np.asarray(image), runner, p, sam=sam, class_names=names, tile_size=tile,
         overlap=int(params.get("overlap", 64)),
     ))
-    table = result.table.rename(columns={"label_id": "label"})
+    table = result.table
     return result.labels.astype(LABEL_DTYPE), table
 
 
@@ -260,22 +276,17 @@ def sam_auto_task(image, runner, **params):
         the plane, or of the chunk's window for chunked images; ``area`` and ``bbox_*`` are
         always recomputed for the whole plane.
     """
-    from dataclasses import fields
-
     from napari_segsuite.core.progress import run_sync
     from napari_segsuite.tasks.sam_automatic import AutoParams, automatic_job
     from napari_segsuite.tasks.sam_session import SamSession
 
-    allowed = {f.name for f in fields(AutoParams)} - {"point_grids"}
-    unknown = set(params) - allowed
-    if unknown:
-        raise InputError(f"sam-auto: unknown parameters {sorted(unknown)}; known: {', '.join(sorted(allowed))}.")
+    check_params("sam-auto", params, param_names(AutoParams, exclude=("point_grids",)))
     auto = AutoParams(**params)
     # A session per call: it holds the current image's embedding, so threads sharing the
     # runner must not share it; the model itself is loaded once per worker.
     session = SamSession(runner, device=runner.device)
     result = run_sync(automatic_job(session, np.asarray(image), auto))
-    table = result.table.rename(columns={"index": "label"})
+    table = result.table
     return result.labels.astype(LABEL_DTYPE), table
 
 
@@ -327,7 +338,6 @@ def instance_table(labels: np.ndarray):
     from napari_segsuite.core.labels import label_table
 
     cols = label_table(labels)
-    cols["label"] = cols.pop("index")
     return _table({"label": cols.pop("label"), **cols})
 
 
@@ -338,24 +348,24 @@ def _as_bool(value) -> bool:
 
 
 register_task(
-    "semantic", semantic_task, kind="semantic",
+    "semantic", semantic_task, kind=Task.SEMANTIC,
     help="a class per pixel (argmax of a semantic model: torchvision DeepLabV3/LRASPP/FCN, U-Net)",
 )
 register_task(
-    "panoptic", panoptic_task, kind="instance",
+    "panoptic", panoptic_task, kind=Task.INSTANCE,
     help="things and stuff segments (Mask2Former panoptic); --param threshold=0.8 ...",
 )
 register_task(
     # no model_task: the task checks its model itself (a box-only detector is fine with sam=...)
-    "instance", instance_task, kind="instance", model_task="",
+    "instance", instance_task, kind=Task.INSTANCE, model_task="",
     help="one id per object (YOLO-seg, Mask R-CNN, Mask2Former instance, SAM 3 concepts, Grounding DINO / "
          "OWLv2 + --param sam=MODEL); --param conf=0.25 classes=cell,nucleus ...",
 )
 register_task(
-    "sam-auto", sam_auto_task, kind="instance", model_task="automatic",
+    "sam-auto", sam_auto_task, kind=Task.INSTANCE, model_task=Task.AUTOMATIC,
     help="SAM / SAM 2.1 segment everything; --param points_per_side=32 pred_iou_thresh=0.88 ...",
 )
 register_task(
-    "threshold", threshold_task, kind="instance", needs_model=False, normalize=False,
+    "threshold", threshold_task, kind=Task.INSTANCE, needs_model=False, normalize=False,
     help="connected components above a threshold (no model); --param level=N min_size=N",
 )

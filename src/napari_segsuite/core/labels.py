@@ -75,14 +75,14 @@ def label_table(
     Returns
     -------
     dict of str to ndarray
-        Columns ``index`` (the label id, napari's key for Labels features),
+        Columns ``label`` (the label id),
         ``area`` and ``bbox_<axis>_min`` / ``bbox_<axis>_max`` (max exclusive),
         and any extra columns. Feed it to ``pandas.DataFrame``.
     """
     arr = np.asarray(labels)
     ids = np.unique(arr)
     ids = ids[ids != 0]
-    columns: dict[str, list] = {"index": [int(i) for i in ids]}
+    columns: dict[str, list] = {"label": [int(i) for i in ids]}
     if arr.size and len(ids):
         from scipy import ndimage
 
@@ -105,8 +105,8 @@ def label_table(
     if extra:
         names = sorted({k for row in extra.values() for k in row})
         for name in names:
-            columns[name] = [extra.get(i, {}).get(name) for i in columns["index"]]
-    return {k: np.asarray(v) if k != "index" else np.asarray(v, dtype=np.int64) for k, v in columns.items()}
+            columns[name] = [extra.get(i, {}).get(name) for i in columns["label"]]
+    return {k: np.asarray(v) if k != "label" else np.asarray(v, dtype=np.int64) for k, v in columns.items()}
 
 
 def relabel_sequential(labels: np.ndarray, start: int = 1) -> tuple[np.ndarray, dict[int, int]]:

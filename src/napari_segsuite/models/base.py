@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from napari_segsuite.core.device import resolve_device
 from napari_segsuite.core.errors import InputError
+from napari_segsuite.core.vocabulary import Family, Task
 from napari_segsuite.models.offline import guard_llvm_clash
 from napari_segsuite.models.store import ModelSource, ModelStore, default_store
 
@@ -76,7 +77,7 @@ class Runner:
         Architecture details for provenance.
     """
 
-    family: ClassVar[str] = ""
+    family: ClassVar[Family | str] = ""
 
     def __init__(
         self,
@@ -110,7 +111,7 @@ class Runner:
     # -- task methods (a family overrides those of its tasks) ---------------------
     def predict_semantic(self, image_rgb_uint8: np.ndarray) -> np.ndarray:
         """Per-class scores ``(C, H, W)`` float32 of one (H, W, 3) uint8 RGB image at its size."""
-        self.require("semantic")
+        self.require(Task.SEMANTIC)
         raise NotImplementedError(f"{type(self).__name__} lists semantic but does not implement it.")
 
     def predict_instances(self, image_rgb_uint8: np.ndarray, **params) -> InstancePrediction:
@@ -121,13 +122,13 @@ class Runner:
         and ``concepts`` for concept models); each family's defaults are its
         library's.
         """
-        self.require("instance")
+        self.require(Task.INSTANCE)
         raise NotImplementedError(f"{type(self).__name__} lists instance but does not implement it.")
 
     def predict_panoptic(self, image_rgb_uint8: np.ndarray, **params) -> tuple[np.ndarray, list[dict]]:
         """Segments ``(H, W)`` int32 (0: none) and one row per segment (``id``, ``label_id``,
         ``was_fused``, ``score``) of one (H, W, 3) uint8 RGB image."""
-        self.require("panoptic")
+        self.require(Task.PANOPTIC)
         raise NotImplementedError(f"{type(self).__name__} lists panoptic but does not implement it.")
 
     # -- common -------------------------------------------------------------
@@ -136,7 +137,7 @@ class Runner:
         """The model's registry name or file name."""
         return self.source.name
 
-    def require(self, task: str) -> None:
+    def require(self, task: Task | str) -> None:
         """Raise a user-facing error if this model cannot do ``task``."""
         if task not in self.tasks:
             raise InputError(

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_segsuite.core.errors import CheckpointError, SegSuiteError
+from napari_segsuite.core.vocabulary import Family
 from napari_segsuite.models.base import Runner
 from napari_segsuite.models.offline import import_transformers
 from napari_segsuite.models.store import WEIGHT_FILES, ModelSource
@@ -402,7 +403,7 @@ def _default_segformer_processor(config):
 class SegformerRunner(Runner):
     """SegFormer semantic segmentation (``SegformerForSemanticSegmentation``)."""
 
-    family = "segformer"
+    family = Family.SEGFORMER
 
     @classmethod
     def _load(cls, source: ModelSource, device: str) -> SegformerRunner:
@@ -540,7 +541,7 @@ class Mask2FormerRunner(Runner):
     The tasks come from the checkpoint (see :func:`mask2former_tasks`).
     """
 
-    family = "mask2former"
+    family = Family.MASK2FORMER
     #: What :meth:`predict_semantic` returns: non-negative class scores, not logits.
     semantic_output = "scores"
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from napari_segsuite.core.errors import InputError
+from napari_segsuite.core.vocabulary import Family
 from napari_segsuite.models.base import Runner
 from napari_segsuite.models.hf_segmentation import (
     count_parameters,
@@ -66,7 +67,7 @@ def _keep(boxes, scores, ids, shape, max_det):
 class GroundingDinoRunner(Runner):
     """Grounding DINO / MM-Grounding-DINO boxes for concepts in words."""
 
-    family = "grounding_dino"
+    family = Family.GROUNDING_DINO
     TASKS = ("detection",)
     takes_concepts = True
     takes_exemplars = False
@@ -175,7 +176,7 @@ class GroundingDinoRunner(Runner):
 class Owlv2Runner(Runner):
     """OWLv2 boxes for concepts in words (one text query per concept)."""
 
-    family = "owlv2"
+    family = Family.OWLV2
     TASKS = ("detection",)
     takes_concepts = True
     takes_exemplars = False

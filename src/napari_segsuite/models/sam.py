@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from napari_segsuite.core.errors import CheckpointError
+from napari_segsuite.core.vocabulary import Family
 from napari_segsuite.models.base import Runner
 from napari_segsuite.models.detect import read_state_dict
 from napari_segsuite.models.store import ModelSource
@@ -205,7 +206,7 @@ def load_sam_model(path, device: str = "cpu"):
 class SamRunner(Runner):
     """Segment Anything: promptable, class-agnostic masks."""
 
-    family = "sam"
+    family = Family.SAM
 
     @classmethod
     def _load(cls, source: ModelSource, device: str) -> SamRunner:

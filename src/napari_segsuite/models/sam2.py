@@ -13,6 +13,7 @@ Prompts, automatic masks and video tracking live in
 
 from __future__ import annotations
 
+from napari_segsuite.core.vocabulary import Family
 from napari_segsuite.models.base import Runner
 from napari_segsuite.models.hf_segmentation import (
     count_parameters,
@@ -68,7 +69,7 @@ def _plain(value):
 class Sam2Runner(Runner):
     """A SAM 2.1 model (``transformers.Sam2Model``) and its ``Sam2Processor``."""
 
-    family = "sam2"
+    family = Family.SAM2
     TASKS = ("prompt", "automatic", "video")
 
     @classmethod

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from napari_segsuite.core.errors import InputError
+from napari_segsuite.core.vocabulary import Family
 from napari_segsuite.models.base import Runner
 from napari_segsuite.models.hf_segmentation import (
     count_parameters,
@@ -95,7 +96,7 @@ def check_exemplars(exemplars, exemplar_labels, shape: tuple[int, int]) -> tuple
 class Sam3Runner(Runner):
     """SAM 3 (``transformers.Sam3Model``) finding every instance of concepts given in words or by example."""
 
-    family = "sam3"
+    family = Family.SAM3
     TASKS = ("instance", "concepts")
     #: ``classes`` are concept prompts (words), not ids of a fixed class list.
     takes_concepts = True

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from napari_segsuite.core.errors import CheckpointError, InputError
+from napari_segsuite.core.vocabulary import Family
 from napari_segsuite.models.base import Runner
 from napari_segsuite.models.detect import read_state_dict
 from napari_segsuite.models.store import ModelSource
@@ -243,7 +244,7 @@ def load_torchvision_model(state: dict, arch: str | None = None, name: str = "ch
 class TorchvisionRunner(Runner):
     """torchvision DeepLabV3 / LRASPP / FCN (semantic) and Mask R-CNN (instance) models."""
 
-    family = "torchvision"
+    family = Family.TORCHVISION
 
     @classmethod
     def _load(cls, source: ModelSource, device: str) -> TorchvisionRunner:

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from napari_segsuite.core.errors import CheckpointError, InputError
+from napari_segsuite.core.vocabulary import Family
 from napari_segsuite.models.base import Runner
 from napari_segsuite.models.store import ModelSource
 
@@ -415,7 +416,7 @@ def logits_job(model, x: np.ndarray, multiple: int, device: str, *, tile_size: i
 class UnetRunner(Runner):
     """A napari-segsuite U-Net folder (``smp.Unet``): semantic segmentation."""
 
-    family = "unet"
+    family = Family.UNET
 
     @classmethod
     def _load(cls, source: ModelSource, device: str) -> UnetRunner:

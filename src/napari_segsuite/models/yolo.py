@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_segsuite.core.errors import CheckpointError, ModelNotAvailableError
+from napari_segsuite.core.vocabulary import Family
 from napari_segsuite.models.base import Runner
 from napari_segsuite.models.store import ModelSource
 
@@ -87,7 +88,7 @@ def load_yolo(path: Path, device: str = "cpu"):
 class YoloRunner(Runner):
     """Ultralytics YOLO: instance segmentation (``-seg`` models) or detection."""
 
-    family = "yolo"
+    family = Family.YOLO
 
     @classmethod
     def _load(cls, source: ModelSource, device: str) -> YoloRunner:

@@ -42,7 +42,7 @@ from napari_segsuite.core.progress import Progress
 
 #: Columns of :attr:`InstanceResult.table`, in order.
 TABLE_COLUMNS = (
-    "label_id", "class_id", "class_name", "score",
+    "label", "class_id", "class_name", "score",
     "bbox_row0", "bbox_col0", "bbox_row1", "bbox_col1", "area",
 )
 DEFAULT_OVERLAP = 64
@@ -55,17 +55,19 @@ class InstanceParams:
 
     Parameters
     ----------
-    conf : float
-        Score threshold.
-    iou : float
-        NMS IoU threshold (YOLO, Mask R-CNN; Mask2Former has no NMS).
+    conf : float, optional
+        Score threshold; None: the model's library default.
+    iou : float, optional
+        NMS IoU threshold (YOLO, Mask R-CNN; Mask2Former has no NMS); None:
+        the library default (YOLO 0.7, torchvision's Mask R-CNN 0.5).
     mask_threshold : float
         Mask probability threshold (Mask R-CNN, Mask2Former; YOLO masks are
         binarised by ultralytics at 0.5).
     classes : list of int, optional
         Class ids to keep.
-    max_det : int
-        Most detections per image (per tile when tiled).
+    max_det : int, optional
+        Most detections per image (per tile when tiled); None: the library
+        default (YOLO 300, torchvision's Mask R-CNN 100).
     imgsz : int, optional
         Model input size where the model has one (YOLO's ``imgsz``, Mask
         R-CNN's shorter side, Mask2Former's resize); the model's default when None.
@@ -81,11 +83,11 @@ class InstanceParams:
         passes it).
     """
 
-    conf: float = 0.25
-    iou: float = 0.7
+    conf: float | None = None
+    iou: float | None = None
     mask_threshold: float = 0.5
     classes: list[int] | None = None
-    max_det: int = 300
+    max_det: int | None = None
     imgsz: int | None = None
     concepts: tuple[str, ...] | None = None
     exemplars: np.ndarray | None = None
@@ -98,12 +100,16 @@ class InstanceParams:
         return self.concepts is not None or self.exemplars is not None
 
     def as_kwargs(self) -> dict:
-        """Keyword arguments of ``Runner.predict_instances``."""
+        """Keyword arguments of ``Runner.predict_instances`` (None values left out: the
+        family's own defaults, which are its library's, apply)."""
         kwargs = {
-            "conf": float(self.conf), "iou": float(self.iou), "mask_threshold": float(self.mask_threshold),
+            "mask_threshold": float(self.mask_threshold),
             "classes": None if self.classes is None else list(self.classes),
-            "max_det": int(self.max_det), "imgsz": None if self.imgsz is None else int(self.imgsz),
+            "imgsz": None if self.imgsz is None else int(self.imgsz),
         }
+        for name, kind in (("conf", float), ("iou", float), ("max_det", int)):
+            if getattr(self, name) is not None:
+                kwargs[name] = kind(getattr(self, name))
         if self.prompted:
             kwargs.update(
                 concepts=list(self.concepts or ()), exemplars=self.exemplars,
@@ -115,9 +121,9 @@ class InstanceParams:
         """Raise :class:`InputError` for values out of range."""
         for name in ("conf", "iou", "mask_threshold", "text_threshold"):
             v = getattr(self, name)
-            if not 0.0 <= float(v) <= 1.0:
+            if v is not None and not 0.0 <= float(v) <= 1.0:
                 raise InputError(f"{name} must lie between 0 and 1, not {v}.")
-        if int(self.max_det) < 1:
+        if self.max_det is not None and int(self.max_det) < 1:
             raise InputError(f"max_det must be at least 1, not {self.max_det}.")
         if self.imgsz is not None and int(self.imgsz) < 32:
             raise InputError(f"The input size must be at least 32 pixels, not {self.imgsz}.")
@@ -253,15 +259,18 @@ class InstanceResult:
         Columns :data:`TABLE_COLUMNS` (bbox: the detector's box, max exclusive;
         area: the instance's pixels in ``labels``).
     detections : list of Detection
-        ``detections[k]`` has id ``table.label_id[k]``.
+        ``detections[k]`` has id ``table.label[k]``.
     message : str
         A note for the user (e.g. that nothing was found).
+    provenance : dict
+        What made the result (task, model, parameters); filled by the API.
     """
 
     labels: np.ndarray
     table: Any
     detections: list[Detection] = field(default_factory=list)
     message: str = ""
+    provenance: dict = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -269,9 +278,9 @@ class InstanceResult:
         return len(self.table) == 0
 
     def features(self) -> dict[int, dict]:
-        """``{label_id: {column: value}}`` for ``layers.write_plane(extra_features=...)``."""
+        """``{label: {column: value}}`` for ``layers.write_plane(extra_features=...)``."""
         rows = self.table.drop(columns=["area"]).to_dict("records")
-        return {int(r["label_id"]): r for r in rows}
+        return {int(r["label"]): r for r in rows}
 
     def with_offset(self, offset: int) -> InstanceResult:
         """The same result with every id increased by ``offset`` (for stacks and nD layers)."""
@@ -280,8 +289,8 @@ class InstanceResult:
         labels = self.labels.copy()
         labels[labels != 0] += offset
         table = self.table.copy()
-        table["label_id"] = table["label_id"] + offset
-        return InstanceResult(labels, table, self.detections, self.message)
+        table["label"] = table["label"] + offset
+        return InstanceResult(labels, table, self.detections, self.message, self.provenance)
 
 
 def instance_table(labels: np.ndarray, kept: Sequence[Detection], class_names: Mapping[int, str], start: int = 1):
@@ -292,7 +301,7 @@ def instance_table(labels: np.ndarray, kept: Sequence[Detection], class_names: M
     rows = []
     for k, d in enumerate(kept):
         rows.append({
-            "label_id": start + k,
+            "label": start + k,
             "class_id": int(d.class_id),
             "class_name": str(class_names.get(int(d.class_id), f"class_{d.class_id}")),
             "score": float(d.score),
@@ -301,7 +310,7 @@ def instance_table(labels: np.ndarray, kept: Sequence[Detection], class_names: M
             "area": int(counts[start + k]),
         })
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
-    return table.astype({"label_id": "int64", "class_id": "int64", "score": "float64", "area": "int64"})
+    return table.astype({"label": "int64", "class_id": "int64", "score": "float64", "area": "int64"})
 
 
 def build_result(

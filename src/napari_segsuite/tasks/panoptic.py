@@ -35,10 +35,11 @@ from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.image import prepare_rgb_uint8
 from napari_segsuite.core.labels import LABEL_DTYPE
 from napari_segsuite.core.progress import Progress
+from napari_segsuite.core.vocabulary import Task
 
-TASK = "panoptic"
+TASK = Task.PANOPTIC
 #: Columns of :attr:`PanopticResult.table`.
-TABLE_COLUMNS = ("segment_id", "class_id", "class_name", "is_thing", "score", "area")
+TABLE_COLUMNS = ("label", "class_id", "class_name", "is_thing", "score", "area")
 
 
 @dataclass
@@ -70,7 +71,7 @@ class PanopticResult:
     labels : ndarray (H, W) int32
         Segment ids (0: no segment), plain or ``label_divisor``-encoded.
     table : pandas.DataFrame
-        One row per segment: ``segment_id``, ``class_id``, ``class_name``,
+        One row per segment: ``label``, ``class_id``, ``class_name``,
         ``is_thing``, ``score``, ``area``.
     class_names : dict
         Class id -> name of the model.
@@ -87,6 +88,11 @@ class PanopticResult:
     parameters: dict = field(default_factory=dict)
 
     @property
+    def provenance(self) -> dict:
+        """What made the result: task, model and parameters (plain data for ``layer.metadata``)."""
+        return {"task": "panoptic", "model": self.parameters.get("model"), "parameters": dict(self.parameters)}
+
+    @property
     def segments(self) -> list[dict]:
         """The table as a list of dicts."""
         return self.table.to_dict("records")
@@ -94,13 +100,13 @@ class PanopticResult:
     def features(self) -> dict[int, dict]:
         """``{segment id: row}`` for ``layers.write_plane(extra_features=...)``."""
         return {
-            int(r["segment_id"]): {k: r[k] for k in TABLE_COLUMNS if k not in ("area",)}
+            int(r["label"]): {k: r[k] for k in TABLE_COLUMNS if k not in ("area",)}
             for r in self.segments
         }
 
     def semantic_labels(self) -> np.ndarray:
         """Class map: ``class_id + 1`` per pixel (so class 0 stays visible), 0 where no segment."""
-        lut = {int(r["segment_id"]): int(r["class_id"]) + 1 for r in self.segments}
+        lut = {int(r["label"]): int(r["class_id"]) + 1 for r in self.segments}
         return _apply_lut(self.labels, lut)
 
     def semantic_features(self) -> dict[int, dict]:
@@ -113,9 +119,9 @@ class PanopticResult:
     def instance_labels(self) -> tuple[np.ndarray, dict[int, dict]]:
         """Things only, numbered 1.. in segment order, and their feature rows."""
         things = [r for r in self.segments if r["is_thing"]]
-        lut = {int(r["segment_id"]): k for k, r in enumerate(things, start=1)}
+        lut = {int(r["label"]): k for k, r in enumerate(things, start=1)}
         feats = {
-            k: {"segment_id": int(r["segment_id"]), "class_id": int(r["class_id"]),
+            k: {"label": int(r["label"]), "class_id": int(r["class_id"]),
                 "class_name": r["class_name"], "score": float(r["score"])}
             for k, r in zip(lut.values(), things, strict=True)
         }
@@ -194,7 +200,7 @@ def build_result(
     table = pd.DataFrame(
         [
             {
-                "segment_id": mapping[int(r["id"])],
+                "label": mapping[int(r["id"])],
                 "class_id": int(r["label_id"]),
                 "class_name": class_names.get(int(r["label_id"]), str(r["label_id"])),
                 "is_thing": int(r["label_id"]) not in stuff,

@@ -24,7 +24,9 @@ yields progress once per plane (Cancel acts there) and returns
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +36,56 @@ from napari_segsuite.core.progress import Progress
 
 DIRECTIONS = ("both", "forward", "backward")
 METHODS = ("auto", "video", "project")
+
+
+@dataclass
+class PropagationResult(Mapping):
+    """The planes an object was carried to: a mapping plane index -> (H, W) bool mask.
+
+    Attributes
+    ----------
+    masks : dict of int to ndarray
+        Plane index -> mask, without the start plane.
+    shape : (int, int, int)
+        (planes, H, W) of the stack.
+    start_index : int
+    start_mask : ndarray of bool
+    provenance : dict
+        Task, model, method and parameters.
+    """
+
+    masks: dict[int, np.ndarray]
+    shape: tuple[int, int, int]
+    start_index: int
+    start_mask: np.ndarray
+    provenance: dict = field(default_factory=dict)
+
+    def __getitem__(self, plane: int) -> np.ndarray:
+        return self.masks[plane]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.masks)
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(planes, H, W) int32: 1 where the object is (start plane included), 0 elsewhere."""
+        out = np.zeros(self.shape, dtype=np.int32)
+        out[self.start_index][self.start_mask] = 1
+        for z, m in self.masks.items():
+            out[z][m] = 1
+        return out
+
+    @property
+    def table(self) -> Any:
+        """One row per plane holding the object (pandas): ``label`` (1), ``plane``, ``area``."""
+        import pandas as pd
+
+        planes = sorted({self.start_index, *self.masks})
+        areas = [int((self.start_mask if z == self.start_index else self.masks[z]).sum()) for z in planes]
+        return pd.DataFrame({"label": [1] * len(planes), "plane": planes, "area": areas})
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:

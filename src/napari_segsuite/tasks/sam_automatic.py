@@ -141,6 +141,8 @@ class AutoResult:
     table: Any  # pandas.DataFrame
     masks: list[AutoMask] = field(default_factory=list)
     params: AutoParams | None = None
+    #: what made the result: task, model, parameters
+    provenance: dict = field(default_factory=dict)
 
 
 # -- crops and tiles --------------------------------------------------------------------------
@@ -420,4 +422,10 @@ def automatic_job(session, image2d: np.ndarray, params: AutoParams | None = None
     """Masks for the whole plane, turned into an :class:`AutoResult` (labels + table)."""
     params = params or AutoParams()
     masks = yield from automatic_masks_job(session, image2d, params, **kwargs)
-    return masks_to_result(masks, tuple(np.asarray(image2d).shape[:2]), params)
+    result = masks_to_result(masks, tuple(np.asarray(image2d).shape[:2]), params)
+    result.provenance = {
+        "task": "automatic",
+        "model": session.runner.provenance() if session is not None else None,
+        "parameters": params.generator_kwargs() | {"tile_size": params.tile_size, "tile_overlap": params.tile_overlap},
+    }
+    return result

@@ -112,12 +112,25 @@ class SemanticResult:
         """Label ids present in the result, ascending."""
         return sorted(k for k, n in self.pixel_counts.items() if n > 0)
 
+    @property
+    def table(self):
+        """One row per label present (pandas): ``label``, ``class_id``, ``class_name``, ``pixel_count``."""
+        import pandas as pd
+
+        rows = [{"label": k, **row} for k, row in self.features().items()]
+        return pd.DataFrame(rows, columns=["label", "class_id", "class_name", "pixel_count"])
+
+    @property
+    def provenance(self) -> dict:
+        """What made the result: task, model and parameters (plain data for ``layer.metadata``)."""
+        return {"task": "semantic", "model": self.model, "parameters": dict(self.params), "notes": list(self.notes)}
+
     def class_map(self) -> np.ndarray:
         """The model's class id per pixel (``labels - 1``), as int64."""
         return np.asarray(self.labels).astype(np.int64) - LABEL_OFFSET
 
     def features(self) -> dict[int, dict]:
-        """``{label_id: {"class_id", "class_name", "pixel_count"}}`` for the labels present."""
+        """``{label: {"class_id", "class_name", "pixel_count"}}`` for the labels present."""
         return {
             k: {"class_id": self.class_ids[k], "class_name": self.class_names.get(k, f"class_{k - LABEL_OFFSET}"),
                 "pixel_count": int(self.pixel_counts[k])}

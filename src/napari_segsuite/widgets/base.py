@@ -30,13 +30,14 @@ from napari_segsuite.core.device import DEVICE_CHOICES
 from napari_segsuite.core.errors import InputError, SegSuiteError
 from napari_segsuite.core.labels import LABEL_DTYPE
 from napari_segsuite.core.progress import Progress
+from napari_segsuite.core.vocabulary import Scope
 from napari_segsuite.models.registry import REGISTRY, entries_for
 from napari_segsuite.models.store import ModelStore
 from napari_segsuite.widgets.worker import JobRunner
 
 LOCAL = "__local__"
-CURRENT_PLANE, ALL_PLANES, ALL_IMAGES = "current plane", "all planes", "all open images"
-SCOPES = (CURRENT_PLANE, ALL_PLANES, ALL_IMAGES)
+CURRENT_PLANE, ALL_PLANES, ALL_IMAGES = Scope.CURRENT_PLANE, Scope.ALL_PLANES, Scope.ALL_IMAGES
+SCOPES = Scope.values()
 
 
 class ModelPicker(Container):
@@ -429,7 +430,7 @@ class SegmentationWidget(Container):
 def batch_features(labels: np.ndarray, table):
     """``layer.features`` of a batch result: one row per label present in ``labels``.
 
-    ``index``, ``area`` and the bounding box come from the labels (the whole nD volume); the
+    ``index`` (napari's key) and ``label``, ``area`` and the bounding box come from the labels (the whole nD volume); the
     task's other columns (class, score ...) from the table's first row for the label (a
     semantic class appears once per plane; its name is the same in each).
     """
@@ -438,9 +439,10 @@ def batch_features(labels: np.ndarray, table):
     from napari_segsuite.core.labels import label_table
 
     features = pd.DataFrame(label_table(labels))
+    features.insert(0, "index", features["label"])  # napari's key from label value to feature row
     if table is None or not len(table) or "label" not in table.columns:
         return features
     drop = [c for c in table.columns if c in ("plane", "area") or c.startswith("bbox_")]
     extra = table.drop(columns=drop).drop_duplicates("label").set_index("label")
     extra = extra[[c for c in extra.columns if c not in features.columns]]
-    return features.join(extra, on="index")
+    return features.join(extra, on="label")

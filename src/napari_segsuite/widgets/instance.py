@@ -19,6 +19,7 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, LineEdi
 
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.progress import Progress
+from napari_segsuite.core.vocabulary import Task
 from napari_segsuite.widgets.base import (
     ALL_PLANES,
     CURRENT_PLANE,
@@ -47,7 +48,7 @@ def all_planes(layer, sel) -> list:
 class InstanceWidget(SegmentationWidget):
     """One id per object: YOLO-seg, Mask R-CNN, Mask2Former instance; detector boxes + SAM."""
 
-    task = "instance"
+    task = Task.INSTANCE
     model_tasks = ('instance',)
     batch_task = "instance"
 

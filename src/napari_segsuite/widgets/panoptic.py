@@ -6,7 +6,7 @@ worker; the result is written on the GUI thread as
 
 - one Labels layer ``<image> [panoptic]`` with a segment per thing instance and
   per stuff region (plain ids, or ``class_id * label_divisor + k``), and one row
-  per segment in ``layer.features`` (segment_id, class_id, class_name,
+  per segment in ``layer.features`` (label, class_id, class_name,
   is_thing, score, area); or
 - two layers, ``<image> [panoptic semantic]`` (``class_id + 1`` per pixel) and
   ``<image> [panoptic instance]`` (things only, 1..N).
@@ -44,6 +44,7 @@ from magicgui.widgets import (
 
 from napari_segsuite.core.errors import InputError, SegSuiteError
 from napari_segsuite.core.progress import Progress
+from napari_segsuite.core.vocabulary import Task
 from napari_segsuite.layers import aligned_layer_kwargs
 from napari_segsuite.widgets.base import LOCAL, SegmentationWidget
 
@@ -115,7 +116,7 @@ def layer_classes(layer) -> tuple[dict | None, dict | None, dict]:
 class PanopticWidget(SegmentationWidget):
     """Things get instance ids, stuff gets class regions (Mask2Former)."""
 
-    task = "panoptic"
+    task = Task.PANOPTIC
     model_tasks = ('panoptic',)
     batch_task = "panoptic"
 

@@ -47,6 +47,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton
 from napari_segsuite.core.errors import InputError, SegSuiteError
 from napari_segsuite.core.labels import next_free_id
 from napari_segsuite.core.progress import Progress
+from napari_segsuite.core.vocabulary import Task
 from napari_segsuite.layers import (
     aligned_layer_kwargs,
     current_plane,
@@ -66,7 +67,7 @@ COLORS = {True: "lime", False: "red"}
 class SamPromptWidget(SegmentationWidget):
     """Segment Anything from point and box prompts."""
 
-    task = "prompt"
+    task = Task.PROMPT
     model_tasks = ("prompt",)
 
     def __init__(self, napari_viewer):
@@ -806,8 +807,8 @@ class SamPromptWidget(SegmentationWidget):
 
         def on_result(value) -> None:
             session, result = value
-            skip = {"index", "area"} | {c for c in result.table.columns if c.startswith("bbox_")}
-            extra = {int(row["index"]): {k: row[k] for k in result.table.columns if k not in skip}
+            skip = {"label", "area"} | {c for c in result.table.columns if c.startswith("bbox_")}
+            extra = {int(row["label"]): {k: row[k] for k in result.table.columns if k not in skip}
                      for _, row in result.table.iterrows()}
             layer = write_plane(
                 self.viewer, image, sel, result.labels, task="sam auto",

@@ -24,6 +24,7 @@ from magicgui.widgets import CheckBox, Container, Label, SpinBox
 
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.progress import subjob
+from napari_segsuite.core.vocabulary import Task
 from napari_segsuite.widgets.base import (
     ALL_IMAGES,
     ALL_PLANES,
@@ -153,7 +154,7 @@ class Legend(Container):
 class SemanticWidget(SegmentationWidget):
     """A class for every pixel: SegFormer, Mask2Former, DeepLabV3, LRASPP and the U-Net."""
 
-    task = "semantic"
+    task = Task.SEMANTIC
     model_tasks = ('semantic',)
     batch_task = "semantic"
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from napari_segsuite.core.progress import Progress
+from napari_segsuite.core.vocabulary import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ class JobRunner:
             else:
                 pbar.refresh()
 
-    def _finish(self, how: str) -> None:
+    def _finish(self, how: Outcome) -> None:
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
@@ -146,15 +147,15 @@ class JobRunner:
             self.last_error = exc
             log.exception("Writing the result failed")
             show_error(str(exc))
-            self._finish("errored")
+            self._finish(Outcome.ERRORED)
             return
-        self._finish("returned")
+        self._finish(Outcome.RETURNED)
 
     def _on_aborted(self) -> None:
         from napari.utils.notifications import show_info
 
         show_info("Cancelled; no layer was changed.")
-        self._finish("aborted")
+        self._finish(Outcome.ABORTED)
 
     def _on_error(self, exc: BaseException) -> None:
         from napari.utils.notifications import show_error
@@ -168,4 +169,4 @@ class JobRunner:
         else:
             log.error("Job failed", exc_info=exc)
             show_error(f"{type(exc).__name__}: {exc}")
-        self._finish("errored")
+        self._finish(Outcome.ERRORED)
