@@ -12,6 +12,8 @@ Examples
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from napari_segsuite.core.device import resolve_device
 from napari_segsuite.core.errors import (
     CheckpointError,
@@ -30,7 +32,11 @@ from napari_segsuite.models.store import ModelSource, ModelStore, default_store
 from napari_segsuite.tasks.sam_session import SamSession
 from napari_segsuite.tasks.unet_training import TrainedUnet, TrainingOptions, TrainingState
 
+if TYPE_CHECKING:
+    from napari_segsuite.batch.engine import BatchOptions
+
 __all__ = [
+    "BatchOptions",
     "CheckpointError",
     "DatasetError",
     "DeviceError",
@@ -70,6 +76,14 @@ __all__ = [
     "segment_semantic",
     "train_unet",
 ]
+
+
+def __getattr__(name: str):
+    if name == "BatchOptions":  # imported on first use: the batch engine is not needed otherwise
+        from napari_segsuite.batch.engine import BatchOptions
+
+        return BatchOptions
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def list_models(task: str | None = None, family: str | None = None) -> list[ModelEntry]:
@@ -522,7 +536,7 @@ def load_unet(path, device: str = "cpu") -> TrainedUnet:
 # -- batch segmentation (issue 9) ----------------------------------------------------------
 
 
-def run_batch(task: str, model, inputs, out, *, progress=None, **options):
+def run_batch(task: str, model, inputs, out, *, options=None, progress=None, **changes):
     """Segment many images (files, folders, globs, zarr) with one task and model.
 
     The engine behind ``napari-segsuite run``: per image a label image (TIFF, or zarr for
@@ -542,14 +556,13 @@ def run_batch(task: str, model, inputs, out, *, progress=None, **options):
         Files (tif, png, jpg), folders, glob patterns, zarr / OME-Zarr stores.
     out : str or path
         Output folder (created; must be writable).
+    options : napari_segsuite.batch.engine.BatchOptions, optional
+        How the run works: device, task parameters, workers, chunking, formats,
+        resume ... (each described there).
     progress : callable, optional
         Called with a :class:`Progress` per finished image (``partial``: its record).
-    **options
-        ``device`` ("cpu"), ``params`` (task parameters, dict), ``workers`` (1),
-        ``processes`` (False: threads), ``scheduler`` (a ``dask.distributed`` address),
-        ``chunk_size`` (2048), ``overlap`` (64), ``fmt`` ("auto", "tif", "zarr"), ``table``
-        ("csv", "parquet"), ``resume`` (True), ``merge_threshold`` (0.5),
-        ``connect_timeout`` (5 s), ``family``, ``torch_threads`` (per worker).
+    **changes
+        ``BatchOptions`` fields to change, e.g. ``params={...}``, ``workers=2``.
 
     Returns
     -------
@@ -565,7 +578,7 @@ def run_batch(task: str, model, inputs, out, *, progress=None, **options):
     """
     from napari_segsuite.batch.engine import run_batch as _run_batch
 
-    return _run_batch(task, model, inputs, out, progress=progress, **options)
+    return _run_batch(task, model, inputs, out, options=options, progress=progress, **changes)
 
 
 # -- SAM automatic masks and propagation (issue 4) -------------------------------------

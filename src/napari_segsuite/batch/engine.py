@@ -30,6 +30,7 @@ signature, and redoes it otherwise. At the end ``objects.csv`` holds all tables 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -581,33 +582,94 @@ def _parse_value(value):
     return value
 
 
+@dataclass
+class BatchOptions:
+    """How a batch run works: the one description of its options (API, CLI and dock).
+
+    Parameters
+    ----------
+    device : str
+        "cpu", "cuda", "mps" or "auto" (ignored for a loaded runner, which keeps its own).
+    params : dict
+        The task's parameters (``--param name=value``), checked by the task against the
+        fields of its parameter dataclass.
+    workers : int
+        Images processed at the same time.
+    processes : bool
+        Workers are processes (True) or threads in this process (False).
+    scheduler : str, optional
+        A ``dask.distributed`` scheduler address; the workers are the cluster's.
+    chunk_size : int
+        Images larger than this (pixels a side) are segmented in chunks of this size.
+    overlap : int
+        Halo of context around each chunk, in pixels.
+    fmt : {"auto", "tif", "zarr"}
+        Label image format ("auto": zarr for large images).
+    table : {"csv", "parquet"}
+        Per-image table format.
+    resume : bool
+        Skip images whose outputs are complete for the same task, model and options.
+    merge_threshold : float
+        Overlap (fraction of the smaller part) at which objects of neighbouring chunks merge.
+    connect_timeout : float
+        Seconds to wait for the scheduler.
+    family : str, optional
+        Model family of a local checkpoint that cannot be detected.
+    torch_threads : int, optional
+        torch threads per worker (None: :func:`default_torch_threads`, ``max(1, cores //
+        workers)`` with several local workers or with processes, torch's own default for
+        one in-process worker and on a scheduler).
+    """
+
+    device: str = "cpu"
+    params: dict | None = None
+    workers: int = 1
+    processes: bool = False
+    scheduler: str | None = None
+    chunk_size: int = 2048
+    overlap: int = 64
+    fmt: str = "auto"
+    table: str = "csv"
+    resume: bool = True
+    merge_threshold: float = 0.5
+    connect_timeout: float = 5.0
+    family: str | None = None
+    torch_threads: int | None = None
+
+    @classmethod
+    def make(cls, options: BatchOptions | None = None, **changes) -> BatchOptions:
+        """``options`` (or the defaults) with ``changes``; unknown names are a :class:`BatchSetupError`."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(changes) - known
+        if unknown:
+            raise BatchSetupError(
+                f"Unknown batch options {sorted(unknown)}; known: {', '.join(sorted(known))}."
+            )
+        return dataclasses.replace(options or cls(), **changes)
+
+
 def batch_job(
     task: str,
     model,
     inputs,
     out,
     *,
-    device: str = "cpu",
-    params: dict | None = None,
-    workers: int = 1,
-    processes: bool = False,
-    scheduler: str | None = None,
-    chunk_size: int = 2048,
-    overlap: int = 64,
-    fmt: str = "auto",
-    table: str = "csv",
-    resume: bool = True,
-    merge_threshold: float = 0.5,
-    connect_timeout: float = 5.0,
-    family: str | None = None,
-    torch_threads: int | None = None,
+    options: BatchOptions | None = None,
     argv: list[str] | None = None,
+    **changes,
 ) -> Generator[Progress, None, BatchSummary]:
     """Segment many images; a generator yielding one :class:`Progress` per finished image.
 
-    See :func:`run_batch` for the parameters. Raises :class:`BatchSetupError` (before any
-    work) when the task, model, output folder or scheduler cannot be used.
+    ``options`` (:class:`BatchOptions`) and keyword ``changes`` to it say how; see
+    :func:`run_batch` for the other parameters. Raises :class:`BatchSetupError` (before any
+    work) when the task, model, options, output folder or scheduler cannot be used.
     """
+    opts = BatchOptions.make(options, **changes)
+    device, params, workers, processes, scheduler = (
+        opts.device, opts.params, opts.workers, opts.processes, opts.scheduler)
+    chunk_size, overlap, fmt, table, resume = opts.chunk_size, opts.overlap, opts.fmt, opts.table, opts.resume
+    merge_threshold, connect_timeout, family, torch_threads = (
+        opts.merge_threshold, opts.connect_timeout, opts.family, opts.torch_threads)
     from napari_segsuite.batch import manifest as mf
     from napari_segsuite.batch.tasks import get_task
 
@@ -783,8 +845,9 @@ def _channels(shape) -> int:
     return int(shape[-1]) if channels_last else 1
 
 
-def run_batch(task: str, model, inputs, out, *, progress=None, **options) -> BatchSummary:
-    """Segment many images with one task and model; see :func:`batch_job` for the options.
+def run_batch(task: str, model, inputs, out, *, options: BatchOptions | None = None, progress=None,
+              **changes) -> BatchSummary:
+    """Segment many images with one task and model.
 
     Parameters
     ----------
@@ -796,15 +859,12 @@ def run_batch(task: str, model, inputs, out, *, progress=None, **options) -> Bat
         Files, folders, glob patterns, zarr / OME-Zarr stores.
     out : str or path
         Output folder (created).
+    options : BatchOptions, optional
+        How the run works (device, task parameters, workers, chunking, formats, resume ...).
     progress : callable, optional
         Called with each :class:`Progress` (``partial`` is the finished image's record).
-    **options
-        ``device``, ``params`` (dict), ``workers``, ``processes``, ``scheduler``,
-        ``chunk_size``, ``overlap``, ``fmt`` ("auto", "tif", "zarr"), ``table`` ("csv",
-        "parquet"), ``resume``, ``merge_threshold``, ``connect_timeout``, ``family``,
-        ``torch_threads`` (torch threads per worker; default: see
-        :func:`default_torch_threads`: ``max(1, cores // workers)`` with several local workers
-        or with processes, torch's own default for one in-process worker and on a scheduler).
+    **changes
+        :class:`BatchOptions` fields to change (``params=...``, ``workers=2`` ...).
 
     Returns
     -------
@@ -812,6 +872,6 @@ def run_batch(task: str, model, inputs, out, *, progress=None, **options) -> Bat
     """
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
-    return run_sync(batch_job(task, model, inputs, out, **options), progress)
+    return run_sync(batch_job(task, model, inputs, out, options=options, **changes), progress)
 
 
