@@ -81,14 +81,17 @@ def _first_weight(model, fragment: str):
 # -- offline ------------------------------------------------------------------
 
 
-def test_import_transformers_sets_offline(monkeypatch):
-    from napari_segsuite.models.offline import import_transformers
+def test_import_transformers_is_offline_only_while_importing(monkeypatch):
+    from napari_segsuite.models.offline import import_transformers, offline
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    with offline():  # what the import runs under
+        assert os.environ["HF_HUB_OFFLINE"] == "1"
+        assert os.environ["TRANSFORMERS_OFFLINE"] == "1"
     transformers = import_transformers()
-    assert os.environ["HF_HUB_OFFLINE"] == "1"
-    assert os.environ["TRANSFORMERS_OFFLINE"] == "1"
+    # the process-wide switches are the user's again afterwards (issue 16: a good citizen)
+    assert "HF_HUB_OFFLINE" not in os.environ and "TRANSFORMERS_OFFLINE" not in os.environ
     assert hasattr(transformers, "Sam2Model")
 
 

@@ -81,10 +81,11 @@ def test_nice_lowers_the_priority_of_the_thread_only():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning")
-def test_heap_tuning_is_applied_once():
+def test_heap_tuning_is_applied_once(monkeypatch):
     import platform
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc")
+    monkeypatch.setenv("NAPARI_SEGSUITE_MALLOC_TUNING", "1")  # opt-in: it changes the whole process
     assert keep_thread_heaps_warm() is True
     assert keep_thread_heaps_warm() is True

@@ -6,7 +6,8 @@ its own malloc arena. A new thread builds both afresh, which made a 60 ms SAM
 prompt decode take 150+ ms in a freshly started worker. A :class:`ServiceThread`
 keeps one thread, and therefore one warm team, for its whole life;
 :func:`keep_thread_heaps_warm` removes the remaining gap to the main thread
-(worker-thread heaps that glibc unmaps as soon as they are free).
+(worker-thread heaps that glibc unmaps as soon as they are free) when the user
+opts in (``NAPARI_SEGSUITE_MALLOC_TUNING=1``).
 
 Two ways to queue work:
 
@@ -192,7 +193,7 @@ class ServiceThread:
                 self._cond.notify_all()
 
 
-_HEAPS_TUNED: bool | None = None
+_HEAPS_TUNED = False
 
 
 def keep_thread_heaps_warm() -> bool:
@@ -207,16 +208,18 @@ def keep_thread_heaps_warm() -> bool:
     ``MALLOC_ARENA_MAX=1``. Fixing the thresholds (what the main thread
     reaches dynamically: 32 MB mmap threshold) with a 64 MB top pad and a
     128 MB trim threshold makes both equally fast. Memory handed back to the
-    system is that much later; set ``NAPARI_SEGSUITE_MALLOC_TUNING=0`` to skip.
+    system is that much later, for the whole process (napari and every other
+    plugin): so it is opt-in, with ``NAPARI_SEGSUITE_MALLOC_TUNING=1`` in the
+    environment; without it this does nothing.
 
     Returns whether the tuning is in effect.
     """
     global _HEAPS_TUNED
-    if _HEAPS_TUNED is not None:
-        return _HEAPS_TUNED
-    _HEAPS_TUNED = False
-    if os.environ.get("NAPARI_SEGSUITE_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+    if _HEAPS_TUNED:
+        return True
+    if os.environ.get("NAPARI_SEGSUITE_MALLOC_TUNING", "0") != "1" or not sys.platform.startswith("linux"):
         return False
+    _HEAPS_TUNED = False
     try:
         import ctypes
 

@@ -1,9 +1,7 @@
 """Model families behind one runner interface, and the offline-first model store.
 
 Nothing here imports torch, transformers, ultralytics or segment_anything at
-module level; each family module imports its library inside its functions.
+module level; each family module imports its library inside its functions,
+with the libraries' offline switches on only around those calls
+(:func:`napari_segsuite.models.offline.offline`).
 """
-
-from napari_segsuite.models.offline import guard_llvm_clash
-
-guard_llvm_clash()

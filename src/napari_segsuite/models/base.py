@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from napari_segsuite.core.device import resolve_device
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.vocabulary import Family, Task
-from napari_segsuite.models.offline import guard_llvm_clash
+from napari_segsuite.models.offline import guard_llvm_clash, offline
 from napari_segsuite.models.store import ModelSource, ModelStore, default_store
 
 if TYPE_CHECKING:
@@ -100,9 +100,9 @@ class Runner:
     # -- loading ------------------------------------------------------------
     @classmethod
     def load(cls, source: ModelSource, device: str = "auto") -> Runner:
-        """Load ``source`` on ``device`` ("auto", "cpu", "cuda", "mps")."""
-        guard_llvm_clash()
-        return cls._load(source, resolve_device(device))
+        """Load ``source`` on ``device`` ("auto", "cpu", "cuda", "mps"), with the libraries offline."""
+        with offline():
+            return cls._load(source, resolve_device(device))
 
     @classmethod
     def _load(cls, source: ModelSource, device: str) -> Runner:

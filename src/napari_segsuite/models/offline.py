@@ -1,16 +1,20 @@
-"""The deep-learning libraries' offline switches, set before they are imported.
+"""The deep-learning libraries' offline switches, on only around the plugin's own calls.
 
 Downloads in napari-segsuite are deliberate: the model store fetches a file only
-when the user asks it to. Everything else (transformers resolving a processor,
-ultralytics fetching a font or a missing weight file, huggingface_hub pinging
-the hub) is switched off here. :func:`allow_hub_downloads` lifts the switch for
-the duration of one deliberate download.
+when the user asks it to. While the plugin imports a library or loads a model
+(:func:`offline`), the libraries' own reaching out is switched off
+(transformers resolving a processor, ultralytics fetching a font or a missing
+weight file, huggingface_hub pinging the hub); afterwards the environment and
+huggingface_hub's switch are as they were, so other plugins in the same napari
+process see the user's settings. Variables the user set keep the user's value.
+:func:`allow_hub_downloads` lifts the switch for one deliberate download.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -23,26 +27,71 @@ OFFLINE_ENV = {
     "YOLO_VERBOSE": "false",
 }
 
+_LOCK = threading.RLock()
+_DEPTH = 0
+_SAVED: dict = {}
 
-def set_offline_env() -> None:
-    """Set the libraries' offline variables unless the user already chose a value."""
+
+def _hub_constants():
+    import sys
+
+    return sys.modules.get("huggingface_hub.constants")
+
+
+@contextlib.contextmanager
+def offline():
+    """The libraries' offline switches on inside this block (nested blocks share one setting).
+
+    Sets the variables of :data:`OFFLINE_ENV` the user has not set and, once
+    huggingface_hub is imported, its ``HF_HUB_OFFLINE`` constant (which it
+    reads at import); both are restored when the outermost block ends. Also
+    applies :func:`guard_llvm_clash`, since the block is where torch and its
+    libraries get imported.
+    """
+    global _DEPTH
     guard_llvm_clash()
-    for key, value in OFFLINE_ENV.items():
-        os.environ.setdefault(key, value)
+    with _LOCK:
+        if _DEPTH == 0:
+            _SAVED.clear()
+            _SAVED["env"] = {k: os.environ.get(k) for k in OFFLINE_ENV}
+            for key, value in OFFLINE_ENV.items():
+                os.environ.setdefault(key, value)
+            constants = _hub_constants()
+            _SAVED["hub"] = None if constants is None else constants.HF_HUB_OFFLINE
+            if constants is not None and os.environ.get("HF_HUB_OFFLINE") == "1":
+                constants.HF_HUB_OFFLINE = True
+        _DEPTH += 1
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _DEPTH -= 1
+            if _DEPTH == 0:
+                for key, value in _SAVED.get("env", {}).items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+                constants = _hub_constants()
+                if constants is not None:
+                    before = _SAVED.get("hub")
+                    constants.HF_HUB_OFFLINE = (
+                        before if before is not None else os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "True")
+                    )
 
 
 def import_transformers():
     """Import transformers with the hub switched to offline mode."""
-    set_offline_env()
-    import transformers
+    with offline():
+        import transformers
 
     return transformers
 
 
 def import_ultralytics():
     """Import ultralytics with its offline switch and quiet logging."""
-    set_offline_env()
-    import ultralytics
+    with offline():
+        import ultralytics
 
     return ultralytics
 
@@ -50,15 +99,15 @@ def import_ultralytics():
 @contextlib.contextmanager
 def allow_hub_downloads():
     """Let huggingface_hub reach the network inside this block (a deliberate download)."""
-    set_offline_env()
-    from huggingface_hub import constants
+    with offline():
+        from huggingface_hub import constants
 
-    old = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = False
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = old
+        old = constants.HF_HUB_OFFLINE
+        constants.HF_HUB_OFFLINE = False
+        try:
+            yield
+        finally:
+            constants.HF_HUB_OFFLINE = old
 
 
 def guard_llvm_clash() -> bool:

@@ -109,20 +109,21 @@ class Sam2VideoTracker:
     """``Sam2VideoModel`` and ``Sam2VideoProcessor`` loaded from the runner's folder."""
 
     def __init__(self, runner):
-        from napari_segsuite.models.offline import import_transformers
+        from napari_segsuite.models.offline import import_transformers, offline
 
         t = import_transformers()
         folder = runner.source.path
         self.device = runner.device
-        self.model = t.Sam2VideoModel.from_pretrained(folder).to(runner.device).eval()
-        try:
-            self.processor = t.Sam2VideoProcessor.from_pretrained(folder)
-        except (OSError, ValueError, TypeError):
-            size = int(runner.info.get("image_size") or 1024)
-            self.processor = t.Sam2VideoProcessor(
-                image_processor=runner.processor.image_processor,
-                video_processor=t.Sam2VideoVideoProcessor(size={"height": size, "width": size}),
-            )
+        with offline():
+            self.model = t.Sam2VideoModel.from_pretrained(folder).to(runner.device).eval()
+            try:
+                self.processor = t.Sam2VideoProcessor.from_pretrained(folder)
+            except (OSError, ValueError, TypeError):
+                size = int(runner.info.get("image_size") or 1024)
+                self.processor = t.Sam2VideoProcessor(
+                    image_processor=runner.processor.image_processor,
+                    video_processor=t.Sam2VideoVideoProcessor(size={"height": size, "width": size}),
+                )
 
     def start(self, frames: np.ndarray, frame: int, mask: np.ndarray) -> _Sam2Clip:
         state = self.processor.init_video_session(video=frames, inference_device=self.device)
