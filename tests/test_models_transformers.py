@@ -90,7 +90,7 @@ def test_import_transformers_is_offline_only_while_importing(monkeypatch):
         assert os.environ["HF_HUB_OFFLINE"] == "1"
         assert os.environ["TRANSFORMERS_OFFLINE"] == "1"
     transformers = import_transformers()
-    # the process-wide switches are the user's again afterwards (issue 16: a good citizen)
+    # the process-wide switches are the user's again afterwards
     assert "HF_HUB_OFFLINE" not in os.environ and "TRANSFORMERS_OFFLINE" not in os.environ
     assert hasattr(transformers, "Sam2Model")
 
