@@ -318,7 +318,7 @@ def _instance_run(image, runner, sam, boxes, *, conf, iou, mask_threshold, class
 
     params = InstanceParams(
         conf=conf, iou=iou, mask_threshold=mask_threshold, max_det=max_det, imgsz=imgsz,
-        text_threshold=text_threshold, progress=progress,
+        text_threshold=text_threshold,
     )
     if runner is not None:
         names = concept_params(runner, params, classes, exemplars, exemplar_labels)
