@@ -166,18 +166,22 @@ def splice_rings(rings: list[np.ndarray]) -> np.ndarray:
     while todo_walk:
         item = todo_walk.pop()
         if item[0] == "emit":
-            out.extend(item[1])
+            out.append(item[1])
             continue
         _, k, start = item
-        ring, actions = rings[k], []
-        for t in range(len(ring)):
-            i = (start + t) % len(ring)
-            actions.append(("emit", [ring[i]]))
-            for child, j in children.get((k, i), []):
-                actions += [("emit", [ring[i]]), ("ring", child, j),
-                            ("emit", [rings[child][j], rings[child][j], ring[i]])]
+        ring = rings[k]
+        order = np.roll(ring, -start, axis=0)
+        hooks = sorted(((i - start) % len(ring), i) for (owner, i) in children if owner == k)
+        actions, done = [], 0
+        for pos, i in hooks:
+            actions.append(("emit", order[done: pos + 1]))
+            for child, j in children[(k, i)]:
+                actions += [("emit", ring[i: i + 1]), ("ring", child, j),
+                            ("emit", np.stack([rings[child][j], rings[child][j], ring[i]]))]
+            done = pos + 1
+        actions.append(("emit", order[done:]))
         todo_walk.extend(reversed(actions))
-    seq = np.asarray(out)
+    seq = np.concatenate(out) if len(rings) > 1 else rings[0]
     if len(seq) < 3:
         seq = np.concatenate([seq, np.repeat(seq[-1:], 3 - len(seq), axis=0)])
     return seq
@@ -282,7 +286,8 @@ def polygon_line(class_index: int, poly: np.ndarray, shape: tuple[int, int]) -> 
     coords = np.empty(poly.shape, dtype=np.float64)
     coords[:, 0] = poly[:, 0] / w
     coords[:, 1] = poly[:, 1] / h
-    return f"{class_index} " + " ".join(f"{v:.6f}" for v in coords.ravel())
+    flat = coords.ravel().tolist()
+    return f"{class_index} " + " ".join(["%.6f"] * len(flat)) % tuple(flat)
 
 
 # -- writing ---------------------------------------------------------------------------
