@@ -13,18 +13,21 @@ without objects gets an empty label file (a background image for ultralytics).
 Polygons
 --------
 A vertex is a pixel index (``x = column / width``), the convention of ultralytics' own mask
-tools: drawing the polygon with ``cv2.fillPoly`` (which fills the outline's pixels too) gives
-back the object's pixels exactly for a simply connected object, as its outline is traced
-through its boundary pixels (``cv2.findContours``, collinear vertices dropped).
+tools: an object's outline runs through its boundary pixels (``cv2.findContours``, collinear
+vertices dropped), and ``cv2.fillPoly``, which fills the outline's pixels too, gives back the
+object's pixels exactly for a simply connected object.
 
-An object with holes or of several parts is still one polygon: every further outline (a
-hole's inner boundary, another part's outer boundary) is spliced into the first one through
-a zero-width cut between their nearest boundary pixels (traversed there and back). A hole's
-cut runs over the object's own pixels, so holes come back exactly; a cut between two parts
-crosses the gap between them and adds that line of pixels (about one pixel per pixel of
-distance) when the polygon is filled. The writer fills every polygon it writes and records
-the smallest IoU with its mask (``min_polygon_iou`` in the export's provenance) and the
-objects below 0.95. Reading fills the polygons in file order (later objects on top).
+An object with holes or of several parts is still one polygon (one line): every further
+outline (a hole's inner boundary, another part's outer boundary) is spliced into the first
+through a zero-width cut between nearby boundary pixels of two outlines (a tree of shortest
+links), written ``v v r ... r r v``: the doubled vertices mark where a cut leaves and comes
+back. Reading splits the polygon at the marks into its outlines again and fills them together
+with the even-odd rule, outlines included: holes stay empty and cuts add nothing, so the
+object's pixels come back (the writer checks every object and records the smallest IoU,
+``min_polygon_iou``, and the objects below 0.95). ultralytics draws the whole polygon as one
+ring: a hole is still empty there (its cut runs over the object's own pixels), but a cut
+between two parts adds the line of pixels across the gap (``min_fillpoly_iou`` records the
+smallest IoU of that drawing). A foreign polygon without marks is one outline.
 
 Class indices must be 0 ... nc-1 in ultralytics: class ids ``0 ... n-1`` are written as they
 are; other ids are numbered in increasing order and the original ids kept in ``data.yaml``
@@ -213,10 +216,11 @@ def split_rings(seq: np.ndarray) -> list[np.ndarray]:
         if not ring or ring[-1] != v:
             ring.append(v)
         pos += 1
-    while stack:
-        ring = stack.pop()[0]
-        if ring:
-            rings.append(ring)
+    if len(stack) > 1:  # a doubled vertex that is no mark of ours: the polygon is one outline
+        keep = [k for k in range(n) if k == 0 or pts[k] != pts[k - 1]]
+        return [np.asarray([pts[k] for k in keep], dtype=np.int64)]
+    if stack[0][0]:
+        rings.append(stack[0][0])
     return [np.asarray(r, dtype=np.int64) for r in rings if r]
 
 
