@@ -38,6 +38,8 @@ FAMILIES: dict[str, str] = {
     "mask2former": "napari_segsuite.models.hf_segmentation:Mask2FormerRunner",
     "unet": "napari_segsuite.models.unet:UnetRunner",
     "sam3": "napari_segsuite.models.sam3:Sam3Runner",
+    "sam3_tracker": "napari_segsuite.models.sam2_family:Sam3TrackerRunner",
+    "edgetam": "napari_segsuite.models.sam2_family:EdgeTamRunner",
     "grounding_dino": "napari_segsuite.models.open_vocab_detectors:GroundingDinoRunner",
     "owlv2": "napari_segsuite.models.open_vocab_detectors:Owlv2Runner",
 }

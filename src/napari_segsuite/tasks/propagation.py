@@ -7,9 +7,10 @@ Two methods:
   itself as SAM's low-resolution mask prompt, or (SAM 2.1) a positive point
   at the mask's most interior pixel. Each plane's embedding goes through the
   session's cache, so planes encoded before (e.g. by prefetch) cost nothing.
-- ``"video"`` (SAM 2.1 folders with the video memory weights, like the
-  released ``facebook/sam2.1-hiera-*``): transformers' ``Sam2VideoModel`` and
-  ``Sam2VideoProcessor`` treat the planes as frames; the mask is the prompt on
+- ``"video"`` (folders with the video memory weights: the released
+  ``facebook/sam2.1-hiera-*``, ``facebook/sam3`` (its tracker) and EdgeTAM):
+  transformers' ``Sam2VideoModel`` / ``Sam3TrackerVideoModel`` /
+  ``EdgeTamVideoModel`` and their processors treat the planes as frames; the mask is the prompt on
   the start frame and ``propagate_in_video_iterator`` runs forwards and in
   reverse, with SAM 2's memory of the frames seen.
 
@@ -52,12 +53,15 @@ def choose_method(session, method: str = "auto") -> str:
     """The method ``propagate_job`` uses for this session's model."""
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, not {method!r}.")
+    from napari_segsuite.models.sam2_family import SAM2_LIKE_FAMILIES
+
     runner = session.runner
-    video_ok = runner.family == "sam2" and bool(runner.info.get("memory_weights"))
+    video_ok = runner.family in SAM2_LIKE_FAMILIES and bool(runner.info.get("memory_weights"))
     if method == "video" and not video_ok:
         raise InputError(
-            "Video propagation needs a SAM 2.1 folder with the video memory weights (like the released "
-            "facebook/sam2.1-hiera-* folders); this model propagates by projecting masks (method 'project')."
+            "Video propagation needs a folder with the video memory weights (the released "
+            "facebook/sam2.1-hiera-*, facebook/sam3 or EdgeTAM folders); this model propagates by "
+            "projecting masks (method 'project')."
         )
     if method == "auto":
         return "video" if video_ok else "project"
@@ -176,21 +180,30 @@ def _interior_point(mask: np.ndarray) -> np.ndarray:
 
 
 def video_model_for(session) -> tuple[Any, Any]:
-    """``Sam2VideoModel`` and ``Sam2VideoProcessor`` for a SAM 2.1 session's folder (loaded once)."""
+    """The video model and processor of a session's folder (loaded once).
+
+    ``Sam2VideoModel`` / ``Sam2VideoProcessor`` for SAM 2.1; the classes named in
+    the runner's ``info["video_model"]`` / ``info["video_processor"]`` for the SAM 3
+    tracker and EdgeTAM.
+    """
     cached = getattr(session, "_video_model", None)
     if cached is not None:
         return cached
+    from napari_segsuite.models.hf_segmentation import quiet_transformers
     from napari_segsuite.models.offline import import_transformers
 
     t = import_transformers()
     runner = session.runner
     folder = runner.source.path
-    model = t.Sam2VideoModel.from_pretrained(folder).to(runner.device).eval()
+    model_cls = getattr(t, runner.info.get("video_model") or "Sam2VideoModel")
+    proc_cls = getattr(t, runner.info.get("video_processor") or "Sam2VideoProcessor")
+    with quiet_transformers():
+        model = model_cls.from_pretrained(folder).to(runner.device).eval()
     try:
-        processor = t.Sam2VideoProcessor.from_pretrained(folder)
+        processor = proc_cls.from_pretrained(folder)
     except (OSError, ValueError, TypeError):
         size = int(runner.info.get("image_size") or 1024)
-        processor = t.Sam2VideoProcessor(
+        processor = proc_cls(
             image_processor=runner.processor.image_processor,
             video_processor=t.Sam2VideoVideoProcessor(size={"height": size, "width": size}),
         )
@@ -205,7 +218,7 @@ def _video(session, volume, start, mask, steps, limit, iou_floor, min_area):
     lo = start - min(limit, start) if -1 in steps else start
     hi = start + min(limit, n - 1 - start) if 1 in steps else start
     total = _planned(n, start, steps, limit) + 1
-    yield Progress(0, total, "Loading SAM 2.1 video model")
+    yield Progress(0, total, "Loading the video model")
     model, processor = video_model_for(session)
     frames = np.stack([prepare_rgb_uint8(np.asarray(volume[i])) for i in range(lo, hi + 1)])
     h, w = frames.shape[1:3]
@@ -228,7 +241,7 @@ def _video(session, volume, start, mask, steps, limit, iou_floor, min_area):
             z = lo + int(output.frame_idx)
             if z == start:
                 continue
-            yield Progress(done, total, f"Propagating (SAM 2.1 video): plane {z}")
+            yield Progress(done, total, f"Propagating (video tracking): plane {z}")
             done += 1
             masks = processor.post_process_masks([output.pred_masks.cpu()], original_sizes=[[h, w]])[0]
             new = np.asarray(masks[0, 0].numpy(), dtype=bool)

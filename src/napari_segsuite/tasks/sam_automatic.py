@@ -229,12 +229,14 @@ class Decoded:
 
 def mask_source_for(session):
     """The mask source of a :class:`SamSession`'s model family."""
+    from napari_segsuite.models.sam2_family import SAM2_LIKE_FAMILIES
+
     family = session.runner.family
     if family == "sam":
         return SamMaskSource(session)
-    if family == "sam2":
+    if family in SAM2_LIKE_FAMILIES:
         return Sam2MaskSource(session)
-    raise InputError(f"Automatic masks need a SAM or SAM 2.1 model, not {family}.")
+    raise InputError(f"Automatic masks need a SAM, SAM 2.1, SAM 3 tracker or EdgeTAM model, not {family}.")
 
 
 # -- crops and tiles --------------------------------------------------------------------------

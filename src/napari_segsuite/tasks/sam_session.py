@@ -225,7 +225,7 @@ class _SamBackend:
 
 
 class _Sam2Backend:
-    """SAM 2.1 through transformers: ``get_image_embeddings`` once, then prompt decoding."""
+    """SAM 2.1, SAM 3 tracker and EdgeTAM through transformers: ``get_image_embeddings`` once, then prompts."""
 
     def __init__(self, runner):
         self.runner = runner
@@ -272,7 +272,9 @@ class SamSession:
     Parameters
     ----------
     model : str, path or Runner
-        A SAM or SAM 2.1 registry name, a checkpoint file or folder, or a loaded runner.
+        A SAM, SAM 2.1, SAM 3 tracker or EdgeTAM registry name, a checkpoint
+        file or folder, or a loaded runner (the ``facebook/sam3`` folder is
+        prompted through its tracker).
     device : str
         "auto", "cpu", "cuda" or "mps".
     cache_size : int
@@ -287,15 +289,21 @@ class SamSession:
         from napari_segsuite.models.base import load_model
 
         keep_thread_heaps_warm()  # encoders and decoders run in worker threads: as fast as on the main one
+        from napari_segsuite.models.sam2_family import SAM2_LIKE_FAMILIES
+
         self.runner = load_model(model, device, store=store)
+        if self.runner.family == "sam3" and self.runner.info.get("model_type") == "sam3_video":
+            # the facebook/sam3 folder also holds the tracker: prompts go to it
+            self.runner = load_model(self.runner.source.path, self.runner.device, family="sam3_tracker")
         if self.runner.family == "sam":
             self.backend = _SamBackend(self.runner)
-        elif self.runner.family == "sam2":
+        elif self.runner.family in SAM2_LIKE_FAMILIES:
             self.backend = _Sam2Backend(self.runner)
         else:
             raise InputError(
-                f"SamSession needs a Segment Anything model (SAM or SAM 2.1); '{self.runner.name}' is "
-                f"{self.runner.family}."
+                f"SamSession needs a Segment Anything-style prompt model (SAM, SAM 2.1, SAM 3 tracker or "
+                f"EdgeTAM); "
+                f"'{self.runner.name}' is {self.runner.family}."
             )
         self.cache_size = cache_size
         self.disk_cache = Path(disk_cache) if disk_cache else None
