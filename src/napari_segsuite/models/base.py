@@ -114,6 +114,19 @@ class Runner:
                 f"segmentation, not {task}. Choose a {task} model."
             )
 
+    def prompt_model(self):
+        """This model behind :class:`~napari_segsuite.models.prompt.PromptModel` (promptable families).
+
+        Returns a new prompt model on each call (it holds per-session state
+        such as the last predictor); families that take no prompts raise
+        :class:`~napari_segsuite.core.errors.InputError`.
+        """
+        raise InputError(
+            f"Prompts need a promptable model (SAM, SAM 2.1, SAM 3 tracker or EdgeTAM); '{self.name}' is a "
+            f"{self.family} model "
+            "(Segment Anything models take prompts)."
+        )
+
     def provenance(self) -> dict:
         """Plain data for ``layer.metadata``: source, device, architecture."""
         return {**self.source.provenance(), "device": self.device, "tasks": list(self.tasks), **self.info}

@@ -3,7 +3,9 @@
 Both take points and boxes like SAM 2.1 and share its calling convention
 (``get_image_embeddings`` once per image, then the model on those embeddings
 with prompts prepared by the processor, masks through the processor's
-``post_process_masks``), so the same session code serves all three.
+``post_process_masks``), so both sit behind the prompt-model interface as
+:class:`~napari_segsuite.models.sam2_prompt.Sam2PromptModel` with their own
+title and video classes.
 
 - SAM 3 tracker (``Sam3TrackerModel`` + ``Sam3TrackerProcessor``): SAM 3's
   ViT backbone with SAM 2's prompt encoder and mask decoder. It loads from the
@@ -31,8 +33,6 @@ from napari_segsuite.models.hf_segmentation import (
 from napari_segsuite.models.offline import import_transformers
 from napari_segsuite.models.store import ModelSource
 
-#: Families whose models take prompts the SAM 2.1 way (transformers' ``Sam2Model`` convention).
-SAM2_LIKE_FAMILIES = ("sam2", "sam3_tracker", "edgetam")
 SAM3_TRACKER_TYPES = ("sam3_tracker", "sam3_tracker_video", "sam3_video")
 EDGETAM_TYPES = ("edgetam", "edgetam_video")
 
@@ -83,6 +83,14 @@ class _Sam2LikeRunner(Runner):
     @staticmethod
     def _default_processor(config):
         raise NotImplementedError
+
+    def prompt_model(self):
+        """This model behind the prompt-model interface (SAM 2.1's calling convention)."""
+        from napari_segsuite.models.sam2_prompt import Sam2PromptModel
+
+        model = Sam2PromptModel(self)
+        model.title = self.TITLE
+        return model
 
     @classmethod
     def _load(cls, source: ModelSource, device: str):
