@@ -33,10 +33,10 @@ def image():
 
 
 LIBRARY = {
-    "sam3_video": ("Sam3TrackerModel", "Sam3TrackerProcessor", "sam3_tracker"),
-    "sam3_tracker": ("Sam3TrackerModel", "Sam3TrackerProcessor", "sam3_tracker"),
-    "edgetam_video": ("EdgeTamModel", "Sam2Processor", "edgetam"),
-    "edgetam_image": ("EdgeTamModel", "Sam2Processor", "edgetam"),
+    "sam3_video": ("Sam3TrackerModel", "Sam3TrackerProcessor", "SAM 3 tracker"),
+    "sam3_tracker": ("Sam3TrackerModel", "Sam3TrackerProcessor", "SAM 3 tracker"),
+    "edgetam_video": ("EdgeTamModel", "Sam2Processor", "EdgeTAM"),
+    "edgetam_image": ("EdgeTamModel", "Sam2Processor", "EdgeTAM"),
 }
 
 
@@ -45,9 +45,9 @@ def test_session_equals_the_library(folders, image, name):
     import torch
     import transformers
 
-    model_cls, proc_cls, family = LIBRARY[name]
+    model_cls, proc_cls, title = LIBRARY[name]
     session = SamSession(str(folders[name]), device="cpu")
-    assert session.runner.family == family  # the facebook/sam3 layout is prompted through its tracker
+    assert session.prompt_model.title == title  # the facebook/sam3 layout is prompted through its tracker
     model = getattr(transformers, model_cls).from_pretrained(folders[name]).eval()
     processor = getattr(transformers, proc_cls).from_pretrained(folders[name])
     session.set_image(image)

@@ -110,9 +110,8 @@ class Sam2VideoTracker:
     classes named in ``runner.info["video_model"]`` / ``["video_processor"]``)."""
 
     def __init__(self, runner):
-        from napari_segsuite.models.offline import import_transformers
-
         from napari_segsuite.models.hf_segmentation import quiet_transformers
+        from napari_segsuite.models.offline import import_transformers
 
         t = import_transformers()
         folder = runner.source.path
