@@ -293,12 +293,16 @@ def test_existing_folder_refused_unless_overwrite(tmp_path, stack):
     with pytest.raises(DatasetError, match="exists and is not empty"):
         api.export_dataset(img, lab, out)
     assert _leftovers(out) == ["mine.txt"]
-    # a failing overwrite leaves the old folder as it was
-    with pytest.raises(InputError):
-        api.export_dataset(img, np.zeros_like(lab), out, overwrite=True)
+    # a folder with other files is never replaced, even when asked
+    with pytest.raises(DatasetError, match="only a dataset folder is replaced"):
+        api.export_dataset(img, lab, out, overwrite=True)
     assert _leftovers(out) == ["mine.txt"]
-    api.export_dataset(img, lab, out, overwrite=True, format="yolo")
-    assert "mine.txt" not in _leftovers(out) and "data.yaml" in _leftovers(out)
+    (out / "mine.txt").unlink()
+    api.export_dataset(img, lab, out, format="coco")
+    with pytest.raises(DatasetError, match="exists and is not empty"):
+        api.export_dataset(img, lab, out, format="yolo")
+    api.export_dataset(img, lab, out, overwrite=True, format="yolo")  # a dataset is replaced
+    assert _leftovers(out) == ["data.yaml", "images", "labels"]
     assert _leftovers(tmp_path) == ["ds"]
     empty = tmp_path / "empty"
     empty.mkdir()
