@@ -192,8 +192,9 @@ def category_class_ids(categories: list[dict]) -> dict[int, int]:
     return {i: i - shift for i in ids}
 
 
-def decode(segmentation, height: int, width: int) -> np.ndarray:
-    """A COCO ``segmentation`` (RLE or polygons) as a boolean (H, W) mask."""
+def decode(segmentation, height: int, width: int) -> tuple[tuple[slice, slice], np.ndarray]:
+    """A COCO ``segmentation`` (RLE or polygons) as its box (row, column slices) and the
+    boolean mask inside it."""
     from pycocotools import mask as mask_utils
 
     if isinstance(segmentation, list):
@@ -207,10 +208,11 @@ def decode(segmentation, height: int, width: int) -> np.ndarray:
                "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
     else:
         raise DatasetError(f"unknown COCO segmentation of type {type(segmentation).__name__}")
-    mask = mask_utils.decode(rle)
-    if mask.shape != (height, width):
-        raise DatasetError(f"a mask of size {mask.shape} in an image of size {(height, width)}")
-    return mask.astype(bool, copy=False)
+    if tuple(rle["size"]) != (height, width):
+        raise DatasetError(f"a mask of size {tuple(rle['size'])} in an image of size {(height, width)}")
+    x, y, w, h = (int(v) for v in mask_utils.toBbox(rle))
+    box = (slice(y, y + h), slice(x, x + w))
+    return box, mask_utils.decode(rle)[box].astype(bool)
 
 
 def iter_coco(json_path: Path, doc: dict | None = None) -> Iterator[dict]:
@@ -248,7 +250,7 @@ def iter_coco(json_path: Path, doc: dict | None = None) -> Iterator[dict]:
                     "which is not in 'categories'."
                 )
             try:
-                mask = decode(ann["segmentation"], height, width)
+                box, mask = decode(ann["segmentation"], height, width)
             except DatasetError as exc:
                 raise DatasetError(f"{json_path.name}: annotation {ann.get('id')}: {exc}") from exc
             except Exception as exc:
@@ -256,7 +258,7 @@ def iter_coco(json_path: Path, doc: dict | None = None) -> Iterator[dict]:
                     f"{json_path.name}: annotation {ann.get('id')} has a mask pycocotools cannot read "
                     f"({type(exc).__name__}: {exc})."
                 ) from exc
-            labels[mask] = ids[k]
+            labels[box][mask] = ids[k]
             classes[ids[k]] = to_class[ann["category_id"]]
         yield {"name": Path(record["file_name"]).stem, "split": split, "image": image,
                "labels": labels, "classes": classes, "file": path}
