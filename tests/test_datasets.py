@@ -152,11 +152,17 @@ def test_yolo_random_blobs_iou(tmp_path):
     res = api.export_dataset(images, labels, tmp_path / "ds", format="yolo")
     back = api.import_dataset(tmp_path / "ds")
     assert back.class_names == {0: "object"}
+    from napari_segsuite.core.labels import relabel_sequential
+
     for name, got, image in zip(back.names, back.labels, back.images, strict=True):
         k = int(name[-5:])
         assert min(iou_per_object(labels[k], got)) >= 0.95
+        # in fact exact: ids renumbered 1..n in label order, the same pixels
+        np.testing.assert_array_equal(got, relabel_sequential(labels[k])[0])
         np.testing.assert_array_equal(image, images[k])
     assert res.provenance["objects_below_iou_0_95"] == 0
+    assert res.provenance["min_polygon_iou"] == 1.0
+    assert res.provenance["min_fillpoly_iou"] < 0.9  # what one-ring drawing makes of the parts
 
 
 def test_yolo_dataset_accepted_by_ultralytics(tmp_path, stack):
