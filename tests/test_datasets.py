@@ -396,3 +396,23 @@ def test_foreign_polygon_with_a_doubled_vertex_is_one_outline():
     assert len(split_rings(square)) == 1
     _, mask = fill_polygon((20, 20), square)
     assert mask.sum() == 11 * 11
+
+
+def test_rle_strings_decoded_like_pycocotools():
+    from pycocotools import mask as mask_utils
+
+    from napari_segsuite.datasets.coco import paint_runs, rle_counts
+
+    rng = np.random.default_rng(2)
+    for t in range(200):
+        h, w = (int(v) for v in rng.integers(1, 200, 2))
+        mask = (rng.random((h, w)) < rng.random()).astype(np.uint8)
+        if t % 4 == 0:
+            mask[:] = 0
+            mask[h // 3: h // 2 + 1, w // 4:] = 1
+        rle = mask_utils.encode(np.asfortranarray(mask))
+        columns = np.zeros((w, h), np.int32)
+        paint_runs(columns.reshape(-1), rle_counts({"size": [h, w], "counts": rle["counts"].decode()}, h, w), 5)
+        np.testing.assert_array_equal(columns.T == 5, mask_utils.decode(rle).astype(bool))
+    with pytest.raises(DatasetError, match="do not cover"):
+        rle_counts({"size": [4, 4], "counts": [3, 2]}, 4, 4)
