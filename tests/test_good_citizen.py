@@ -49,3 +49,24 @@ def test_importing_and_loading_leave_the_environment_as_the_user_set_it(tmp_path
     assert out["env"] == {k: ("true" if k == "YOLO_VERBOSE" else None) for k in OFFLINE_ENV}
     assert out["hub_offline"] is False  # huggingface_hub is back to the user's (online) setting
     assert out["triton_blocked"] is False  # no OpenGL LLVM in this process: triton is left alone
+
+
+def test_sam_dock_gives_its_keys_back_when_it_closes(make_napari_viewer, qtbot):
+    from napari.utils.key_bindings import coerce_keybinding
+
+    from napari_segsuite.widgets.sam_prompt import SamPromptWidget
+
+    viewer = make_napari_viewer(show=False)
+    mine = []
+    viewer.bind_key("Shift-X", lambda v: mine.append("x"))  # the user's own binding first
+    before = viewer.keymap[coerce_keybinding("Shift-X")]
+    widget = SamPromptWidget(viewer)
+    dock = viewer.window.add_dock_widget(widget, name="SAM")
+    assert viewer.keymap[coerce_keybinding("Shift-C")] is not None
+    assert viewer.keymap[coerce_keybinding("Shift-X")] is not before  # the dock's while it is open
+    dock.destroyOnClose()  # what the dock's close button does
+    qtbot.waitUntil(lambda: coerce_keybinding("Shift-C") not in viewer.keymap, timeout=5000)
+    assert viewer.keymap[coerce_keybinding("Shift-X")] is before  # the user's binding is back
+    viewer.window.add_dock_widget(widget, name="SAM")  # opened again: the keys are the dock's again
+    assert viewer.keymap[coerce_keybinding("Shift-X")] is not before
+    widget.shutdown()

@@ -73,7 +73,7 @@ def test_segment_everything_runs_on_edgetam_and_the_sam3_tracker(folders, image)
         auto = api.sam_automatic(image, str(folders[name]), device="cpu", points_per_side=4,
                                  pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
         assert auto.labels.shape == image.shape[:2]
-        assert len(auto.table) > 0 and set(np.unique(auto.labels)) - {0} <= set(auto.table["index"])
+        assert len(auto.table) > 0 and set(np.unique(auto.labels)) - {0} <= set(auto.table["label"])
 
 
 @pytest.mark.parametrize("name", ["edgetam_video", "sam3_video"])
@@ -82,7 +82,7 @@ def test_video_propagation_with_the_trackers(folders, name):
     session = SamSession(str(folders[name]), device="cpu")
     assert choose_method(session) == "video"
     # random weights lose the object at once: min_area=0 keeps going, so the planes visited show
-    masks = api.propagate(stack, 3, truth[3], session, iou_floor=0.0, max_planes=2, min_area=0)
+    masks = api.propagate(stack, session, start_index=3, mask=truth[3], iou_floor=0.0, max_planes=2, min_area=0)
     assert sorted(masks) == [1, 2, 4, 5]
     assert all(m.shape == (64, 64) and m.dtype == bool for m in masks.values())
     print(name, "video IoU with the truth:", {z: round(mask_iou(m, truth[z]), 3) for z, m in masks.items()})
@@ -96,7 +96,7 @@ def test_image_only_edgetam_propagates_by_projection(folders):
 def test_boxes_to_masks_with_edgetam(folders, image):
     session = SamSession(str(folders["edgetam_video"]), device="cpu")
     boxes = np.array([[10, 20, 80, 120], [30, 30, 100, 140]])
-    result = api.detect_then_segment(image, boxes, session)
+    result = api.detect_then_segment(image, boxes, sam=session)
     session.set_image(image)
     expected = np.zeros(image.shape[:2], np.int32)
     for k, box in enumerate(boxes):

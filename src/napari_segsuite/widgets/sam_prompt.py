@@ -161,8 +161,29 @@ class SamPromptWidget(SegmentationWidget):
             "Alt-2": lambda v: self.select_candidate(1),
             "Alt-3": lambda v: self.select_candidate(2),
         }
+        #: key -> (our function, what it replaced): released when the dock closes
+        if getattr(self, "_bound_keys", None):
+            return
+        if not hasattr(self, "_parent_watch"):  # closing the dock takes the widget out of the window
+            self._parent_watch = _parent_watch(self.native, self._on_parent_change)
+        self._bound_keys = {}
         for key, func in bindings.items():
-            self.viewer.bind_key(key, func, overwrite=True)
+            self._bound_keys[key] = (func, self.viewer.bind_key(key, func, overwrite=True))
+
+    def _on_parent_change(self, docked: bool) -> None:
+        if docked and not self._closed:
+            self._bind_keys()
+        elif not docked:
+            self._release_keys()
+
+    def _release_keys(self) -> None:
+        """Give the viewer back the keys this dock bound (the earlier bindings, if any)."""
+        from napari.utils.key_bindings import coerce_keybinding
+
+        for key, (func, before) in getattr(self, "_bound_keys", {}).items():
+            if self.viewer.keymap.get(coerce_keybinding(key)) is func:
+                self.viewer.bind_key(key, before, overwrite=True)
+        self._bound_keys = {}
 
     def ensure_prompt_layers(self):
         """Create (or find) the points, boxes and preview layers of the chosen image."""
@@ -430,6 +451,8 @@ class SamPromptWidget(SegmentationWidget):
             self._timer.stop()
         self.prompt_thread.close(timeout=10)
         self.prefetch_thread.close(timeout=10)
+        with contextlib.suppress(RuntimeError):  # the viewer may be gone already at exit
+            self._release_keys()
 
     def _on_done(self, how: str) -> None:
         super()._on_done(how)
@@ -913,6 +936,21 @@ def _bridge_class():
         delivered = Signal(object)
 
     return Bridge
+
+
+def _parent_watch(widget, callback):
+    """Call ``callback(has_parent)`` whenever ``widget`` is put into or taken out of a parent."""
+    from qtpy.QtCore import QEvent, QObject
+
+    class Watch(QObject):
+        def eventFilter(self, obj, event):
+            if event.type() == QEvent.Type.ParentChange:
+                callback(obj.parent() is not None)
+            return False
+
+    watch = Watch(widget)
+    widget.installEventFilter(watch)
+    return watch
 
 
 def _make_bridge():
