@@ -256,3 +256,24 @@ def test_mask_rcnn_with_other_class_counts_gets_generic_names(tmp_path, image):
     assert set(res.table.class_name) <= {"class_1", "class_2"}
     with pytest.raises(InputError, match="no class 'person'"):
         api.segment_instances(image, runner, classes=["person"])
+
+
+def test_mask_rcnn_defaults_are_torchvisions(mrcnn, image, models):
+    """Without thresholds the API runs Mask R-CNN with torchvision's own NMS IoU and detection cap."""
+    import torch
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    ref = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
+    defaults = (ref.roi_heads.nms_thresh, ref.roi_heads.detections_per_img)
+    assert defaults == (0.5, 100)  # torchvision's model
+    ref.load_state_dict(torch.load(models["mrcnn"], weights_only=True))
+    ref.eval()
+    ref.transform.min_size, ref.transform.max_size = (MRCNN_SIZE,), MRCNN_SIZE
+    ref.roi_heads.score_thresh = 0.01
+    with torch.inference_mode():
+        out = ref([torch.from_numpy(image).permute(2, 0, 1).float() / 255])[0]
+    ours = api.segment_instances(image, mrcnn, conf=0.01)
+    assert (mrcnn.model.roi_heads.nms_thresh, mrcnn.model.roi_heads.detections_per_img) == defaults
+    assert len(ours.table) == len(out["scores"]) > 0
+    np.testing.assert_allclose(_rows(ours)[1], out["scores"].numpy(), rtol=1e-5)
+    assert ours.provenance["task"] == "instance" and ours.provenance["parameters"]["iou"] is None

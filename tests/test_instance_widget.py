@@ -240,3 +240,12 @@ def test_other_families_in_the_widget(make_napari_viewer, qtbot, rgb, other_fami
     assert len(ref.table) > 0
     np.testing.assert_array_equal(layer.data, ref.labels)
     assert layer.metadata["segsuite"]["model"]["family"] == family.replace("maskrcnn", "torchvision")
+
+
+def test_picking_a_model_shows_its_library_defaults(make_napari_viewer):
+    viewer = make_napari_viewer(show=False)
+    widget = InstanceWidget(viewer)
+    widget.models.model.value = "maskrcnn_resnet50_fpn_coco"
+    assert (widget.conf.value, widget.iou.value, widget.max_det.value) == (0.5, 0.5, 100)  # torchvision's
+    widget.models.model.value = "yolo11n_seg"
+    assert (widget.conf.value, widget.iou.value, widget.max_det.value) == (0.25, 0.7, 300)  # ultralytics'

@@ -180,6 +180,31 @@ def runner_class(family: str) -> type[Runner]:
     return getattr(importlib.import_module(module), attr)
 
 
+def library_defaults(family: str, task: Task | str) -> dict:
+    """The defaults of ``family``'s method for ``task``: its library's defaults, without loading a model.
+
+    Returns ``{parameter: default}`` for the keyword parameters with a default
+    other than None (``conf``, ``iou``, ``max_det`` ... for instance models);
+    ``{}`` for an unknown family or a task it does not declare.
+    """
+    import inspect
+
+    method_name = {Task.SEMANTIC: "predict_semantic", Task.INSTANCE: "predict_instances",
+                   Task.PANOPTIC: "predict_panoptic"}.get(task)
+    try:
+        cls = runner_class(family)
+    except (InputError, ImportError):
+        return {}
+    method = getattr(cls, method_name, None) if method_name else None
+    if method is None or method is getattr(Runner, method_name):
+        return {}
+    return {
+        name: p.default for name, p in inspect.signature(method).parameters.items()
+        if p.default is not inspect.Parameter.empty and p.default is not None
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
 def load_model(
     spec,
     device: str = "auto",
