@@ -104,7 +104,7 @@ def download_model(name: str, store: ModelStore | None = None, *, verbose: bool 
     return path
 
 
-# -- panoptic segmentation and evaluation (issue 8) ------------------------------------
+# -- panoptic segmentation and evaluation ------------------------------------
 
 
 def segment_panoptic(
@@ -298,7 +298,7 @@ def segment_semantic(
     return run_sync(job, progress)
 
 
-# -- instance segmentation (issue 7) ------------------------------------------
+# -- instance segmentation ------------------------------------------
 
 
 def _instance_run(image, runner, sam, boxes, *, conf, iou, mask_threshold, classes, max_det, imgsz,
@@ -482,7 +482,7 @@ def detect_then_segment(
     )
 
 
-# -- U-Net trained from strokes (issue 6) -----------------------------------
+# -- U-Net trained from strokes -----------------------------------
 
 def train_unet(image, labels, *, class_names=None, init_model=None, progress=None, **options) -> TrainedUnet:
     """Train a U-Net from sparse strokes and return it (``.predict(image)``, ``.save(path)``).
@@ -533,7 +533,7 @@ def load_unet(path, device: str = "cpu") -> TrainedUnet:
     return load_trained_unet(path, device)
 
 
-# -- batch segmentation (issue 9) ----------------------------------------------------------
+# -- batch segmentation ----------------------------------------------------------
 
 
 def run_batch(task: str, model, inputs, out, *, options=None, progress=None, **changes):
@@ -581,7 +581,7 @@ def run_batch(task: str, model, inputs, out, *, options=None, progress=None, **c
     return _run_batch(task, model, inputs, out, options=options, progress=progress, **changes)
 
 
-# -- SAM automatic masks and propagation (issue 4) -------------------------------------
+# -- SAM automatic masks and propagation -------------------------------------
 
 
 def _sam_session(model, device: str):

@@ -16,7 +16,7 @@ Call these on the GUI thread only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -453,17 +453,3 @@ def _update_features(layer, plane_index: tuple, extra: dict[int, dict] | None) -
                 table[col] = pd.Series([None] * len(table), index=table.index, dtype=object)
             table.loc[rows, col] = ex.loc[rows, col]
     layer.features = table.reset_index(drop=True)
-
-
-@dataclass
-class PromptSet:
-    """Prompts read from layers for one plane (plain arrays, GUI-free)."""
-
-    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
-    point_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
-    shapes: list[ShapePrompt] = field(default_factory=list)
-
-    @property
-    def empty(self) -> bool:
-        """True when there is neither a point nor a shape."""
-        return len(self.points) == 0 and not self.shapes

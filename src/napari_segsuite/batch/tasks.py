@@ -11,8 +11,9 @@ The :class:`TaskSpec` says how the engine treats the labels when it stitches chu
   and objects seen in two chunks are merged (only objects of the same ``class_id`` when the
   table has that column).
 
-Register a task with :func:`register_task`; later branches replace the minimal ``semantic``
-task here by registering theirs under the same name.
+Register a task with :func:`register_task` (a task registered under an existing name
+replaces it). A task's ``--param`` names are checked against the fields of its parameter
+dataclass (:func:`param_names`, :func:`check_params`).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def _table(rows: dict) -> pd.DataFrame:  # noqa: F821 - pandas is imported lazil
     return pd.DataFrame(rows)
 
 
-# -- semantic (minimal: argmax of the runner's logits) ---------------------------------------
+# -- semantic (argmax of the runner's blended logits) ----------------------------------------
 
 
 def semantic_task(image, runner, **params):
@@ -161,7 +162,7 @@ def semantic_table(labels: np.ndarray, class_names: dict, *, background_zero: bo
     })
 
 
-# -- panoptic (issue 8's segment_panoptic) --------------------------------------------------
+# -- panoptic --------------------------------------------------
 
 
 def panoptic_task(image, runner, **params):
@@ -184,7 +185,7 @@ def panoptic_task(image, runner, **params):
     return result.labels.astype(LABEL_DTYPE), table
 
 
-# -- instance (issue 7's instance models: YOLO-seg, Mask R-CNN, Mask2Former instance) -------
+# -- instance (YOLO-seg, Mask R-CNN, Mask2Former, concept models) ----------------------------------
 
 #: what ``--param`` may set for ``instance``: the fields of ``InstanceParams`` that take plain
 #: values (concepts go through ``classes``), plus tiling and the SAM refinement
@@ -255,7 +256,7 @@ def instance_task(image, runner, **params):
     return result.labels.astype(LABEL_DTYPE), table
 
 
-# -- sam-auto (SAM / SAM 2.1 "segment everything", issue 4) ---------------------------------
+# -- sam-auto (SAM / SAM 2.1 "segment everything") ---------------------------------
 
 
 def sam_auto_task(image, runner, **params):

@@ -2,8 +2,8 @@
 
 Why not a fresh worker per call: PyTorch's CPU kernels run on an OpenMP
 thread team that belongs to the calling thread, and glibc gives each thread
-its own malloc arena. A new thread builds both afresh, which made a 60 ms SAM
-prompt decode take 150+ ms in a freshly started worker. A :class:`ServiceThread`
+its own malloc arena. A new thread builds both afresh, which made a SAM prompt
+decode more than twice as slow in a freshly started worker (``benchmarks/bench_sam.py``). A :class:`ServiceThread`
 keeps one thread, and therefore one warm team, for its whole life;
 :func:`keep_thread_heaps_warm` removes the remaining gap to the main thread
 (worker-thread heaps that glibc unmaps as soon as they are free) when the user
@@ -203,9 +203,9 @@ def keep_thread_heaps_warm() -> bool:
     are unmapped or shrunk as soon as their top is free, while the main arena
     keeps up to a dynamic threshold. PyTorch's CPU tensors of a few MB
     (SAM's upsampled masks, the encoder's activations) then page-fault afresh
-    on every call in a worker: a SAM prompt decode took 11% longer in a
-    persistent thread than on the main thread, the same with
-    ``MALLOC_ARENA_MAX=1``. Fixing the thresholds (what the main thread
+    on every call in a worker, so a SAM prompt decode is slower in a
+    persistent thread than on the main thread (``benchmarks/bench_sam.py``),
+    the same with ``MALLOC_ARENA_MAX=1``. Fixing the thresholds (what the main thread
     reaches dynamically: 32 MB mmap threshold) with a 64 MB top pad and a
     128 MB trim threshold makes both equally fast. Memory handed back to the
     system is that much later, for the whole process (napari and every other

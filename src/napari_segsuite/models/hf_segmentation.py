@@ -592,7 +592,7 @@ class Mask2FormerRunner(Runner):
             class_names=class_names_from_config(config), processor=loaded.processor, info=info,
         )
 
-    # -- panoptic (issue 8) ---------------------------------------------------------
+    # -- panoptic ---------------------------------------------------------
 
     def predict_panoptic(
         self,
@@ -658,7 +658,7 @@ class Mask2FormerRunner(Runner):
                 rows[sid] = row
         return segments, [rows[k] for k in sorted(rows)]
 
-    # -- semantic (issue 5) ---------------------------------------------------------
+    # -- semantic ---------------------------------------------------------
 
     def predict_semantic(self, image_rgb_uint8) -> Any:
         """Per-class scores (C, H, W) float32 of one image at its own size.
@@ -674,7 +674,7 @@ class Mask2FormerRunner(Runner):
             )
         return hf_semantic_scores(self, image_rgb_uint8)
 
-    # -- instance segmentation (issue 7) ----------------------------------------------
+    # -- instance segmentation ----------------------------------------------
     # (kept in its own block: predict_semantic / predict_panoptic live above)
     def predict_instances(
         self,

@@ -28,7 +28,6 @@ from napari_segsuite.models.registry import REGISTRY, ModelEntry
 CACHE_ENV = "NAPARI_SEGSUITE_CACHE"
 CHUNK = 1 << 20
 _MARKER_SUFFIX = ".sha256.json"
-_FOLDER_MARKER = ".segsuite-complete"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 
 
@@ -130,6 +129,14 @@ class ModelStore:
 
     def missing_message(self, entry: ModelEntry) -> str:
         """The one message shown when a registry model is not on this machine."""
+        return (
+            f"Model '{entry.name}' is not on this machine. Download it with the widget's "
+            f"Download button (or ModelStore().download), or, on a machine without internet, "
+            f"{self.offline_hint(entry)}"
+        )
+
+    def offline_hint(self, entry: ModelEntry) -> str:
+        """How to bring a registry model onto a machine without internet."""
         path = self.path_for(entry)
         if entry.is_folder:
             where = (
@@ -140,11 +147,7 @@ class ModelStore:
         else:
             where = entry.url
             what = f"the file {entry.filename}"
-        return (
-            f"Model '{entry.name}' is not on this machine. Download it with the widget's "
-            f"Download button (or ModelStore().download), or, on a machine without internet, "
-            f"copy {what} from {where} to {path}, or pick a local file or folder instead."
-        )
+        return f"copy {what} from {where} to {path}, or pick a local file or folder instead."
 
     # -- resolving ---------------------------------------------------------
     def resolve(self, spec: str | os.PathLike | ModelEntry, *, family: str | None = None) -> ModelSource:
@@ -285,7 +288,7 @@ class ModelStore:
                 raise
             raise DownloadError(
                 f"Could not download {entry.filename} from {entry.url}: {getattr(exc, 'reason', exc)}. "
-                f"If this machine is offline, {self.missing_message(entry).split(', or, ', 1)[-1]}"
+                f"If this machine is offline, {self.offline_hint(entry)}"
             ) from exc
         finally:
             if tmp.exists():
@@ -311,7 +314,6 @@ class ModelStore:
             shutil.rmtree(tmp / ".cache", ignore_errors=True)
             if not _has_weights(tmp):
                 raise DownloadError(f"The download of {entry.hf_repo} holds no weights file.")
-            (tmp / _FOLDER_MARKER).write_text(entry.hf_repo)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -320,7 +322,7 @@ class ModelStore:
         except Exception as exc:
             raise DownloadError(
                 f"Could not download {entry.hf_repo}: {exc}. If this machine is offline, "
-                f"{self.missing_message(entry).split(', or, ', 1)[-1]}"
+                f"{self.offline_hint(entry)}"
             ) from exc
         finally:
             if tmp.exists():

@@ -305,7 +305,7 @@ class TorchvisionRunner(Runner):
             out = self.model(x)["out"][0]
         return out.float().cpu().numpy()
 
-    # -- instance segmentation (issue 7) ----------------------------------------------
+    # -- instance segmentation ----------------------------------------------
     def predict_instances(
         self,
         image_rgb_uint8: np.ndarray,

@@ -122,7 +122,7 @@ class YoloRunner(Runner):
         }
         return cls(model, source, device, tasks=YOLO_TASKS[task], class_names=names, info=info)
 
-    # -- instance segmentation / detection (issue 7) ----------------------------------
+    # -- instance segmentation / detection ----------------------------------
     def predict_instances(
         self,
         image_rgb_uint8,

@@ -739,7 +739,7 @@ class SamPromptWidget(SegmentationWidget):
         if layer is None or not np.asarray(layer.data).any():
             raise RuntimeError(f"SAM smoke: 'segment everything' gave no labels ({self.message.value})")
 
-    # -- segment everything and propagation (issue 4) ---------------------------------------
+    # -- segment everything and propagation ---------------------------------------
     def _init_automatic_and_propagation(self) -> None:
         """The 'Segment everything' and 'Propagate' sections (added below the prompt options)."""
         from magicgui.widgets import FloatSpinBox, Label
