@@ -270,10 +270,7 @@ class SamSession:
         masks : (N, H, W) bool
         scores : (N,) float32, the predicted IoU of each mask
         """
-        with self.lock:
-            current, shape = self.current, self.image_shape
-        if current is None or shape is None:
-            raise InputError("Set an image before prompting.")
+        current, shape = self._prompted_image()
         h, w = shape
         coords = labels = None
         if points is not None and len(points):
@@ -300,6 +297,14 @@ class SamSession:
             raise InputError("There is no prompt: add a point or a box first.")
         with self.prompting():
             return self.prompt_model.predict(current, coords, labels, sam_box, mask_input, multimask, lazy)
+
+    def _prompted_image(self) -> tuple[Embedding, tuple[int, int]]:
+        """The current embedding and its plane's (H, W); a clear error when there is none."""
+        with self.lock:
+            current, shape = self.current, self.image_shape
+        if current is None or shape is None:
+            raise InputError("Set an image before prompting.")
+        return current, shape
 
     def mask_prompt(self, mask: np.ndarray) -> np.ndarray:
         """An image-sized mask as SAM's low-resolution logits prompt ((1, 256, 256) for 1024-pixel models)."""
@@ -330,10 +335,7 @@ class SamSession:
         masks : (N, H, W) bool
         scores : (N,) float32, the predicted IoU of each mask
         """
-        with self.lock:
-            current, shape = self.current, self.image_shape
-        if current is None or shape is None:
-            raise InputError("Set an image before prompting.")
+        current, shape = self._prompted_image()
         h, w = shape
         rc = np.asarray(boxes, dtype=float).reshape(-1, 4)
         if len(rc) == 0:
