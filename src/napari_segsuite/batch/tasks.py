@@ -99,7 +99,7 @@ def check_params(task: str, params: dict, known) -> None:
 
 def _opt(value, kind):
     """``kind(value)``, or None for an absent or empty value (the model's default then applies)."""
-    return None if value in (None, "", 0) else kind(value)
+    return None if value is None or (isinstance(value, str) and not value.strip()) else kind(value)
 
 
 def _table(rows: dict) -> pd.DataFrame:  # noqa: F821 - pandas is imported lazily
@@ -240,7 +240,7 @@ def instance_task(image, runner, **params):
     p = InstanceParams(
         conf=_opt(params.get("conf"), float), iou=_opt(params.get("iou"), float),
         mask_threshold=float(params.get("mask_threshold", 0.5)),
-        max_det=_opt(params.get("max_det"), int), imgsz=_opt(params.get("imgsz"), int),
+        max_det=_opt(params.get("max_det"), int), imgsz=_opt(params.get("imgsz"), int) or None,  # 0: the model's
         text_threshold=float(params.get("text_threshold", 0.25)),
     )
     classes = params.get("classes")
