@@ -381,3 +381,12 @@ def test_import_foreign_coco_with_polygons(tmp_path):
     labels = back.labels[0]
     assert back.label_classes[0] == {1: 0, 2: 1}
     assert labels[12, 12] == 2 and labels[7, 7] == 1 and labels[0, 0] == 0  # small on top, crowd skipped
+
+
+def test_foreign_polygon_with_a_doubled_vertex_is_one_outline():
+    from napari_segsuite.datasets.yolo import fill_polygon, split_rings
+
+    square = np.array([[2, 2], [2, 2], [12, 2], [12, 12], [2, 12]])
+    assert len(split_rings(square)) == 1
+    _, mask = fill_polygon((20, 20), square)
+    assert mask.sum() == 11 * 11

@@ -120,8 +120,7 @@ class CocoWriter:
             doc = {"info": {**info, "split": split}, "licenses": [], "images": images,
                    "annotations": annotations, "categories": categories}
             path = ann_dir / f"instances_{split}.json"
-            with open(path, "w") as fh:
-                json.dump(doc, fh, separators=(",", ":"))
+            path.write_text(json.dumps(doc, separators=(",", ":")))  # the C encoder: dump() is slower
             files[split] = path
         self.staging.rmdir()
         return files
