@@ -152,11 +152,17 @@ def test_yolo_random_blobs_iou(tmp_path):
     res = api.export_dataset(images, labels, tmp_path / "ds", format="yolo")
     back = api.import_dataset(tmp_path / "ds")
     assert back.class_names == {0: "object"}
+    from napari_segsuite.core.labels import relabel_sequential
+
     for name, got, image in zip(back.names, back.labels, back.images, strict=True):
         k = int(name[-5:])
         assert min(iou_per_object(labels[k], got)) >= 0.95
+        # in fact exact: ids renumbered 1..n in label order, the same pixels
+        np.testing.assert_array_equal(got, relabel_sequential(labels[k])[0])
         np.testing.assert_array_equal(image, images[k])
     assert res.provenance["objects_below_iou_0_95"] == 0
+    assert res.provenance["min_polygon_iou"] == 1.0
+    assert res.provenance["min_fillpoly_iou"] < 0.9  # what one-ring drawing makes of the parts
 
 
 def test_yolo_dataset_accepted_by_ultralytics(tmp_path, stack):
@@ -390,3 +396,23 @@ def test_foreign_polygon_with_a_doubled_vertex_is_one_outline():
     assert len(split_rings(square)) == 1
     _, mask = fill_polygon((20, 20), square)
     assert mask.sum() == 11 * 11
+
+
+def test_rle_strings_decoded_like_pycocotools():
+    from pycocotools import mask as mask_utils
+
+    from napari_segsuite.datasets.coco import paint_runs, rle_counts
+
+    rng = np.random.default_rng(2)
+    for t in range(200):
+        h, w = (int(v) for v in rng.integers(1, 200, 2))
+        mask = (rng.random((h, w)) < rng.random()).astype(np.uint8)
+        if t % 4 == 0:
+            mask[:] = 0
+            mask[h // 3: h // 2 + 1, w // 4:] = 1
+        rle = mask_utils.encode(np.asfortranarray(mask))
+        columns = np.zeros((w, h), np.int32)
+        paint_runs(columns.reshape(-1), rle_counts({"size": [h, w], "counts": rle["counts"].decode()}, h, w), 5)
+        np.testing.assert_array_equal(columns.T == 5, mask_utils.decode(rle).astype(bool))
+    with pytest.raises(DatasetError, match="do not cover"):
+        rle_counts({"size": [4, 4], "counts": [3, 2]}, 4, 4)
