@@ -20,6 +20,15 @@ HF_MODEL_TYPES = {
     "mask2former": "mask2former",
     "sam2": "sam2",
     "sam2_video": "sam2",
+    "sam3": "sam3",
+    "sam3_video": "sam3",
+    "sam3_tracker": "sam3_tracker",
+    "sam3_tracker_video": "sam3_tracker",
+    "edgetam": "edgetam",
+    "edgetam_video": "edgetam",
+    "grounding-dino": "grounding_dino",
+    "mm-grounding-dino": "grounding_dino",
+    "owlv2": "owlv2",
 }
 
 
