@@ -163,7 +163,8 @@ class EvaluationWidget(Dock):
     def _labels_choices(self, _widget=None):
         from napari.layers import Labels
 
-        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Labels)]
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Labels)
+                and layer.metadata.get("segsuite", {}).get("role") != "prompt"]  # not the SAM dock's preview
 
     def _on_layer_list(self, event=None) -> None:
         super()._on_layer_list(event)

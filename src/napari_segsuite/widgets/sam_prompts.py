@@ -160,7 +160,8 @@ class PromptSection(SamSection):
             preview = self.viewer.layers[name]
         else:
             _, sel = current_plane(self.viewer, image)
-            preview = Labels(np.zeros(sel.layer_shape, dtype=np.uint8), name=name, opacity=0.5, **kwargs)
+            preview = Labels(np.zeros(sel.layer_shape, dtype=np.uint8), name=name, opacity=0.5,
+                             metadata={"segsuite": {"task": "sam preview", "role": "prompt"}}, **kwargs)
             self.viewer.add_layer(preview)
         self.points_layer, self.boxes_layer, self.preview_layer = points, boxes, preview
         self._sync_polarity()
