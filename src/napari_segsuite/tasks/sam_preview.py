@@ -232,6 +232,8 @@ class PreviewController:
             new[put] = this
             written.append(this)
             features[this] = {"score": float(obj["scores"][obj["choice"]]), "model": model}
+            if "class_name" in obj:  # found by a concept
+                features[this]["class_name"] = obj["class_name"]
             if this == label:
                 label += 1
         return CommitPlan(new, written, features)

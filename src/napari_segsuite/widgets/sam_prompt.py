@@ -12,7 +12,9 @@ work is in sections, each a collapsible group:
   committed objects, autosave;
 - :class:`~napari_segsuite.widgets.sam_everything.EverythingSection`: segment everything;
 - :class:`~napari_segsuite.widgets.sam_propagation.PropagationSection`: propagation
-  through planes.
+  through planes;
+- :class:`~napari_segsuite.widgets.sam_find.FindSection`: every instance of a concept
+  (SAM 3).
 
 :meth:`SamPromptWidget.add_section` adds another one (see
 :mod:`napari_segsuite.widgets.sam_sections`). *Encode image* encodes the current plane
@@ -40,6 +42,7 @@ from napari_segsuite.tasks.sam_preview import PreviewController, PreviewSource
 from napari_segsuite.widgets.base import SegmentationWidget
 from napari_segsuite.widgets.sam_commits import CommitSection
 from napari_segsuite.widgets.sam_everything import EverythingSection
+from napari_segsuite.widgets.sam_find import FindSection
 from napari_segsuite.widgets.sam_prompts import COLORS, DEBOUNCE_MS, POSITIVE, PromptSection
 from napari_segsuite.widgets.sam_propagation import PropagationSection
 
@@ -78,6 +81,7 @@ class SamPromptWidget(SegmentationWidget):
         self.commits = self.add_section(CommitSection(self))
         self.everything = self.add_section(EverythingSection(self))
         self.propagation = self.add_section(PropagationSection(self))
+        self.finder = self.add_section(FindSection(self))
         self.native.destroyed.connect(self._on_destroyed)
         self.image.changed.connect(self._on_image_changed)
         self._bind_keys()
@@ -307,6 +311,7 @@ _FORWARDED = {
                 "autosave_dir", "restore_button", "last_autosave", "_autosave_thread", "autosave",
                 "autosave_path", "restore_autosave"),
     "everything": ("auto_button", "auto_params", "segment_everything", "automatic_params", "last_auto_layer"),
+    "finder": ("find_text", "find_exemplars", "find_conf", "find_button", "find"),
     "propagation": ("prop_direction", "prop_label", "prop_max", "prop_floor", "prop_button", "propagate",
                     "write_propagation"),
 }
