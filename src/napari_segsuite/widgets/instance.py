@@ -85,19 +85,11 @@ class InstanceWidget(SegmentationWidget):
         self.box_source = ComboBox(label="Boxes from Shapes", choices=self._shapes_choices, nullable=True)
         self.box_source.tooltip = "Segment the rectangles of a Shapes layer with SAM instead of running a detector"
         self.boxes_output = CheckBox(text="Boxes Shapes layer", value=False)
-<<<<<<< HEAD
-        self.task_options.extend([self.conf, self.iou, self.mask_threshold, self.classes, self.planes])
+        self.task_options.extend([self.conf, self.iou, self.mask_threshold, self.classes, self.text_threshold, self.planes])
         self.sam_group = self.add_group("SAM masks and boxes", [
             self.refine, self.sam_model, self.box_source, self.boxes_output], index=self.body.index(self.options_group) + 1)
         self.more_group = self.add_group("Detections and tiles", [
             self.max_det, self.imgsz, self.tile_size, self.overlap], index=self.body.index(self.options_group) + 2)
-=======
-        self.task_options.extend([
-            self.conf, self.iou, self.mask_threshold, self.classes, self.text_threshold, self.max_det, self.imgsz,
-            self.tile_size, self.overlap, self.planes, self.refine, self.sam_model, self.box_source,
-            self.boxes_output,
-        ])
->>>>>>> main
         self.refine.changed.connect(self._toggle_sam)
         self.box_source.changed.connect(self._toggle_sam)
         self._sam = None
