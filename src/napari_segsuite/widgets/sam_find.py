@@ -4,7 +4,9 @@ Every instance of a concept in words (e.g. "nucleus"), or of objects like the bo
 in the boxes layer (exemplars), is previewed by SAM 3 (the facebook/sam3 folder as the
 model: its tracker answers clicks, its concept model answers Find). The instances become
 the previewed objects, each with its ``class_name``: review them, then Shift-C commits
-them all under new ids, like any prompt's object.
+them all under new ids, like any prompt's object. *Track the concept through planes* runs
+SAM 3 video on the stack (along the innermost slider): one id per object on every plane,
+after the target layer's existing ids, in one undo step.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import numpy as np
 from magicgui.widgets import CheckBox, FloatSpinBox, LineEdit, PushButton
 
 from napari_segsuite.core.errors import InputError, SegSuiteError
+from napari_segsuite.core.labels import next_free_id
 from napari_segsuite.core.progress import Progress
-from napari_segsuite.layers import shapes_on_plane
+from napari_segsuite.layers import full_resolution, shapes_on_plane
 from napari_segsuite.widgets.sam_sections import SamSection
 from napari_segsuite.widgets.scaffold import form
 
@@ -32,8 +35,15 @@ class FindSection(SamSection):
         self.find_exemplars = CheckBox(text="Boxes are exemplars (more like these)", value=False)
         self.find_conf = FloatSpinBox(label="Find score", value=0.5, min=0.0, max=1.0, step=0.05)
         self.find_button = PushButton(text="Find all")
-        self.extend([form(self.find_text, self.find_exemplars, self.find_conf), self.find_button])
+        self.track_button = PushButton(text="Track the concept through planes")
+        self.track_button.tooltip = (
+            "SAM 3 video: every instance of the Find concept, one id per object on every plane of the "
+            "stack (along the innermost slider), into the target Labels layer in one undo step"
+        )
+        self.extend([form(self.find_text, self.find_exemplars, self.find_conf), self.find_button,
+                     self.track_button])
         self.find_button.changed.connect(self.find)
+        self.track_button.changed.connect(self.track_concept)
         self.find_text.native.returnPressed.connect(self.find)
 
     def find(self) -> None:
@@ -89,3 +99,68 @@ class FindSection(SamSection):
             )
 
         dock.start_job(job, on_result, "Find")
+
+    def track_concept(self) -> None:
+        """Track every instance of the Find concept through the planes with SAM 3 video (worker)."""
+        from napari_segsuite.models.open_vocab_common import check_concepts
+        from napari_segsuite.tasks.concept_tracking import track_concepts_job
+        from napari_segsuite.widgets.sam_propagation import PropagationSection, _PlaneStack
+
+        dock = self.dock
+        if dock.refuse_when_busy():
+            return
+        try:
+            image, plane, sel = dock.job_plane()
+            axis = PropagationSection.propagation_axis(sel)
+            concepts = check_concepts(str(self.find_text.value))
+            if not concepts:
+                raise InputError("Type the concept to track in the Find field (e.g. 'nucleus').")
+        except SegSuiteError as exc:
+            dock.report(exc)
+            return
+        planes = _PlaneStack(full_resolution(image), sel.index, axis)
+        start = int(sel.labels_index[axis])
+        conf = float(self.find_conf.value)
+
+        def job():
+            session = yield from dock.session_job(plane)
+            volume = np.stack([planes[i] for i in range(len(planes))])
+            return (yield from track_concepts_job(session.runner, volume, concepts, start_index=start, conf=conf))
+
+        def on_result(result) -> None:
+            from napari_segsuite.layers import _expand_index, _update_features
+
+            target = dock.find_target(image, sel, create=True)
+            offset = next_free_id(target.data) - 1
+            overwrite = bool(dock.commits.overwrite.value)
+            coords, values = [], []
+            for z in range(result.labels.shape[0]):
+                lab = result.labels[z]
+                if not lab.any():
+                    continue
+                idx = list(sel.labels_index)
+                idx[axis] = z
+                idx = tuple(idx)
+                old = np.asarray(target.data[idx])
+                new = old.copy()
+                put = (lab > 0) & ((old == 0) | overwrite)
+                new[put] = lab[put] + offset
+                changed = np.nonzero(new != old)
+                if changed[0].size:
+                    coords.append(_expand_index(idx, changed))
+                    values.append(new[changed])
+            if coords:
+                full = tuple(np.concatenate([c[d] for c in coords]) for d in range(target.data.ndim))
+                with target.block_history():
+                    target.data_setitem(full, np.concatenate(values))
+                extra = {int(r.label) + offset: {"class_name": r.class_name, "score": float(r.score),
+                                                 "first_plane": int(r.first_plane), "last_plane": int(r.last_plane)}
+                         for r in result.table.itertuples()}
+                _update_features(target, sel.labels_index, extra)
+                dock.commits.record_step(target, f"tracking of {', '.join(concepts)}")
+            dock.message.value = (
+                f"Tracked {len(result.table)} object(s) of {', '.join(concepts)} through "
+                f"{result.labels.shape[0]} planes into '{target.name}'." if len(result.table) else result.message
+            )
+
+        dock.start_job(job, on_result, "Track concept")
