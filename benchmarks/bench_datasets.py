@@ -31,13 +31,11 @@ import yolo (streamed)                 62.9                 97
 import yolo (api.import_dataset)       60.1               1488
 ====================================  =========  ======  ========  ======
 
-Every YOLO object read back equal to its label (min polygon IoU 1.0, none below 0.95). A
-second run at a similar load gave export-only 8-67 s and imports 39-60 s (the generation row
-and the exports were measured at different moments of the load, hence the in-process
-``only_s``). Memory: exports stay at about 320-340 MB whatever the number of images (the
-COCO annotations are kept until the JSON is written: about 24 MB per 100,000 objects);
-streamed imports at 100-150 MB; ``api.import_dataset`` holds every image and int32 label
-image (about 1.25 MB per 512 x 512 image).
+Every YOLO object read back equal to its label (min polygon IoU 1.0, none below 0.95).
+Memory: the exports stay at 320-340 MB (the same with 20 images: 200-270 MB, most of it the
+libraries; COCO keeps the annotations until the JSON is written); streamed imports at
+100-150 MB; ``api.import_dataset`` holds every image and int32 label image (about 1.25 MB
+per 512 x 512 image, 1.5 GB here).
 
 ``SEGSUITE_BENCH_SMOKE=1`` uses 20 images (to check that the benchmark runs).
 """
