@@ -61,15 +61,17 @@ def session_rows(n_objects: int = 10) -> list[dict]:
     """The scripted session on the coins sample with a tiny SAM."""
     from skimage import data
 
-    from napari_segsuite.testing.canvas import annotate_objects, coin_centres, wait_until
+    from napari_segsuite.testing.canvas import _process, annotate_objects, coin_centres, wait_until
     from napari_segsuite.testing.tiny_sam import build_tiny_sam
 
     tmp = Path(tempfile.mkdtemp())
     viewer = _viewer()
     image = viewer.add_image(data.coins(), name="coins")
     dock = _dock(viewer, build_tiny_sam(tmp / "tiny_sam.pth"))
-    viewer.reset_view()
     wait_until(lambda: viewer.window._qt_viewer.canvas.native.isVisible(), 10, "the canvas")
+    _process(1.0)  # the window and its docks settle
+    viewer.reset_view()
+    _process(0.5)
     log = annotate_objects(viewer, dock, image, coin_centres(n_objects))
     viewer.close()
     if log.problems:
@@ -104,7 +106,7 @@ def first_click_rows(repeats: int) -> list[dict]:
     from segment_anything import SamPredictor, sam_model_registry
 
     from napari_segsuite.models.offline import guard_llvm_clash
-    from napari_segsuite.testing.canvas import click, wait_until
+    from napari_segsuite.testing.canvas import _process, click, wait_until
 
     guard_llvm_clash()
     tmp = Path(tempfile.mkdtemp())
@@ -134,9 +136,11 @@ def first_click_rows(repeats: int) -> list[dict]:
         viewer = _viewer()
         layer = viewer.add_image(np.roll(img, 11 + k, axis=1), name="new")
         dock = _dock(viewer, ckpt)
-        viewer.reset_view()
         canvas = viewer.window._qt_viewer.canvas.native
         wait_until(canvas.isVisible, 10, "the canvas")
+        _process(1.0)
+        viewer.reset_view()
+        _process(0.5)
 
         def shown(dock=dock) -> bool:
             return bool(dock.preview.objects) and not dock.preview_busy
