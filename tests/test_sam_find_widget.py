@@ -112,7 +112,7 @@ def test_track_the_concept_through_planes(make_napari_viewer, qtbot, sam3_folder
     _wait(qtbot, widget)
     assert widget.jobs.last_error is None, widget.jobs.last_error
     start = int(viewer.dims.current_step[0])  # tracking starts on the plane shown
-    ref = api.track_concepts(frames, widget.session.runner, ["cell"], conf=0.2, start_index=start)
+    ref = api.track_concepts(frames, widget.session.runner, classes=["cell"], conf=0.2, start_index=start)
     assert len(ref.table) > 0
     target = viewer.layers["movie [sam]"]
     got = np.asarray(target.data)
