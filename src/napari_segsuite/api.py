@@ -397,9 +397,10 @@ def detect_then_segment(
 
     session = sam if isinstance(sam, SamSession) else SamSession(sam, device=device, store=store)
     if isinstance(detector, np.ndarray | list | tuple):
+        from napari_segsuite.core.prompts import as_boxes
         from napari_segsuite.tasks.instance import detections_from_boxes
 
-        boxes = np.asarray(detector, dtype=float).reshape(-1, 4)
+        boxes = as_boxes(detector)
         if np.asarray(image).ndim not in (2, 3):
             raise InputError("Boxes can be given for a single plane only.")
         dets = detections_from_boxes(boxes, shape=np.asarray(image).shape[:2])

@@ -29,3 +29,7 @@ class DownloadError(SegSuiteError, OSError):
 
 class DeviceError(SegSuiteError, RuntimeError):
     """The requested compute device is not available."""
+
+
+class AutosaveError(SegSuiteError, OSError):
+    """Committed labels could not be written to (or read from) the autosave journal."""

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 from napari_segsuite.core.device import resolve_device
 from napari_segsuite.core.errors import InputError
-from napari_segsuite.models.offline import guard_llvm_clash
+from napari_segsuite.models.offline import guard_llvm_clash, model_import_lock
 from napari_segsuite.models.store import ModelSource, ModelStore, default_store
 
 #: family name -> "module:RunnerClass", imported only when a model is loaded.
@@ -89,7 +89,8 @@ class Runner:
     def load(cls, source: ModelSource, device: str = "auto") -> Runner:
         """Load ``source`` on ``device`` ("auto", "cpu", "cuda", "mps")."""
         guard_llvm_clash()
-        return cls._load(source, resolve_device(device))
+        with model_import_lock():  # lazy library imports are not thread-safe (see model_import_lock)
+            return cls._load(source, resolve_device(device))
 
     @classmethod
     def _load(cls, source: ModelSource, device: str) -> Runner:
@@ -158,4 +159,6 @@ def load_model(
         return spec
     guard_llvm_clash()
     source = spec if isinstance(spec, ModelSource) else (store or default_store()).resolve(spec, family=family)
-    return runner_class(source.family).load(source, device)
+    with model_import_lock():
+        cls = runner_class(source.family)
+    return cls.load(source, device)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -24,6 +25,24 @@ OFFLINE_ENV = {
 }
 
 
+#: Held while a model library is imported or a model is built (:func:`model_import_lock`).
+_IMPORT_LOCK = threading.RLock()
+
+
+def model_import_lock() -> threading.RLock:
+    """The one lock around importing model libraries and building models from them.
+
+    transformers resolves its classes lazily (``transformers.Mask2FormerConfig``
+    imports a submodule on first access) and that resolution is not safe across
+    threads: two docks loading at once made the second see a half-imported
+    module ("module 'transformers' has no attribute 'Mask2FormerConfig'").
+    Every model load (:meth:`napari_segsuite.models.base.Runner.load`) holds
+    this re-entrant lock, so loads in several workers run one after the other
+    while their predictions still run in parallel.
+    """
+    return _IMPORT_LOCK
+
+
 def set_offline_env() -> None:
     """Set the libraries' offline variables unless the user already chose a value."""
     guard_llvm_clash()
@@ -34,7 +53,8 @@ def set_offline_env() -> None:
 def import_transformers():
     """Import transformers with the hub switched to offline mode."""
     set_offline_env()
-    import transformers
+    with _IMPORT_LOCK:
+        import transformers
 
     return transformers
 
@@ -42,7 +62,8 @@ def import_transformers():
 def import_ultralytics():
     """Import ultralytics with its offline switch and quiet logging."""
     set_offline_env()
-    import ultralytics
+    with _IMPORT_LOCK:
+        import ultralytics
 
     return ultralytics
 

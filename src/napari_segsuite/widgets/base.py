@@ -32,6 +32,7 @@ from napari_segsuite.core.labels import LABEL_DTYPE
 from napari_segsuite.core.progress import Progress
 from napari_segsuite.models.registry import REGISTRY, entries_for
 from napari_segsuite.models.store import ModelStore
+from napari_segsuite.widgets.edit_question import EditQuestion
 from napari_segsuite.widgets.worker import JobRunner
 
 LOCAL = "__local__"
@@ -171,12 +172,15 @@ class SegmentationWidget(Container):
         self.progress = ProgressBar(label="Progress", value=0, min=0, max=100)
         self.message = Label(value="")
         self.message.native.setWordWrap(True)
+        #: asked when a result would replace hand edits (see :meth:`_guarded`)
+        self.edit_question = EditQuestion()
         self.extend([
             self.image, self.models, self.device, self.task_options,
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
-            self.progress, self.message,
+            self.progress, self.message, self.edit_question,
         ])
         self.jobs = JobRunner(on_progress=self._on_progress, on_done=self._on_done)
+        self.jobs.stop_with(self.native)
         self._runner = None
         self._runner_key = None
         self.run_button.changed.connect(self.run)
@@ -225,8 +229,12 @@ class SegmentationWidget(Container):
         key = self.model_key()
         if self._runner is not None and self._runner_key == key:
             return self._runner
+        from napari_segsuite.core.threads import call_in_background
+
         yield Progress(0, None, f"Loading {Path(key[0]).name}")
-        runner = load_model(key[0], key[1], store=self.store)
+        store = self.store
+        runner = yield from call_in_background(lambda: load_model(key[0], key[1], store=store),
+                                               f"Loading {Path(key[0]).name}")
         for task in self.model_tasks[:1]:
             runner.require(task)
         self._runner, self._runner_key = runner, key
@@ -327,7 +335,10 @@ class SegmentationWidget(Container):
             return runner, resolved, results
 
         def on_result(value) -> None:
+            from napari_segsuite.layers import guard_edited, output_layer_name
+
             runner, resolved, results = value
+            guard_edited(self.viewer, [output_layer_name(layer, self.task) for layer, _, _ in results])
             written = [self.write_batch_result(layer, labels, table, runner, resolved, scope)
                        for layer, labels, table in results]
             n_labels = sum(len(layer.features) for layer in written)
@@ -350,9 +361,15 @@ class SegmentationWidget(Container):
         """
         from napari.layers import Labels
 
-        from napari_segsuite.layers import METADATA_KEY, aligned_layer_kwargs, output_layer_name
+        from napari_segsuite.layers import (
+            METADATA_KEY,
+            aligned_layer_kwargs,
+            mark_written,
+            output_layer_name,
+            resolve_output_name,
+        )
 
-        name = output_layer_name(image_layer, self.task)
+        name = resolve_output_name(self.viewer, output_layer_name(image_layer, self.task))
         labels = np.asarray(labels, dtype=LABEL_DTYPE)
         layer = self.viewer.layers[name] if name in self.viewer.layers else None
         if layer is not None and not isinstance(layer, Labels):
@@ -380,6 +397,7 @@ class SegmentationWidget(Container):
             meta["planes"] = dict.fromkeys(keys, record)
             meta["last"] = record
         layer.metadata = {**layer.metadata, METADATA_KEY: meta}
+        mark_written(layer)
         self.after_batch_write(layer)
         return layer
 
@@ -398,7 +416,46 @@ class SegmentationWidget(Container):
             return
         self._start(job_factory, on_result, f"{self.task.capitalize()} segmentation")
 
+    def _guarded(self, on_result):
+        """``on_result`` run under the "ask" edit policy: hand-edited output layers raise a question.
+
+        The result is held until the question in the dock is answered: "overwrite" and
+        "new" write it (over the edits, or into ``"<name> (new)"``), "cancel" drops it.
+        """
+        from napari_segsuite.layers import LayerEditedError, edit_policy
+
+        def write(value, choice: str = "ask") -> None:
+            with edit_policy(choice):
+                on_result(value)
+
+        def guarded(value) -> None:
+            try:
+                write(value)
+            except LayerEditedError as exc:
+                self.message.value = str(exc)
+
+                def answered(choice: str) -> None:
+                    if choice == "cancel":
+                        self.message.value = "Not written: the edited layer(s) keep their pixels."
+                        return
+                    try:
+                        write(value, choice)
+                    except SegSuiteError as err:
+                        self._show_error(err)
+
+                self.edit_question.ask(str(exc), answered)
+
+        return guarded
+
+    def _show_error(self, exc: SegSuiteError) -> None:
+        from napari.utils.notifications import show_error
+
+        show_error(str(exc))
+        self.message.value = str(exc)
+
     def _start(self, job_factory, on_result, description: str) -> None:
+        self.edit_question.drop()
+        on_result = self._guarded(on_result)
         self.run_button.enabled = False
         self.models.download.enabled = False
         self.cancel_button.enabled = True

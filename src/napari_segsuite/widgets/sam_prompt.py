@@ -227,10 +227,15 @@ class SamPromptWidget(SegmentationWidget):
 
         key = (*self.model_key(), str(self.embedding_dir.value))
         if self.session is None or self._session_key != key:
+            from napari_segsuite.core.threads import call_in_background
+
             yield Progress(0, None, f"Loading {Path(key[0]).name}")
             folder = str(self.embedding_dir.value)
-            self.session = SamSession(key[0], key[1], store=self.store,
-                                      disk_cache=folder if folder not in ("", ".") else None)
+            store = self.store
+            # loading has no yield points: on its own thread, so that Cancel and closing return at once
+            self.session = yield from call_in_background(
+                lambda: SamSession(key[0], key[1], store=store, disk_cache=folder if folder not in ("", ".") else None),
+                f"Loading {Path(key[0]).name}")
             self._session_key = key
         yield from self.session.set_image_job(plane, token)
         return self.session
@@ -577,7 +582,7 @@ class SamPromptWidget(SegmentationWidget):
             show_info("The object has no free pixels left (tick 'overwrite' to replace labels).")
             return
         write_plane(
-            self.viewer, image, sel, new, task="prompt", target=target,
+            self.viewer, image, sel, new, task="prompt", target=target, guard_edits=False,
             provenance={"model": self.session.runner.provenance(), "last_ids": written},
             extra_features=features,
         )
