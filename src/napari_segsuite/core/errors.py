@@ -33,3 +33,7 @@ class DeviceError(SegSuiteError, RuntimeError):
 
 class AutosaveError(SegSuiteError, OSError):
     """Committed labels could not be written to (or read from) the autosave journal."""
+
+
+class DatasetError(SegSuiteError, ValueError):
+    """A dataset cannot be written where asked, or a file is not a dataset this plugin reads."""

@@ -37,6 +37,9 @@ FAMILIES: dict[str, str] = {
     "segformer": "napari_segsuite.models.hf_segmentation:SegformerRunner",
     "mask2former": "napari_segsuite.models.hf_segmentation:Mask2FormerRunner",
     "unet": "napari_segsuite.models.unet:UnetRunner",
+    "sam3": "napari_segsuite.models.sam3:Sam3Runner",
+    "grounding_dino": "napari_segsuite.models.open_vocab_detectors:GroundingDinoRunner",
+    "owlv2": "napari_segsuite.models.open_vocab_detectors:Owlv2Runner",
 }
 
 
@@ -109,6 +112,18 @@ class Runner:
                 f"Model '{self.name}' ({self.family}) does {', '.join(self.tasks) or 'nothing'} "
                 f"segmentation, not {task}. Choose a {task} model."
             )
+
+    def prompt_model(self):
+        """This model behind :class:`~napari_segsuite.models.prompt.PromptModel` (promptable families).
+
+        Returns a new prompt model on each call (it holds per-session state
+        such as the last predictor); families that take no prompts raise
+        :class:`~napari_segsuite.core.errors.InputError`.
+        """
+        raise InputError(
+            f"Prompts need a promptable model (SAM or SAM 2.1); '{self.name}' is a {self.family} model "
+            "(Segment Anything models take prompts)."
+        )
 
     def provenance(self) -> dict:
         """Plain data for ``layer.metadata``: source, device, architecture."""
