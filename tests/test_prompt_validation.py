@@ -87,7 +87,7 @@ def test_session_predict_raises_input_error(session, kwargs, word):
 
 @pytest.mark.parametrize("boxes", [np.zeros(3), np.zeros((2, 5)), [[0, 0, np.inf, 4]]])
 def test_session_predict_boxes_and_api_raise_input_error(session, boxes):
-    s, path = session
+    s, _ = session
     with pytest.raises(InputError, match="box"):
         s.predict_boxes(boxes)
     with pytest.raises(InputError, match="box"):

@@ -209,12 +209,22 @@ class SamPromptWidget(SegmentationWidget):
             self._color_points()
 
     def _color_points(self) -> None:
+        """Green positive, red negative points; only when a colour is wrong (O(1) layer updates per click)."""
+        from napari.utils.colormaps.standardize_color import transform_color
+
         layer = self.points_layer
-        if layer is None or len(layer.data) == 0:
+        if layer is None:
             return
-        colors = [COLORS[bool(p)] for p in layer.features[POSITIVE]]
-        layer.face_color = colors
-        layer.current_face_color = COLORS[not self.negative.value]
+        current = COLORS[not self.negative.value]
+        if not np.allclose(transform_color(layer.current_face_color), transform_color(current)):
+            layer.current_face_color = current
+        if len(layer.data) == 0:
+            return
+        positive = np.asarray(layer.features[POSITIVE], dtype=bool)
+        expected = np.where(positive[:, None], transform_color(COLORS[True]), transform_color(COLORS[False]))
+        face = np.asarray(layer.face_color)
+        if face.shape != expected.shape or not np.allclose(face, expected):
+            layer.face_color = [COLORS[bool(p)] for p in positive]
 
     def _on_points_changed(self, event=None) -> None:
         self._color_points()
