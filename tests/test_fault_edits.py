@@ -12,7 +12,11 @@ import pytest
 
 from napari_segsuite import api
 from napari_segsuite.layers import edited_since_written
-from napari_segsuite.testing.tiny_models import build_tiny_mask2former, build_tiny_segformer, build_tiny_yolo
+from napari_segsuite.testing.tiny_models import (
+    build_tiny_mask2former,
+    build_tiny_segformer,
+    build_tiny_yolo,
+)
 from napari_segsuite.widgets.base import LOCAL
 
 pytestmark = pytest.mark.widget

@@ -17,7 +17,11 @@ import time
 import numpy as np
 import pytest
 
-from napari_segsuite.testing.tiny_models import build_tiny_mask2former, build_tiny_segformer, build_tiny_yolo
+from napari_segsuite.testing.tiny_models import (
+    build_tiny_mask2former,
+    build_tiny_segformer,
+    build_tiny_yolo,
+)
 
 pytestmark = pytest.mark.widget
 

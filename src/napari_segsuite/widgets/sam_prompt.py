@@ -36,9 +36,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import os
-import re
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -111,8 +108,12 @@ class SamPromptWidget(SegmentationWidget):
         self._objects: list[dict] = []
         self._sel = None
         self._image_for_prompts = None
-        self.last_autosave: Path | None = None
-        self._autosave_thread: threading.Thread | None = None
+        from napari_segsuite.widgets.sam_autosave import SamAutosave
+
+        #: the append-only autosave journal of committed labels (see widgets/sam_autosave.py)
+        self.autosaver = SamAutosave()
+        #: what the shown preview was computed from (image, plane, model); a commit checks it
+        self._preview_origin = None
         self.prefetched: list[str] = []
         from napari_segsuite.core.threads import ServiceThread
 
@@ -331,12 +332,15 @@ class SamPromptWidget(SegmentationWidget):
         if not objects:
             self._show_objects([], sel)
             return
+        from napari_segsuite.widgets.sam_autosave import PreviewOrigin
+
         generation = self._generation
         multimask = bool(self.multimask.value) and len(objects) == 1
         token = self.plane_token(image, sel.index)
+        origin = PreviewOrigin(image.name, id(image), token, self.model_key())
         key = self._cached_key(token)
         if key is not None:
-            self._submit_decode(key, objects, multimask, generation, sel)
+            self._submit_decode(key, objects, multimask, generation, sel, origin)
             return
 
         def job():
@@ -346,7 +350,7 @@ class SamPromptWidget(SegmentationWidget):
 
         def on_result(results) -> None:
             if generation == self._generation:  # else newer prompts arrived meanwhile; their preview follows
-                self._show_objects(results, sel)
+                self._show_objects(results, sel, origin)
             self.start_prefetch()
 
         self._start(job, on_result, "SAM preview")
@@ -385,7 +389,8 @@ class SamPromptWidget(SegmentationWidget):
             self._bridge_obj.delivered.connect(self._on_decoded)
         return self._bridge_obj
 
-    def _submit_decode(self, key: str, objects: list[dict], multimask: bool, generation: int, sel) -> None:
+    def _submit_decode(self, key: str, objects: list[dict], multimask: bool, generation: int, sel,
+                       origin=None) -> None:
         session = self.session
         bridge = self._bridge()
 
@@ -394,14 +399,14 @@ class SamPromptWidget(SegmentationWidget):
                 return _predict_objects(session, objects, multimask)
 
         def done(outcome) -> None:  # on the prompt thread (or here, for a dropped request)
-            bridge.delivered.emit((outcome, generation, sel))
+            bridge.delivered.emit((outcome, generation, sel, origin))
 
         self._in_flight += 1
         self.prompt_thread.submit(work, done)
 
     def _on_decoded(self, item) -> None:
         """A prompt-thread result, on the GUI thread: show it unless newer prompts exist."""
-        outcome, generation, sel = item
+        outcome, generation, sel, origin = item
         self._in_flight -= 1
         if self._closed or outcome.dropped:
             return
@@ -419,7 +424,7 @@ class SamPromptWidget(SegmentationWidget):
             self.message.value = msg
             return
         if generation == self._generation:
-            self._show_objects(outcome.value, sel)
+            self._show_objects(outcome.value, sel, origin)
         self.start_prefetch()
 
     @property
@@ -451,9 +456,10 @@ class SamPromptWidget(SegmentationWidget):
             self._pending = False
             self.schedule_preview()
 
-    def _show_objects(self, results: list[dict], sel) -> None:
+    def _show_objects(self, results: list[dict], sel, origin=None) -> None:
         self._objects = results
         self._sel = sel
+        self._preview_origin = origin if results else None
         for i, button in enumerate(self.candidate_buttons):
             single = len(results) == 1 and i < len(results[0]["scores"])
             button.enabled = single
@@ -554,7 +560,13 @@ class SamPromptWidget(SegmentationWidget):
         return find_or_create_labels(self.viewer, image, sel, name)
 
     def commit(self) -> None:
-        """Write the previewed object(s) into the target Labels layer under new ids."""
+        """Write the previewed object(s) into the target Labels layer under new ids.
+
+        Refused (with a message) when the image, plane or model changed since the
+        preview. A target layer that was deleted is first rebuilt from the autosave
+        journal, so ids continue after the objects committed before. The change is
+        appended to the journal; a failing autosave is shown, the commit stands.
+        """
         from napari.utils.notifications import show_error, show_info
 
         if not self._objects or self._sel is None:
@@ -563,12 +575,20 @@ class SamPromptWidget(SegmentationWidget):
         try:
             image = self.selected_image()
             sel = self._sel
+            _, now = current_plane(self.viewer, image)
+            origin = self._preview_origin
+            token = self.plane_token(image, now.index)
+            refusal = ("The preview's origin is unknown; nothing was committed. Prompt again."
+                       if origin is None else origin.mismatch(image, token, self.model_key()))
+            if refusal:
+                raise InputError(refusal)
+            restored = self._recover_deleted_target(image, sel)
             target = self._find_target(image, sel, create=True)
         except SegSuiteError as exc:
             show_error(str(exc))
             self.message.value = str(exc)
             return
-        old = np.asarray(target.data[sel.labels_index])
+        old = np.array(target.data[sel.labels_index], copy=True)  # a copy: the journal needs the pixels before
         new = old.copy()
         refine = int(self.refine_id.value)
         next_id = next_free_id(target.data)
@@ -596,9 +616,51 @@ class SamPromptWidget(SegmentationWidget):
             provenance={"model": self.session.runner.provenance(), "last_ids": written},
             extra_features=features,
         )
-        self.message.value = f"Committed label(s) {', '.join(map(str, written))} to '{target.name}'."
+        message = f"Committed label(s) {', '.join(map(str, written))} to '{target.name}'."
+        if restored:
+            message = f"{restored} {message}"
+        self.message.value = message
         self.clear()
-        self.autosave(target, image)
+        self._journal_change(image, target, sel.labels_index, old, new, "commit")
+
+    # -- autosave journal ------------------------------------------------------------------
+    def _journal_for(self, image, target):
+        token = self.plane_token(image, ())
+        return self.autosaver.journal(self.autosave_folder(image), image, token[:2], target)
+
+    def _journal_change(self, image, target, index: tuple, old: np.ndarray, new: np.ndarray, kind: str) -> None:
+        """Append the pixels that changed (``old`` -> ``new`` at ``index``); show a failure in the dock."""
+        from napari.utils.notifications import show_error
+
+        from napari_segsuite.layers import _expand_index
+
+        changed = np.nonzero(np.asarray(old) != np.asarray(new))
+        coords = _expand_index(index, changed) if index else changed
+        error = self.autosaver.record(self._journal_for(image, target), coords, np.asarray(new)[changed], kind)
+        if error is not None:
+            self.message.value = f"{self.message.value} AUTOSAVE FAILED: {error}"
+            show_error(f"Autosave failed: {error}")
+
+    def _recover_deleted_target(self, image, sel) -> str:
+        """Rebuild the default target layer from the journal when it is gone; returns a note or ''."""
+        from napari_segsuite.core.errors import AutosaveError
+
+        chosen = self.target.value
+        if chosen is not None and chosen in self.viewer.layers:
+            return ""
+        name = self._target_name(image)
+        if name in self.viewer.layers:
+            return ""
+        target = self._find_target(image, sel, create=True)
+        journal = self._journal_for(image, target)
+        if not journal.exists():
+            return ""
+        try:
+            n = self.autosaver.restore(journal, target)
+        except AutosaveError as exc:
+            return f"The autosave could not be replayed ({exc})."
+        ids = int(np.unique(np.asarray(target.data)).size - 1)
+        return f"'{target.name}' was rebuilt from the autosave journal ({ids} object(s), {n} pixels)."
 
     def clear(self) -> None:
         """Remove all prompts and the preview."""
@@ -619,48 +681,29 @@ class SamPromptWidget(SegmentationWidget):
         except SegSuiteError:
             return
         if target is not None:
+            before = np.array(target.data, copy=True)
             (target.redo if redo else target.undo)()
-            self.autosave(target, image)
+            self._journal_change(image, target, (), before, np.asarray(target.data), "redo" if redo else "undo")
 
     # -- autosave ------------------------------------------------------------------------------
-    def autosave_path(self, target, image) -> Path:
-        """Where the target layer is autosaved: next to the image file, or in the chosen folder."""
+    def autosave_folder(self, image) -> Path:
+        """Where journals are kept: the chosen folder, else next to the image file, else the model folder's autosave/."""
         chosen = str(self.autosave_dir.value)
         if chosen not in ("", "."):
-            folder = Path(chosen)
-        elif getattr(image.source, "path", None):
-            folder = Path(image.source.path).parent
-        else:
-            folder = self.store.cache_dir / "autosave"
-        safe = re.sub(r"[^\w.-]+", "_", target.name).strip("_")
-        return folder / f"{safe}.segsuite-autosave.npy"
-
-    def autosave(self, target, image) -> None:
-        """Save the target layer's data in a background thread (atomic rename)."""
-        path = self.autosave_path(target, image)
-        data = np.array(target.data, copy=True)
-
-        def save() -> None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.name + ".part")
-                with open(tmp, "wb") as f:
-                    np.save(f, data)
-                os.replace(tmp, path)
-            except OSError as exc:  # reported, never fatal: the labels are still in the layer
-                import logging
-
-                logging.getLogger(__name__).warning("Autosave to %s failed: %s", path, exc)
-
-        if self._autosave_thread is not None:
-            self._autosave_thread.join()
-        self._autosave_thread = threading.Thread(target=save, daemon=True)
-        self._autosave_thread.start()
-        self.last_autosave = path
+            return Path(chosen)
+        if getattr(image.source, "path", None):
+            return Path(image.source.path).parent
+        return self.store.cache_dir / "autosave"
 
     def restore_autosave(self) -> None:
-        """Load the autosaved labels into the target layer (one undo step)."""
+        """Replay the image's autosave journal into the target layer (one undo step).
+
+        Only a journal written for these very pixels is used; one for another image of
+        the same name is reported and left alone.
+        """
         from napari.utils.notifications import show_error, show_info
+
+        from napari_segsuite.core.errors import AutosaveError
 
         try:
             image = self.selected_image()
@@ -669,18 +712,21 @@ class SamPromptWidget(SegmentationWidget):
         except SegSuiteError as exc:
             show_error(str(exc))
             return
-        path = self.autosave_path(target, image)
-        if not path.is_file():
-            show_info(f"No autosave at {path}.")
+        journal = self._journal_for(image, target)
+        if not journal.exists():
+            others = journal.others()
+            msg = (f"The autosave {others[0]} belongs to another image named '{image.name}' (other pixels); "
+                   "not restored." if others else f"No autosave for '{image.name}' in {journal.folder}.")
+            self.message.value = msg
+            (show_error if others else show_info)(msg)
             return
-        saved = np.load(path)
-        if saved.shape != target.data.shape:
-            show_error(f"The autosave at {path} has shape {saved.shape}, the layer {target.data.shape}; not restored.")
+        try:
+            n = self.autosaver.restore(journal, target)
+        except AutosaveError as exc:
+            self.message.value = str(exc)
+            show_error(str(exc))
             return
-        changed = np.nonzero(np.asarray(target.data) != saved)
-        if changed[0].size:
-            target.data_setitem(changed, saved[changed])
-        self.message.value = f"Restored {changed[0].size} pixels from {path}."
+        self.message.value = f"Restored {n} pixels from {journal.path}."
 
     # -- smoke --------------------------------------------------------------------------------------
     def smoke(self) -> None:

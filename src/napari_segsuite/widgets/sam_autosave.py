@@ -1,0 +1,96 @@
+"""The SAM dock's committed work: autosave journal, preview origin, recovery of a deleted target.
+
+- :class:`SamAutosave` keeps one :class:`~napari_segsuite.core.journal.AutosaveJournal`
+  per (image pixels, target layer name): every commit, undo and redo appends the
+  pixels it changed; nothing is ever overwritten. A target layer that was
+  deleted is rebuilt from the journal before the next commit writes into it;
+  *Restore autosave* replays it. The image is recognised by its content digest,
+  so another image of the same name and shape never receives these labels.
+- :class:`PreviewOrigin` is what a preview was computed from (image layer, plane
+  token with the image's data version, model); a commit checks it against the
+  dock's current choice and refuses to write a mask into another image, plane or
+  model's labels.
+
+No Qt; layers are read and written on the GUI thread by the dock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from napari_segsuite.core.errors import AutosaveError
+from napari_segsuite.core.fingerprint import ImageIdentity
+from napari_segsuite.core.journal import AutosaveJournal
+
+
+@dataclass(frozen=True)
+class PreviewOrigin:
+    """Where a preview came from: the image layer, its plane token and the model key."""
+
+    image_name: str
+    image_id: int
+    plane_token: tuple
+    model_key: tuple
+
+    def mismatch(self, image, plane_token: tuple, model_key: tuple) -> str | None:
+        """A sentence saying what changed since the preview, or None when nothing did."""
+        if id(image) != self.image_id:
+            return (f"The preview was made on image '{self.image_name}', not '{image.name}'; "
+                    "nothing was committed. Prompt again on this image.")
+        if plane_token[:2] != self.plane_token[:2]:
+            return "The image's pixels changed since the preview; nothing was committed. Prompt again."
+        if plane_token[2:] != self.plane_token[2:]:
+            return ("The preview was made on another plane; nothing was committed. "
+                    "Go back to that plane or prompt again on this one.")
+        if tuple(model_key) != tuple(self.model_key):
+            return "The model changed since the preview; nothing was committed. Wait for the new preview."
+        return None
+
+
+class SamAutosave:
+    """One append-only journal per (image pixels, target layer) for the SAM dock."""
+
+    def __init__(self):
+        self._identities: dict[tuple, ImageIdentity] = {}
+        self.last_error: AutosaveError | None = None
+        self.last_entry: Path | None = None
+
+    def identity(self, image, version_key: tuple) -> ImageIdentity:
+        """The image's identity, computed once per ``version_key`` (layer id and data version)."""
+        key = (*version_key, image.name)
+        if key not in self._identities:
+            data = image.data[0] if getattr(image, "multiscale", False) else image.data
+            self._identities = {key: ImageIdentity.of(data, image.name)}  # only the current image is kept
+        return self._identities[key]
+
+    def journal(self, folder: Path, image, version_key: tuple, target) -> AutosaveJournal:
+        """The journal of ``target``'s labels for ``image`` in ``folder``."""
+        return AutosaveJournal(folder, self.identity(image, version_key), target.name, target.data.shape,
+                               target.data.dtype)
+
+    def record(self, journal: AutosaveJournal, coords: tuple, values: np.ndarray, kind: str) -> AutosaveError | None:
+        """Append a change; returns the error instead of raising (the commit itself stands)."""
+        try:
+            self.last_entry = journal.append(coords, values, kind) if len(coords[0]) else self.last_entry
+            self.last_error = None
+        except AutosaveError as exc:
+            self.last_error = exc
+        return self.last_error
+
+    @staticmethod
+    def restore(journal: AutosaveJournal, target) -> int:
+        """Write the journal's labels into ``target`` (one undo step); returns the pixels changed.
+
+        Raises
+        ------
+        AutosaveError
+            When the journal is for other pixels or shape, or cannot be read.
+        """
+        saved = journal.replay()
+        changed = np.nonzero(np.asarray(target.data) != saved)
+        if changed[0].size:
+            target.data_setitem(changed, saved[changed])
+        return int(changed[0].size)
