@@ -38,6 +38,8 @@ FAMILIES: dict[str, str] = {
     "mask2former": "napari_segsuite.models.hf_segmentation:Mask2FormerRunner",
     "unet": "napari_segsuite.models.unet:UnetRunner",
     "sam3": "napari_segsuite.models.sam3:Sam3Runner",
+    "sam3_tracker": "napari_segsuite.models.sam2_family:Sam3TrackerRunner",
+    "edgetam": "napari_segsuite.models.sam2_family:EdgeTamRunner",
     "grounding_dino": "napari_segsuite.models.open_vocab_detectors:GroundingDinoRunner",
     "owlv2": "napari_segsuite.models.open_vocab_detectors:Owlv2Runner",
 }
@@ -121,7 +123,8 @@ class Runner:
         :class:`~napari_segsuite.core.errors.InputError`.
         """
         raise InputError(
-            f"Prompts need a promptable model (SAM or SAM 2.1); '{self.name}' is a {self.family} model "
+            f"Prompts need a promptable model (SAM, SAM 2.1, SAM 3 tracker or EdgeTAM); '{self.name}' is a "
+            f"{self.family} model "
             "(Segment Anything models take prompts)."
         )
 

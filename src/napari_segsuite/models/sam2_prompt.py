@@ -106,20 +106,26 @@ class Sam2MaskSource:
 
 
 class Sam2VideoTracker:
-    """``Sam2VideoModel`` and ``Sam2VideoProcessor`` loaded from the runner's folder."""
+    """``Sam2VideoModel`` and ``Sam2VideoProcessor`` loaded from the runner's folder (or the video
+    classes named in ``runner.info["video_model"]`` / ``["video_processor"]``)."""
 
     def __init__(self, runner):
+        from napari_segsuite.models.hf_segmentation import quiet_transformers
         from napari_segsuite.models.offline import import_transformers
 
         t = import_transformers()
         folder = runner.source.path
         self.device = runner.device
-        self.model = t.Sam2VideoModel.from_pretrained(folder).to(runner.device).eval()
+        # SAM 3 tracker and EdgeTAM runners name their own video classes (same calling convention)
+        model_cls = getattr(t, runner.info.get("video_model") or "Sam2VideoModel")
+        proc_cls = getattr(t, runner.info.get("video_processor") or "Sam2VideoProcessor")
+        with quiet_transformers():
+            self.model = model_cls.from_pretrained(folder).to(runner.device).eval()
         try:
-            self.processor = t.Sam2VideoProcessor.from_pretrained(folder)
+            self.processor = proc_cls.from_pretrained(folder)
         except (OSError, ValueError, TypeError):
             size = int(runner.info.get("image_size") or 1024)
-            self.processor = t.Sam2VideoProcessor(
+            self.processor = proc_cls(
                 image_processor=runner.processor.image_processor,
                 video_processor=t.Sam2VideoVideoProcessor(size={"height": size, "width": size}),
             )
