@@ -8,7 +8,12 @@ import time
 import numpy as np
 import pytest
 
-from napari_segsuite.core.instance_tiling import Tile, detections_from_arrays, merge_tiled, tile_grid
+from napari_segsuite.core.instance_tiling import (
+    Tile,
+    detections_from_arrays,
+    merge_tiled,
+    tile_grid,
+)
 
 
 def _scene(grid: int, per_tile: int = 60, seed: int = 0):

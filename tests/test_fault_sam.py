@@ -143,7 +143,7 @@ def test_restore_never_loads_another_images_labels(setup, qtbot, images, make_na
 
 
 def test_unwritable_autosave_folder_is_shown_and_commit_still_works(setup, qtbot, tmp_path, notes):
-    viewer, a, widget = setup
+    viewer, _, widget = setup
     blocker = tmp_path / "blocked"
     blocker.write_text("a file where the autosave folder should be")
     widget.autosave_dir.value = str(blocker / "autosave")
