@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from napari_segsuite import api
-from napari_segsuite.layers import edited_since_written
 from napari_segsuite.testing.tiny_models import (
     build_tiny_mask2former,
     build_tiny_segformer,
@@ -50,6 +49,12 @@ def _run(qtbot, widget, start=None, timeout=60000):
 def _paint(layer, index, value=99):
     """A hand edit: napari's own paint call (what the brush does), one undo step."""
     layer.paint(index, value, refresh=True)
+
+
+def edited_since_written(layer):
+    from napari_segsuite.layers import edited_since_written as edited
+
+    return edited(layer)
 
 
 def _image(rng, shape=(64, 80)):

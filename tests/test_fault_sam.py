@@ -10,8 +10,6 @@ import textwrap
 import numpy as np
 import pytest
 
-from napari_segsuite.core.fingerprint import ImageIdentity
-from napari_segsuite.core.journal import AutosaveJournal
 from napari_segsuite.widgets.base import LOCAL
 from napari_segsuite.widgets.sam_prompt import SamPromptWidget
 
@@ -53,6 +51,13 @@ def _ids(layer):
     return sorted(int(i) for i in np.unique(np.asarray(layer.data)) if i)
 
 
+def _journal(folder, image, name):
+    from napari_segsuite.core.fingerprint import ImageIdentity
+    from napari_segsuite.core.journal import AutosaveJournal
+
+    return AutosaveJournal(folder, ImageIdentity.of(image.data, name), f"{name} [sam]", image.data.shape)
+
+
 def _leftovers(folder):
     return [p for p in folder.rglob("*") if p.suffix in (".tmp", ".part")]
 
@@ -72,7 +77,7 @@ def test_deleting_the_target_loses_nothing(setup, qtbot, tmp_path):
     assert "rebuilt from the autosave journal (2 object(s)" in widget.message.value, widget.message.value
     assert 3 in _ids(target) and 1 not in np.unique(data[data == 3])  # the new object took id 3, not 1
     np.testing.assert_array_equal(data[data != 3], two[data != 3])  # the first two objects are back
-    journal = AutosaveJournal(tmp_path / "autosave", ImageIdentity.of(a.data, "A"), "A [sam]", a.data.shape)
+    journal = _journal(tmp_path / "autosave", a, "A")
     np.testing.assert_array_equal(journal.replay(), target.data)
 
 
@@ -163,7 +168,7 @@ def test_undo_and_redo_are_journaled(setup, qtbot, tmp_path):
     _click_commit(qtbot, widget, 45, 60)
     widget.undo_button.native.click()
     target = viewer.layers["A [sam]"]
-    journal = AutosaveJournal(tmp_path / "autosave", ImageIdentity.of(a.data, "A"), "A [sam]", a.data.shape)
+    journal = _journal(tmp_path / "autosave", a, "A")
     np.testing.assert_array_equal(journal.replay(), target.data)
     assert [e.kind for e in journal.entries()] == ["commit", "commit", "undo"]
 

@@ -7,7 +7,11 @@ import pytest
 
 from napari_segsuite import api
 from napari_segsuite.core.errors import InputError
-from napari_segsuite.core.prompts import as_box, as_boxes, as_mask, as_point_labels, as_points
+
+try:  # the session and API tests below run (and failed) without this module too
+    from napari_segsuite.core.prompts import as_box, as_boxes, as_mask, as_point_labels, as_points
+except ImportError:
+    as_box = as_boxes = as_mask = as_point_labels = as_points = None
 
 BAD_POINTS = [
     np.zeros((3, 3)), np.zeros(3), np.zeros((2, 2, 2)), [[1, 2], [3]], [["a", "b"]],
