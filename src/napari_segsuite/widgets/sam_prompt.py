@@ -861,6 +861,9 @@ class SamPromptWidget(SegmentationWidget):
             self._report(exc)
             return
         conf = float(self.find_conf.value)
+        from napari_segsuite.widgets.sam_autosave import PreviewOrigin
+
+        origin = PreviewOrigin(image.name, id(image), self.plane_token(image, sel.index), self.model_key())
 
         def job():
             from napari_segsuite.core.image import prepare_rgb_uint8
@@ -883,7 +886,7 @@ class SamPromptWidget(SegmentationWidget):
                         "class_name": names[int(pred.class_ids[i])]} for i in order]
             self.ensure_prompt_layers()
             self._generation += 1  # previews of earlier prompts in flight are stale now
-            self._show_objects(objects, sel)
+            self._show_objects(objects, sel, origin)
             what = ", ".join(concepts) or "the exemplars"
             self.message.value = (
                 f"Found {len(objects)} instance(s) of {what}. Review them, then Shift-C commits them all."
