@@ -830,11 +830,17 @@ class SamPromptWidget(SegmentationWidget):
         self.find_exemplars = CheckBox(text="Boxes are exemplars (more like these)", value=False)
         self.find_conf = FloatSpinBox(label="Find score", value=0.5, min=0.0, max=1.0, step=0.05)
         self.find_button = PushButton(text="Find all")
+        self.track_button = PushButton(text="Track the concept through planes")
+        self.track_button.tooltip = (
+            "SAM 3 video: every instance of the Find concept, one id per object on every plane of the "
+            "stack (along the innermost slider), into the target Labels layer in one undo step"
+        )
         self.task_options.extend([
             Label(value="Find a concept (SAM 3)"), self.find_text, self.find_exemplars, self.find_conf,
-            self.find_button,
+            self.find_button, self.track_button,
         ])
         self.find_button.changed.connect(self.find)
+        self.track_button.changed.connect(self.track_concept)
         self.find_text.native.returnPressed.connect(self.find)
 
     def find(self) -> None:
@@ -894,6 +900,68 @@ class SamPromptWidget(SegmentationWidget):
             )
 
         self._start(job, on_result, "Find")
+
+    def track_concept(self) -> None:
+        """Track every instance of the Find concept through the planes with SAM 3 video (worker)."""
+        from napari_segsuite.models.open_vocab_common import check_concepts
+        from napari_segsuite.tasks.concept_tracking import track_concepts_job
+
+        if self._refuse_when_busy():
+            return
+        try:
+            image, plane, sel = self._job_plane()
+            axis = self._propagation_axis(sel)
+            concepts = check_concepts(str(self.find_text.value))
+            if not concepts:
+                raise InputError("Type the concept to track in the Find field (e.g. 'nucleus').")
+        except SegSuiteError as exc:
+            self._report(exc)
+            return
+        data = image.data[0] if getattr(image, "multiscale", False) else image.data
+        planes = _PlaneStack(data, sel.index, axis)
+        start = int(sel.labels_index[axis])
+        conf = float(self.find_conf.value)
+
+        def job():
+            session = yield from self._session_job(plane)
+            volume = np.stack([planes[i] for i in range(len(planes))])
+            return (yield from track_concepts_job(session.runner, volume, concepts, start_index=start, conf=conf))
+
+        def on_result(result) -> None:
+            from napari_segsuite.layers import _expand_index, _update_features
+
+            target = self._find_target(image, sel, create=True)
+            offset = next_free_id(target.data) - 1
+            coords, values = [], []
+            for z in range(result.labels.shape[0]):
+                lab = result.labels[z]
+                if not lab.any():
+                    continue
+                idx = list(sel.labels_index)
+                idx[axis] = z
+                idx = tuple(idx)
+                old = np.asarray(target.data[idx])
+                new = old.copy()
+                put = (lab > 0) & ((old == 0) | bool(self.overwrite.value))
+                new[put] = lab[put] + offset
+                changed = np.nonzero(new != old)
+                if changed[0].size:
+                    coords.append(_expand_index(idx, changed))
+                    values.append(new[changed])
+            if coords:
+                full = tuple(np.concatenate([c[d] for c in coords]) for d in range(target.data.ndim))
+                with target.block_history():
+                    target.data_setitem(full, np.concatenate(values))
+                extra = {int(r.label) + offset: {"class_name": r.class_name, "score": float(r.score),
+                                                 "first_plane": int(r.first_plane), "last_plane": int(r.last_plane)}
+                         for r in result.table.itertuples()}
+                _update_features(target, sel.labels_index, extra)
+            self.message.value = (
+                f"Tracked {len(result.table)} object(s) of {', '.join(concepts)} through "
+                f"{result.labels.shape[0]} planes into '{target.name}'." if len(result.table) else result.message
+            )
+
+        self._start(job, on_result, "Track concept")
 
     def automatic_params(self):
         """The 'segment everything' parameters as :class:`AutoParams`."""
