@@ -1,4 +1,4 @@
-"""The SAM dock's committed work: autosave journal, preview origin, recovery of a deleted target.
+"""The SAM dock's committed work: the autosave journal and the recovery of a deleted target.
 
 - :class:`SamAutosave` keeps one :class:`~napari_segsuite.core.journal.AutosaveJournal`
   per (image pixels, target layer name): every commit, undo and redo appends the
@@ -16,7 +16,6 @@ No Qt; layers are read and written on the GUI thread by the dock.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,30 +23,6 @@ import numpy as np
 from napari_segsuite.core.errors import AutosaveError
 from napari_segsuite.core.fingerprint import ImageIdentity
 from napari_segsuite.core.journal import AutosaveJournal
-
-
-@dataclass(frozen=True)
-class PreviewOrigin:
-    """Where a preview came from: the image layer, its plane token and the model key."""
-
-    image_name: str
-    image_id: int
-    plane_token: tuple
-    model_key: tuple
-
-    def mismatch(self, image, plane_token: tuple, model_key: tuple) -> str | None:
-        """A sentence saying what changed since the preview, or None when nothing did."""
-        if id(image) != self.image_id:
-            return (f"The preview was made on image '{self.image_name}', not '{image.name}'; "
-                    "nothing was committed. Prompt again on this image.")
-        if plane_token[:2] != self.plane_token[:2]:
-            return "The image's pixels changed since the preview; nothing was committed. Prompt again."
-        if plane_token[2:] != self.plane_token[2:]:
-            return ("The preview was made on another plane; nothing was committed. "
-                    "Go back to that plane or prompt again on this one.")
-        if tuple(model_key) != tuple(self.model_key):
-            return "The model changed since the preview; nothing was committed. Wait for the new preview."
-        return None
 
 
 class SamAutosave:

@@ -1,0 +1,402 @@
+"""The SAM dock's "Commits" section: commit, clear, undo/redo, committed objects, autosave.
+
+**Shift-C** (or *Commit*) writes the previewed object(s) into the target Labels layer
+(``<image> [sam]`` unless another is picked) under the next free id; existing labels are
+kept unless *Overwrite* is ticked; one undo step. A preview computed for another image,
+plane or model than the current ones is refused
+(:meth:`~napari_segsuite.tasks.sam_preview.PreviewController.check_commit`). After a
+commit the prompts are cleared, new points are positive again and the points layer is
+active in add mode, so the next click starts the next object. **Shift-X** clears prompts
+and preview.
+
+*Undo* and *Redo* step through the writes of this dock that changed labels (commits,
+deletes, propagations); their tooltips say what they would undo or redo. The list of
+committed objects shows id, area and plane; picking one highlights it (and moves to its
+plane), *Delete* removes it (one undo step), *Re-prompt* makes it the refined label so the
+next prompts replace it.
+
+Committed labels go to an append-only autosave journal (next to the image file, or in
+the chosen folder; :mod:`napari_segsuite.widgets.sam_autosave`): every commit, undo, redo,
+delete and restore appends the pixels it changed. A deleted target layer is rebuilt from
+the journal before the next commit (ids continue); *Restore autosave* replays it, only for
+the very pixels it was written for. A failing autosave is shown in the dock; the commit stands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, PushButton, Select
+
+from napari_segsuite.core.errors import SegSuiteError
+from napari_segsuite.core.labels import next_free_id
+from napari_segsuite.layers import (
+    current_plane,
+    find_or_create_labels,
+    output_layer_name,
+    write_plane,
+)
+from napari_segsuite.widgets.sam_sections import SamSection
+from napari_segsuite.widgets.scaffold import Group, row
+
+
+@dataclass
+class Step:
+    """One write of the dock that changed labels (what Undo would undo)."""
+
+    layer: object
+    text: str
+
+
+@dataclass
+class Committed:
+    """A committed object: its id and the plane it was committed on."""
+
+    label: int
+    plane_index: tuple
+    plane_key: str
+    area: int
+
+    @property
+    def key(self) -> str:
+        """``"<label>@<plane>"``: the value of its row in the list."""
+        return f"{self.label}@{self.plane_key}"
+
+
+class CommitSection(SamSection):
+    """Commit the preview, undo/redo, the committed objects, autosave."""
+
+    title = "Commits"
+
+    def __init__(self, dock):
+        super().__init__(dock)
+        self.commit_button = PushButton(text="Commit (Shift-C)")
+        self.clear_button = PushButton(text="Clear (Shift-X)")
+        self.undo_button = PushButton(text="Undo", enabled=False)
+        self.redo_button = PushButton(text="Redo", enabled=False)
+        self.next_id = Label(value="Next id: 1")
+        self.objects = Select(choices=self._object_choices, allow_multiple=False,
+                              tooltip="Committed objects: pick one to highlight it")
+        self.objects.native.setMaximumHeight(80)
+        self.delete_button = PushButton(text="Delete")
+        self.reprompt_button = PushButton(text="Re-prompt")
+        self.target = ComboBox(label="Target labels", choices=self._labels_choices, nullable=True)
+        self.overwrite = CheckBox(text="Overwrite existing labels", value=False)
+        self.autosave_dir = FileEdit(label="Autosave folder", mode="d", value="")
+        self.restore_button = PushButton(text="Restore autosave")
+        self.target_group = Group("Target and autosave", [
+            self.target, self.overwrite, self.autosave_dir, self.restore_button], collapsed=True)
+        self.extend([
+            row(self.commit_button, self.clear_button), row(self.undo_button, self.redo_button, self.next_id),
+            self.objects, row(self.delete_button, self.reprompt_button), self.target_group,
+        ])
+        from napari_segsuite.widgets.sam_autosave import SamAutosave
+
+        #: the append-only autosave journal of committed labels
+        self.autosaver = SamAutosave()
+        self.committed: list[Committed] = []
+        self.undo_steps: list[Step] = []
+        self.redo_steps: list[Step] = []
+        self.commit_button.changed.connect(self.commit)
+        self.clear_button.changed.connect(self.clear)
+        self.undo_button.changed.connect(lambda: self.undo(redo=False))
+        self.redo_button.changed.connect(lambda: self.undo(redo=True))
+        self.restore_button.changed.connect(self.restore_autosave)
+        self.objects.changed.connect(self._on_pick)
+        self.delete_button.changed.connect(self.delete_selected)
+        self.reprompt_button.changed.connect(self.reprompt_selected)
+
+    def key_bindings(self):
+        """Shift-C commits, Shift-X clears."""
+        return {"Shift-C": lambda v: self.commit(), "Shift-X": lambda v: self.clear()}
+
+    # -- the target ------------------------------------------------------------------------
+    def _labels_choices(self, _widget=None):
+        from napari.layers import Labels
+
+        own = {output_layer_name(layer, "sam preview") for layer in self.viewer.layers}
+        return [(layer.name, layer) for layer in self.viewer.layers
+                if isinstance(layer, Labels) and layer.name not in own]
+
+    def target_name(self, image) -> str:
+        """The default target layer of ``image``."""
+        return output_layer_name(image, "sam")
+
+    def find_target(self, image, sel, *, create: bool):
+        """The target Labels layer (the picked one, else ``<image> [sam]``; created when asked)."""
+        if self.target.value is not None and self.target.value in self.viewer.layers:
+            return find_or_create_labels(self.viewer, image, sel, self.target.value.name, target=self.target.value)
+        name = self.target_name(image)
+        if not create and name not in self.viewer.layers:
+            return None
+        return find_or_create_labels(self.viewer, image, sel, name)
+
+    # -- commit ----------------------------------------------------------------------------
+    def commit(self) -> None:
+        """Write the previewed object(s) into the target Labels layer under new ids."""
+        from napari.utils.notifications import show_info
+
+        dock = self.dock
+        preview = dock.preview
+        if not preview.objects:
+            show_info("Nothing to commit: add prompts and wait for the preview.")
+            dock.message.value = "Nothing to commit: add prompts and wait for the preview."
+            return
+        try:
+            image = dock.selected_image()
+            _, sel = current_plane(self.viewer, image)
+            preview.check_commit(dock.preview_source(image, sel))
+            restored = self._recover_deleted_target(image, sel)
+            target = self.find_target(image, sel, create=True)
+            old = np.array(target.data[sel.labels_index], copy=True)  # a copy: the journal needs the pixels before
+            plan = preview.plan_commit(
+                old, next_free_id(target.data), overwrite=bool(self.overwrite.value),
+                refine=int(dock.prompts.refine_id.value), model=dock.session.runner.name,
+            )
+        except SegSuiteError as exc:
+            dock.report(exc)
+            return
+        if not plan.written:
+            show_info("The object has no free pixels left (tick 'overwrite' to replace labels).")
+            dock.message.value = "The object has no free pixels left (tick 'overwrite' to replace labels)."
+            return
+        write_plane(
+            self.viewer, image, sel, plan.labels, task="prompt", target=target, guard_edits=False,
+            provenance={"model": dock.session.runner.provenance(), "last_ids": plan.written},
+            extra_features=plan.features,
+        )
+        ids = ", ".join(map(str, plan.written))
+        self.record_step(target, f"commit of label{'s' if len(plan.written) > 1 else ''} {ids}")
+        for label in plan.written:
+            self.committed = [c for c in self.committed if c.label != label or c.plane_key != sel.key]
+            self.committed.append(Committed(label, sel.labels_index, sel.key, int((plan.labels == label).sum())))
+        dock.prompts.refine_id.value = 0
+        self.clear()
+        dock.prompts.reset_polarity()
+        dock.prompts.focus_points()
+        self.refresh(target)
+        dock.message.value = (f"{restored + ' ' if restored else ''}Committed label(s) {ids} to '{target.name}'. "
+                              f"Next id: {next_free_id(target.data)}.")
+        self._journal_change(image, target, sel.labels_index, old, plan.labels, "commit")
+
+    def clear(self) -> None:
+        """Remove all prompts and the preview."""
+        self.dock.prompts.clear()
+
+    # -- undo / redo -----------------------------------------------------------------------
+    def record_step(self, layer, text: str) -> None:
+        """Remember a write that changed labels (it becomes what Undo undoes)."""
+        self.undo_steps.append(Step(layer, text))
+        self.redo_steps.clear()
+        self._update_history_buttons()
+
+    def undo(self, redo: bool = False) -> None:
+        """Undo (or redo) the last write of this dock that changed labels."""
+        source, dest = (self.redo_steps, self.undo_steps) if redo else (self.undo_steps, self.redo_steps)
+        while source and source[-1].layer not in self.viewer.layers:
+            source.pop()  # its layer was deleted
+        if not source:
+            self.dock.message.value = f"Nothing to {'redo' if redo else 'undo'}."
+            self._update_history_buttons()
+            return
+        step = source.pop()
+        layer = step.layer
+        before = np.array(layer.data, copy=True)
+        (layer.redo if redo else layer.undo)()
+        dest.append(step)
+        self._update_history_buttons()
+        self.refresh(layer)
+        self.dock.message.value = f"{'Redid' if redo else 'Undid'} the {step.text} in '{layer.name}'."
+        try:
+            self._journal_change(self.dock.selected_image(), layer, (), before, np.asarray(layer.data),
+                                 "redo" if redo else "undo")
+        except SegSuiteError:
+            pass
+
+    def _update_history_buttons(self) -> None:
+        self.undo_button.enabled = bool(self.undo_steps)
+        self.redo_button.enabled = bool(self.redo_steps)
+        self.undo_button.tooltip = f"Undo the {self.undo_steps[-1].text}" if self.undo_steps else "Nothing to undo"
+        self.redo_button.tooltip = f"Redo the {self.redo_steps[-1].text}" if self.redo_steps else "Nothing to redo"
+
+    # -- committed objects -------------------------------------------------------------------
+    def refresh(self, target=None) -> None:
+        """Re-read the committed objects' areas and the next id from the target layer."""
+        if target is None:
+            try:
+                image = self.dock.selected_image()
+                _, sel = current_plane(self.viewer, image)
+                target = self.find_target(image, sel, create=False)
+            except SegSuiteError:
+                target = None
+        if target is None or target not in self.viewer.layers:
+            self.next_id.value = "Next id: 1"
+            self.objects.reset_choices()
+            return
+        kept = []
+        for c in self.committed:
+            if tuple(target.data.shape[:len(c.plane_index)]) and len(c.plane_index) == target.data.ndim:
+                c.area = int(np.count_nonzero(np.asarray(target.data[c.plane_index]) == c.label))
+            kept.append(c)
+        self.committed = kept
+        self._target_for_list = target
+        self.next_id.value = f"Next id: {next_free_id(target.data)}"
+        self.objects.reset_choices()
+
+    def _object_choices(self, _widget=None):
+        return [(f"id {c.label} · {c.area:,} px · plane {c.plane_key}", c.key)
+                for c in getattr(self, "committed", []) if c.area > 0]
+
+    def _picked(self) -> Committed | None:
+        value = self.objects.value
+        if not value:
+            return None
+        key = value[0] if isinstance(value, list | tuple) else value
+        return next((c for c in self.committed if c.key == key), None)
+
+    def _go_to_plane(self, c: Committed) -> None:
+        image = self.dock.selected_image()
+        for axis, i in enumerate(c.plane_index):
+            if not isinstance(i, slice):
+                world = image.data_to_world(
+                    [i if a == axis else 0 for a in range(image.ndim)])[axis]
+                self.viewer.dims.set_point(self.viewer.dims.ndim - image.ndim + axis, world)
+
+    def _on_pick(self, _value=None) -> None:
+        c = self._picked()
+        target = getattr(self, "_target_for_list", None)
+        if c is None or target is None or target not in self.viewer.layers:
+            return
+        try:
+            self._go_to_plane(c)
+        except SegSuiteError:
+            pass
+        target.selected_label = c.label
+        target.show_selected_label = True
+        self.dock.message.value = f"Label {c.label} ({c.area:,} px, plane {c.plane_key}) highlighted."
+
+    def delete_selected(self) -> None:
+        """Remove the picked object from its plane of the target layer (one undo step)."""
+        from napari_segsuite.layers import _expand_index, _update_features
+
+        c = self._picked()
+        target = getattr(self, "_target_for_list", None)
+        if c is None or target is None or target not in self.viewer.layers:
+            self.dock.message.value = "Pick a committed object first."
+            return
+        plane = np.array(target.data[c.plane_index], copy=True)
+        where = np.nonzero(plane == c.label)
+        if where[0].size:
+            target.data_setitem(_expand_index(c.plane_index, where), np.zeros(where[0].size, plane.dtype))
+            _update_features(target, c.plane_index, None)
+            self.record_step(target, f"delete of label {c.label}")
+            try:
+                self._journal_change(self.dock.selected_image(), target, c.plane_index, plane,
+                                     np.asarray(target.data[c.plane_index]), "delete")
+            except SegSuiteError:
+                pass
+        target.show_selected_label = False
+        self.refresh(target)
+        self.dock.message.value = f"Deleted label {c.label} from plane {c.plane_key}."
+
+    def reprompt_selected(self) -> None:
+        """Make the picked object the refined label: the next prompts replace it."""
+        c = self._picked()
+        if c is None:
+            self.dock.message.value = "Pick a committed object first."
+            return
+        self._go_to_plane(c)
+        self.dock.prompts.clear()
+        self.dock.prompts.refine_id.value = c.label
+        self.dock.prompts.focus_points()
+        self.dock.message.value = f"Prompt label {c.label} again; Shift-C replaces it."
+
+    # -- autosave journal ----------------------------------------------------------------------
+    def autosave_folder(self, image) -> Path:
+        """Where journals are kept: the chosen folder, else next to the image file, else the model folder's autosave/."""
+        chosen = str(self.autosave_dir.value)
+        if chosen not in ("", "."):
+            return Path(chosen)
+        if getattr(image.source, "path", None):
+            return Path(image.source.path).parent
+        return self.dock.store.cache_dir / "autosave"
+
+    def journal_for(self, image, target):
+        """The autosave journal of ``target``'s labels for ``image``'s pixels."""
+        token = self.dock.plane_token(image, ())
+        return self.autosaver.journal(self.autosave_folder(image), image, token[:2], target)
+
+    def _journal_change(self, image, target, index: tuple, old, new, kind: str) -> None:
+        """Append the pixels that changed (``old`` -> ``new`` at ``index``); show a failure in the dock."""
+        from napari.utils.notifications import show_error
+
+        from napari_segsuite.layers import _expand_index
+
+        changed = np.nonzero(np.asarray(old) != np.asarray(new))
+        coords = _expand_index(index, changed) if index else changed
+        error = self.autosaver.record(self.journal_for(image, target), coords, np.asarray(new)[changed], kind)
+        if error is not None:
+            self.dock.message.value = f"{self.dock.message.value} AUTOSAVE FAILED: {error}"
+            show_error(f"Autosave failed: {error}")
+
+    def _recover_deleted_target(self, image, sel) -> str:
+        """Rebuild the default target layer from the journal when it is gone; returns a note or ''."""
+        from napari_segsuite.core.errors import AutosaveError
+
+        chosen = self.target.value
+        if chosen is not None and chosen in self.viewer.layers:
+            return ""
+        if self.target_name(image) in self.viewer.layers:
+            return ""
+        target = self.find_target(image, sel, create=True)
+        journal = self.journal_for(image, target)
+        if not journal.exists():
+            return ""
+        try:
+            n = self.autosaver.restore(journal, target)
+        except AutosaveError as exc:
+            return f"The autosave could not be replayed ({exc})."
+        ids = int(np.unique(np.asarray(target.data)).size - 1)
+        return f"'{target.name}' was rebuilt from the autosave journal ({ids} object(s), {n} pixels)."
+
+    def restore_autosave(self) -> None:
+        """Replay the image's autosave journal into the target layer (one undo step).
+
+        Only a journal written for these very pixels is used; one for another image of
+        the same name is reported and left alone.
+        """
+        from napari.utils.notifications import show_error, show_info
+
+        from napari_segsuite.core.errors import AutosaveError
+
+        try:
+            image = self.dock.selected_image()
+            _, sel = current_plane(self.viewer, image)
+            target = self.find_target(image, sel, create=True)
+        except SegSuiteError as exc:
+            show_error(str(exc))
+            return
+        journal = self.journal_for(image, target)
+        if not journal.exists():
+            others = journal.others()
+            msg = (f"The autosave {others[0]} belongs to another image named '{image.name}' (other pixels); "
+                   "not restored." if others else f"No autosave for '{image.name}' in {journal.folder}.")
+            self.dock.message.value = msg
+            (show_error if others else show_info)(msg)
+            return
+        try:
+            n = self.autosaver.restore(journal, target)
+        except AutosaveError as exc:
+            self.dock.message.value = str(exc)
+            show_error(str(exc))
+            return
+        if n:
+            self.record_step(target, "restore of the autosave")
+        self.refresh(target)
+        self.dock.message.value = f"Restored {n} pixels from {journal.path}."
+
+    def shutdown(self) -> None:
+        """Nothing to wait for: journal entries are written synchronously at each commit."""
+
