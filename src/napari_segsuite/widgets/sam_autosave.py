@@ -1,15 +1,11 @@
 """The SAM dock's committed work: the autosave journal and the recovery of a deleted target.
 
-- :class:`SamAutosave` keeps one :class:`~napari_segsuite.core.journal.AutosaveJournal`
-  per (image pixels, target layer name): every commit, undo and redo appends the
-  pixels it changed; nothing is ever overwritten. A target layer that was
-  deleted is rebuilt from the journal before the next commit writes into it;
-  *Restore autosave* replays it. The image is recognised by its content digest,
-  so another image of the same name and shape never receives these labels.
-- :class:`PreviewOrigin` is what a preview was computed from (image layer, plane
-  token with the image's data version, model); a commit checks it against the
-  dock's current choice and refuses to write a mask into another image, plane or
-  model's labels.
+:class:`SamAutosave` keeps one :class:`~napari_segsuite.core.journal.AutosaveJournal`
+per (image pixels, target layer name): every commit, undo, redo, delete and restore
+appends the pixels it changed; nothing is ever overwritten. A target layer that was
+deleted is rebuilt from the journal before the next commit writes into it; *Restore
+autosave* replays it. The image is recognised by its content digest, so another image
+of the same name and shape never receives these labels.
 
 No Qt; layers are read and written on the GUI thread by the dock.
 """
