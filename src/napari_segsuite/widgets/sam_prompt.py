@@ -811,7 +811,7 @@ class SamPromptWidget(SegmentationWidget):
             from napari_segsuite.core.image import prepare_rgb_uint8
 
             session = yield from self._session_job(plane)
-            runner = session.runner
+            runner = _concept_model(session.runner)
             if not getattr(runner, "takes_exemplars", False):
                 raise InputError(
                     f"Find needs SAM 3 as the model (the facebook/sam3 folder); '{runner.name}' takes clicks and "
@@ -861,7 +861,8 @@ class SamPromptWidget(SegmentationWidget):
         def job():
             session = yield from self._session_job(plane)
             volume = np.stack([planes[i] for i in range(len(planes))])
-            return (yield from track_concepts_job(session.runner, volume, concepts, start_index=start, conf=conf))
+            runner = _concept_model(session.runner)
+            return (yield from track_concepts_job(runner, volume, concepts, start_index=start, conf=conf))
 
         def on_result(result) -> None:
             from napari_segsuite.layers import _expand_index, _update_features
@@ -1081,6 +1082,12 @@ def _predict_objects(session, objects: list[dict], multimask: bool) -> list[dict
         masks[choice]  # the shown candidate is upsampled here, in the thread; the others when picked
         results.append({"masks": masks, "scores": scores, "choice": choice})
     return results
+
+
+def _concept_model(runner):
+    """The SAM 3 concept model behind a session's runner (the tracker entry shares its folder)."""
+    get = getattr(runner, "concept_runner", None)
+    return (get() or runner) if get is not None else runner
 
 
 class _PlaneStack:
