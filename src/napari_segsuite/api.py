@@ -15,6 +15,7 @@ from __future__ import annotations
 from napari_segsuite.core.device import resolve_device
 from napari_segsuite.core.errors import (
     CheckpointError,
+    DatasetError,
     DeviceError,
     DownloadError,
     InputError,
@@ -31,6 +32,7 @@ from napari_segsuite.tasks.unet_training import TrainedUnet, TrainingOptions, Tr
 
 __all__ = [
     "CheckpointError",
+    "DatasetError",
     "DeviceError",
     "DownloadError",
     "InputError",
@@ -48,8 +50,10 @@ __all__ = [
     "detect_then_segment",
     "download_model",
     "evaluate",
+    "export_dataset",
     "fuse_semantic_instance",
     "get_entry",
+    "import_dataset",
     "list_models",
     "load_model",
     "load_unet",
@@ -281,20 +285,26 @@ def segment_semantic(
 
 
 def _instance_run(image, runner, sam, boxes, *, conf, iou, mask_threshold, classes, max_det, imgsz,
-                  tile_size, overlap, stack, class_names=None):
+                  tile_size, overlap, stack, class_names=None, exemplars=None, exemplar_labels=None,
+                  text_threshold=0.25):
     from napari_segsuite.tasks.instance import (
         InstanceParams,
         combine_planes,
-        resolve_classes,
+        concept_params,
         segment_planes_job,
         split_planes,
     )
 
-    names = class_names if class_names is not None else (runner.class_names if runner is not None else {})
     params = InstanceParams(
-        conf=conf, iou=iou, mask_threshold=mask_threshold, classes=resolve_classes(classes, names),
-        max_det=max_det, imgsz=imgsz,
+        conf=conf, iou=iou, mask_threshold=mask_threshold, max_det=max_det, imgsz=imgsz,
+        text_threshold=text_threshold,
     )
+    if runner is not None:
+        names = concept_params(runner, params, classes, exemplars, exemplar_labels)
+    else:
+        names = class_names or {}
+    if class_names is not None:
+        names = class_names
     params.check()
     planes, is_stack = split_planes(image, stack)
     results = run_sync(segment_planes_job(
@@ -318,8 +328,11 @@ def segment_instances(
     overlap: int = 64,
     stack: bool | None = None,
     store: ModelStore | None = None,
+    *,
+    exemplars=None,
+    exemplar_labels=None,
 ):
-    """Instance segmentation of an image or a stack with YOLO-seg, Mask R-CNN or Mask2Former.
+    """Instance segmentation of an image or a stack: YOLO-seg, Mask R-CNN, Mask2Former or SAM 3 concepts.
 
     Parameters
     ----------
@@ -331,9 +344,12 @@ def segment_instances(
         "auto", "cpu", "cuda" or "mps".
     conf, iou, mask_threshold : float
         Score threshold, NMS IoU (YOLO, Mask R-CNN), mask probability threshold
-        (Mask R-CNN, Mask2Former).
+        (Mask R-CNN, Mask2Former, SAM 3: its processor's ``threshold`` and
+        ``mask_threshold``).
     classes : ids and/or names, optional
-        Classes to keep (``["cell", 2]`` or ``"cell, 2"``).
+        Classes to keep (``["cell", 2]`` or ``"cell, 2"``). For SAM 3 the
+        concepts to find, in words: every instance of each becomes one label
+        with ``class_name`` = the concept (all concepts share one vision pass).
     max_det : int
         Most detections per image (per tile when tiled).
     imgsz : int, optional
@@ -342,6 +358,11 @@ def segment_instances(
         Tiled inference for large images; objects crossing tiles come out once.
     stack : bool, optional
         Whether the first axis of a 3D array is a stack (guessed when None).
+    exemplars : (N, 4) array, optional
+        SAM 3 only: exemplar boxes (row0, col0, row1, col1) in image pixels
+        (each plane's, for a stack), alone or with ``classes``; not with tiles.
+    exemplar_labels : (N,) array, optional
+        1 "more like this", 0 "not like this" per exemplar (default all 1).
 
     Returns
     -------
@@ -355,6 +376,7 @@ def segment_instances(
     return _instance_run(
         image, runner, None, None, conf=conf, iou=iou, mask_threshold=mask_threshold, classes=classes,
         max_det=max_det, imgsz=imgsz, tile_size=tile_size, overlap=overlap, stack=stack,
+        exemplars=exemplars, exemplar_labels=exemplar_labels,
     )
 
 
@@ -373,6 +395,8 @@ def detect_then_segment(
     overlap: int = 64,
     stack: bool | None = None,
     store: ModelStore | None = None,
+    *,
+    text_threshold: float = 0.25,
 ):
     """Boxes from a detector (or given boxes), masks from Segment Anything.
 
@@ -381,10 +405,15 @@ def detect_then_segment(
     image : ndarray
         As for :func:`segment_instances`.
     detector : str, path, Runner or (N, 4) array
-        Any instance model, a detection-only YOLO, or boxes
+        Any instance model, a detection-only YOLO, an open-vocabulary detector
+        (Grounding DINO, MM-Grounding-DINO, OWLv2: ``classes`` are then the
+        objects to find, in words, and ``conf`` their box threshold), or boxes
         (row0, col0, row1, col1) in pixels (class 0, score 1).
     sam : str, path, Runner or SamSession
         A Segment Anything model; a :class:`SamSession` keeps its embedding cache.
+    text_threshold : float
+        Grounding DINO's text threshold: a box is kept when one of its
+        caption's tokens passes it.
     Other parameters
         As for :func:`segment_instances` (they apply to the detector).
 
@@ -412,6 +441,7 @@ def detect_then_segment(
     return _instance_run(
         image, runner, session, None, conf=conf, iou=iou, mask_threshold=mask_threshold, classes=classes,
         max_det=max_det, imgsz=imgsz, tile_size=tile_size, overlap=overlap, stack=stack,
+        text_threshold=text_threshold,
     )
 
 
@@ -589,3 +619,114 @@ def propagate(volume, start_index: int, mask, model, device: str = "auto", **opt
     from napari_segsuite.tasks.propagation import propagate_job
 
     return run_sync(propagate_job(_sam_session(model, device), volume, start_index, mask, **options))
+
+
+# -- training datasets out and in ---------------------------------------------------------
+
+
+def export_dataset(
+    images,
+    labels,
+    out,
+    format: str = "coco",
+    class_names=None,
+    label_classes=None,
+    val_fraction: float = 0.2,
+    overwrite: bool = False,
+    progress=None,
+    *,
+    names=None,
+    image_format: str = "png",
+):
+    """Write images and their labels as a COCO or ultralytics YOLO segmentation dataset.
+
+    Every object (non-zero label id) of every plane becomes one instance. COCO: images in
+    ``out/train`` and ``out/val``, ``out/annotations/instances_{train,val}.json`` with one
+    RLE mask per object (:mod:`napari_segsuite.datasets.coco`). YOLO: ultralytics' layout
+    (``images/``, ``labels/``, ``data.yaml``) with one polygon per object
+    (:mod:`napari_segsuite.datasets.yolo` describes how holes and parts are handled).
+
+    Parameters
+    ----------
+    images : array, path, or iterable of them
+        One image (2D, 2D with 1-4 channels last, or a stack of planes), or several; read
+        one at a time, so a generator or a list of file paths streams.
+    labels : array, path, or iterable of them
+        The label images, one per image, of the image's shape without its channel axis.
+        Each plane of a stack is one dataset image (named ``<name>_<plane>``).
+    out : str or Path
+        The dataset folder; it must not exist or be empty unless ``overwrite``.
+    format : {"coco", "yolo"}
+    class_names : sequence or mapping, optional
+        Class id -> name (a list: class id = position). Every named class is a category,
+        also when no object has it. None: ``class_<id>`` for the ids used, or ``object``
+        when there is one class.
+    label_classes : mapping, table or sequence of them, optional
+        Label id -> class id: one mapping for every image, or one per item of ``images``
+        (a stack's planes share it). A table with columns ``label`` and ``class_id`` (a
+        Labels layer's ``features``) works too. None: every object has the one class.
+    val_fraction : float
+        Share of images in the validation split, in [0, 1): ``round(n * val_fraction)``
+        images (at least one with two or more images) chosen with a fixed seed.
+    overwrite : bool
+        Replace an existing non-empty ``out`` (only once the new dataset is complete).
+    progress : callable, optional
+        Called with a :class:`Progress` per image written.
+    names : iterable of str, optional
+        Names of the items of ``images`` (default: file stems, or ``image00000`` ...).
+    image_format : {"png", "tif"}
+        ``png``: 8-bit PNG (other dtypes percentile-scaled to 0-255); ``tif``: the pixels
+        unchanged.
+
+    Returns
+    -------
+    napari_segsuite.datasets.common.ExportResult
+        ``.path``, ``.class_names``, ``.files``, ``.table`` (image, split, objects),
+        ``.provenance``.
+
+    Raises
+    ------
+    InputError
+        Labels without any object, images and labels of different shapes, a label without a
+        class, a class id without a name, a ``label_classes`` entry for a label id found in
+        no image, a bad ``val_fraction``.
+    DatasetError
+        ``out`` exists and is not empty (and not ``overwrite``), or cannot be written.
+        Nothing is left behind on any error: the dataset is written to a hidden folder beside
+        ``out`` and renamed at the end.
+    """
+    from napari_segsuite.datasets.io import export_job
+
+    return run_sync(export_job(
+        images, labels, out, format=format, class_names=class_names, label_classes=label_classes,
+        val_fraction=val_fraction, overwrite=overwrite, names=names, image_format=image_format,
+    ), progress)
+
+
+def import_dataset(path, *, progress=None):
+    """Read a COCO or YOLO segmentation dataset into images, label images and class maps.
+
+    Parameters
+    ----------
+    path : str or Path
+        A COCO JSON (that split), a ``data.yaml`` (all its splits), or a dataset folder
+        (its ``data.yaml``, else all ``annotations/*.json``).
+    progress : callable, optional
+        Called with a :class:`Progress` per image read.
+
+    Returns
+    -------
+    napari_segsuite.datasets.io.ImportedDataset
+        ``.images``, ``.labels`` (int32), ``.label_classes`` ({label: class id} per image),
+        ``.class_names`` ({class id: name}), ``.names``, ``.splits``, ``.table`` (one row per
+        object, label id column ``label``), ``.provenance``.
+
+    Raises
+    ------
+    DatasetError
+        The file is not valid JSON/YAML, not a COCO / ultralytics dataset, or names images
+        or masks that cannot be read.
+    """
+    from napari_segsuite.datasets.io import import_job
+
+    return run_sync(import_job(path), progress)

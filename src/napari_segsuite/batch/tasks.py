@@ -41,7 +41,7 @@ class TaskSpec:
     needs_model : bool
         Whether ``--model`` is required (the runner must do ``model_task``).
     model_task : str
-        The runner task checked with ``Runner.require``.
+        The runner task checked with ``Runner.require`` (empty: the task checks its model itself).
     help : str
         One line for ``--help``.
     normalize : bool
@@ -69,7 +69,7 @@ def register_task(
     """Register (or replace) the batch task ``name``; returns its :class:`TaskSpec`."""
     if kind not in ("semantic", "instance"):
         raise ValueError(f"kind must be 'semantic' or 'instance', not {kind!r}")
-    spec = TaskSpec(name, func, kind, needs_model, model_task or name, help, normalize)
+    spec = TaskSpec(name, func, kind, needs_model, name if model_task is None else model_task, help, normalize)
     TASKS[name] = spec
     return spec
 
@@ -166,16 +166,37 @@ def panoptic_task(image, runner, **params):
 
 # -- instance (issue 7's instance models: YOLO-seg, Mask R-CNN, Mask2Former instance) -------
 
-INSTANCE_PARAMS = ("conf", "iou", "mask_threshold", "classes", "max_det", "imgsz", "tile_size", "overlap")
+INSTANCE_PARAMS = (
+    "conf", "iou", "mask_threshold", "classes", "max_det", "imgsz", "tile_size", "overlap", "sam",
+    "text_threshold",
+)
+_PROMPT_RUNNERS: dict = {}
+_PROMPT_RUNNERS_LOCK = __import__("threading").Lock()
+
+
+def _prompt_session(spec, device: str):
+    """A fresh session on a prompt model loaded once per process (sessions hold the current image)."""
+    from napari_segsuite.models.base import load_model
+    from napari_segsuite.tasks.sam_session import SamSession
+
+    key = (str(spec), device)
+    with _PROMPT_RUNNERS_LOCK:
+        runner = _PROMPT_RUNNERS.get(key)
+        if runner is None:
+            runner = _PROMPT_RUNNERS[key] = load_model(spec, device)
+    return SamSession(runner, device=device)
 
 
 def instance_task(image, runner, **params):
     """Instance segmentation with :func:`napari_segsuite.tasks.instance.segment_plane_job`.
 
     Parameters (``--param``): ``conf``, ``iou``, ``mask_threshold``, ``classes`` (ids and/or
-    names, comma-separated), ``max_det``, ``imgsz`` (see
-    :class:`~napari_segsuite.tasks.instance.InstanceParams`), ``tile_size`` and ``overlap``
-    (the model's own tiled inference inside one plane or chunk).
+    names, comma-separated; for SAM 3, Grounding DINO and OWLv2 the concepts to find, in
+    words), ``max_det``, ``imgsz`` (see :class:`~napari_segsuite.tasks.instance.InstanceParams`),
+    ``tile_size`` and ``overlap`` (the model's own tiled inference inside one plane or chunk),
+    ``sam`` (a prompt model, registry name or path: the masks of the model's boxes come from
+    it, as in ``api.detect_then_segment``; needed for box-only detectors) and
+    ``text_threshold`` (Grounding DINO).
 
     Returns
     -------
@@ -185,23 +206,30 @@ def instance_task(image, runner, **params):
         max exclusive) and ``area``.
     """
     from napari_segsuite.core.progress import run_sync
-    from napari_segsuite.tasks.instance import InstanceParams, resolve_classes, segment_plane_job
+    from napari_segsuite.tasks.instance import (
+        InstanceParams,
+        concept_params,
+        segment_plane_job,
+        takes_concepts,
+    )
 
     unknown = set(params) - set(INSTANCE_PARAMS)
     if unknown:
         raise InputError(f"instance: unknown parameters {sorted(unknown)}; known: {', '.join(INSTANCE_PARAMS)}.")
-    names = dict(getattr(runner, "class_names", {}) or {})
     p = InstanceParams(
         conf=float(params.get("conf", 0.25)), iou=float(params.get("iou", 0.7)),
         mask_threshold=float(params.get("mask_threshold", 0.5)),
-        classes=resolve_classes(_as_list(params.get("classes")), names),
         max_det=int(params.get("max_det", 300)),
         imgsz=int(params["imgsz"]) if params.get("imgsz") not in (None, "", 0) else None,
+        text_threshold=float(params.get("text_threshold", 0.25)),
     )
+    classes = params.get("classes")
+    names = concept_params(runner, p, classes if takes_concepts(runner) else _as_list(classes))
     p.check()
     tile = int(params.get("tile_size") or 0) or None
+    sam = _prompt_session(params["sam"], getattr(runner, "device", "cpu")) if params.get("sam") else None
     result = run_sync(segment_plane_job(
-        np.asarray(image), runner, p, class_names=names, tile_size=tile,
+        np.asarray(image), runner, p, sam=sam, class_names=names, tile_size=tile,
         overlap=int(params.get("overlap", 64)),
     ))
     table = result.table.rename(columns={"label_id": "label"})
@@ -315,8 +343,10 @@ register_task(
     help="things and stuff segments (Mask2Former panoptic); --param threshold=0.8 ...",
 )
 register_task(
-    "instance", instance_task, kind="instance",
-    help="one id per object (YOLO-seg, Mask R-CNN, Mask2Former instance); --param conf=0.25 ...",
+    # no model_task: the task checks its model itself (a box-only detector is fine with sam=...)
+    "instance", instance_task, kind="instance", model_task="",
+    help="one id per object (YOLO-seg, Mask R-CNN, Mask2Former instance, SAM 3 concepts, Grounding DINO / "
+         "OWLv2 + --param sam=MODEL); --param conf=0.25 classes=cell,nucleus ...",
 )
 register_task(
     "sam-auto", sam_auto_task, kind="instance", model_task="automatic",

@@ -29,3 +29,7 @@ class DownloadError(SegSuiteError, OSError):
 
 class DeviceError(SegSuiteError, RuntimeError):
     """The requested compute device is not available."""
+
+
+class DatasetError(SegSuiteError, ValueError):
+    """A dataset cannot be written where asked, or a file is not a dataset this plugin reads."""

@@ -37,6 +37,9 @@ FAMILIES: dict[str, str] = {
     "segformer": "napari_segsuite.models.hf_segmentation:SegformerRunner",
     "mask2former": "napari_segsuite.models.hf_segmentation:Mask2FormerRunner",
     "unet": "napari_segsuite.models.unet:UnetRunner",
+    "sam3": "napari_segsuite.models.sam3:Sam3Runner",
+    "grounding_dino": "napari_segsuite.models.open_vocab_detectors:GroundingDinoRunner",
+    "owlv2": "napari_segsuite.models.open_vocab_detectors:Owlv2Runner",
 }
 
 

@@ -20,6 +20,11 @@ HF_MODEL_TYPES = {
     "mask2former": "mask2former",
     "sam2": "sam2",
     "sam2_video": "sam2",
+    "sam3": "sam3",
+    "sam3_video": "sam3",
+    "grounding-dino": "grounding_dino",
+    "mm-grounding-dino": "grounding_dino",
+    "owlv2": "owlv2",
 }
 
 

@@ -41,6 +41,10 @@ class ModelEntry:
         Approximate download size.
     needs_unpickling : bool
         The format runs Python pickle code when loaded (ultralytics ``.pt``).
+    extra : dict
+        Family-specific data; ``folder_family`` names the family sub-folder a
+        checkpoint is stored under when several families load the same
+        download (SAM 3's concept model and its tracker share ``facebook/sam3``).
     """
 
     name: str
@@ -110,6 +114,13 @@ ENTRIES: tuple[ModelEntry, ...] = (
     _hf("sam2.1_hiera_small", "sam2", ("prompt", "automatic", "video"), "SAM 2.1 Hiera small", "facebook/sam2.1-hiera-small", 184),
     _hf("sam2.1_hiera_base_plus", "sam2", ("prompt", "automatic", "video"), "SAM 2.1 Hiera base+", "facebook/sam2.1-hiera-base-plus", 324),
     _hf("sam2.1_hiera_large", "sam2", ("prompt", "automatic", "video"), "SAM 2.1 Hiera large", "facebook/sam2.1-hiera-large", 898),
+    # SAM 3: concepts in words or by example (one folder: detector, tracker and video weights).
+    _hf("sam3", "sam3", ("instance", "concepts"), "SAM 3 concepts (Meta)", "facebook/sam3", 3450),
+    # Open-vocabulary detectors: boxes for objects named in words, masks from a prompt model.
+    _hf("grounding_dino_tiny", "grounding_dino", ("detection",), "Grounding DINO tiny (open vocabulary)", "IDEA-Research/grounding-dino-tiny", 690),
+    _hf("grounding_dino_base", "grounding_dino", ("detection",), "Grounding DINO base (open vocabulary)", "IDEA-Research/grounding-dino-base", 940),
+    _hf("mm_grounding_dino_tiny", "grounding_dino", ("detection",), "MM-Grounding-DINO tiny (open vocabulary)", "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det", 700),
+    _hf("owlv2_base_ensemble", "owlv2", ("detection",), "OWLv2 base patch16 ensemble (open vocabulary)", "google/owlv2-base-patch16-ensemble", 620),
     # SegFormer (semantic).
     _hf("segformer_b0_ade", "segformer", ("semantic",), "SegFormer-B0 ADE20K 512", "nvidia/segformer-b0-finetuned-ade-512-512", 15),
     _hf("segformer_b2_ade", "segformer", ("semantic",), "SegFormer-B2 ADE20K 512", "nvidia/segformer-b2-finetuned-ade-512-512", 110),

@@ -121,9 +121,10 @@ class ModelStore:
     # -- where things live -------------------------------------------------
     def path_for(self, entry: ModelEntry) -> Path:
         """Where the checkpoint of ``entry`` lives in the cache (file or folder)."""
+        family = entry.extra.get("folder_family", entry.family)
         if entry.is_folder:
-            return self.cache_dir / entry.family / entry.hf_repo.replace("/", "--")
-        return self.cache_dir / entry.family / entry.filename
+            return self.cache_dir / family / entry.hf_repo.replace("/", "--")
+        return self.cache_dir / family / entry.filename
 
     def is_available(self, entry: ModelEntry | str) -> bool:
         """Whether the checkpoint is in the cache (checksums are checked at load)."""

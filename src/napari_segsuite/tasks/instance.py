@@ -116,6 +116,16 @@ class InstanceParams:
     imgsz : int, optional
         Model input size where the model has one (YOLO's ``imgsz``, Mask
         R-CNN's shorter side, Mask2Former's resize); the model's default when None.
+    concepts : tuple of str, optional
+        Concept prompts of an open-vocabulary model (SAM 3, Grounding DINO,
+        OWLv2): class id k is the k-th concept.
+    exemplars : (N, 4) array, optional
+        SAM 3 exemplar boxes (row0, col0, row1, col1) in the plane's pixels.
+    exemplar_labels : (N,) array, optional
+        1 "more like this", 0 "not like this" per exemplar (default all 1).
+    text_threshold : float
+        Grounding DINO's text threshold (a box is kept when a caption token
+        passes it).
     """
 
     conf: float = 0.25
@@ -124,18 +134,33 @@ class InstanceParams:
     classes: list[int] | None = None
     max_det: int = 300
     imgsz: int | None = None
+    concepts: tuple[str, ...] | None = None
+    exemplars: np.ndarray | None = None
+    exemplar_labels: np.ndarray | None = None
+    text_threshold: float = 0.25
+
+    @property
+    def prompted(self) -> bool:
+        """Whether the run is driven by concepts or exemplars (an open-vocabulary model)."""
+        return self.concepts is not None or self.exemplars is not None
 
     def as_kwargs(self) -> dict:
         """Keyword arguments of ``Runner.predict_instances``."""
-        return {
+        kwargs = {
             "conf": float(self.conf), "iou": float(self.iou), "mask_threshold": float(self.mask_threshold),
             "classes": None if self.classes is None else list(self.classes),
             "max_det": int(self.max_det), "imgsz": None if self.imgsz is None else int(self.imgsz),
         }
+        if self.prompted:
+            kwargs.update(
+                concepts=list(self.concepts or ()), exemplars=self.exemplars,
+                exemplar_labels=self.exemplar_labels, text_threshold=float(self.text_threshold),
+            )
+        return kwargs
 
     def check(self) -> None:
         """Raise :class:`InputError` for values out of range."""
-        for name in ("conf", "iou", "mask_threshold"):
+        for name in ("conf", "iou", "mask_threshold", "text_threshold"):
             v = getattr(self, name)
             if not 0.0 <= float(v) <= 1.0:
                 raise InputError(f"{name} must lie between 0 and 1, not {v}.")
@@ -143,6 +168,62 @@ class InstanceParams:
             raise InputError(f"max_det must be at least 1, not {self.max_det}.")
         if self.imgsz is not None and int(self.imgsz) < 32:
             raise InputError(f"The input size must be at least 32 pixels, not {self.imgsz}.")
+
+
+def takes_concepts(runner) -> bool:
+    """Whether ``runner`` is an open-vocabulary model whose classes are concepts in words."""
+    return bool(getattr(runner, "takes_concepts", False))
+
+
+def concept_params(runner, params: InstanceParams, classes, exemplars=None, exemplar_labels=None):
+    """Fill ``params`` for ``runner``'s kind of classes; return the class names of the run.
+
+    For an open-vocabulary runner (SAM 3, Grounding DINO, OWLv2) each entry of
+    ``classes`` becomes a concept prompt (class id k = the k-th concept) and
+    exemplar boxes are passed on where the model takes them; for any other
+    runner ``classes`` selects among the model's own classes
+    (:func:`resolve_classes`) and exemplars are refused.
+
+    Returns
+    -------
+    dict of int to str
+        Class id -> name for the table.
+
+    Raises
+    ------
+    InputError
+        Empty concepts, exemplars for a model that takes none, an
+        open-vocabulary model with nothing to look for.
+    """
+    from napari_segsuite.models.open_vocab_common import check_concepts
+
+    has_exemplars = exemplars is not None and np.asarray(exemplars, dtype=float).size > 0
+    if not takes_concepts(runner):
+        if has_exemplars:
+            raise InputError(
+                f"'{_runner_name(runner)}' takes no exemplar boxes; exemplars describe a concept for SAM 3."
+            )
+        names = dict(getattr(runner, "class_names", {}) or {})
+        params.classes = resolve_classes(classes, names)
+        return names
+    concepts = check_concepts(classes)
+    if has_exemplars and not getattr(runner, "takes_exemplars", False):
+        raise InputError(
+            f"'{_runner_name(runner)}' takes concepts in words, not exemplar boxes; use SAM 3 for exemplars."
+        )
+    if not concepts and not has_exemplars:
+        what = "type concepts in words or draw exemplar boxes" if getattr(runner, "takes_exemplars", False) \
+            else "type the objects to find in words"
+        raise InputError(
+            f"'{_runner_name(runner)}' finds what you name: {what} (classes, e.g. 'cell, nucleus')."
+        )
+    params.classes = None
+    params.concepts = tuple(concepts)
+    if has_exemplars:
+        params.exemplars = np.asarray(exemplars, dtype=float).reshape(-1, 4)
+        params.exemplar_labels = None if exemplar_labels is None else np.asarray(exemplar_labels).reshape(-1)
+    names = dict(enumerate(concepts)) if concepts else {0: "exemplar"}
+    return names
 
 
 def resolve_classes(classes, class_names: Mapping[int, str]) -> list[int] | None:
@@ -197,8 +278,12 @@ def resolve_classes(classes, class_names: Mapping[int, str]) -> list[int] | None
     if unknown:
         sample = ", ".join(f"{k}={v}" for k, v in list(class_names.items())[:12])
         more = ", ..." if len(class_names) > 12 else ""
+        hint = ""
+        if any(u.startswith("'") for u in unknown):
+            hint = (" This model knows a fixed list of classes; to find objects named in any words use "
+                    "SAM 3, or an open-vocabulary detector (Grounding DINO, OWLv2) with SAM.")
         raise InputError(
-            f"The model has no class {', '.join(unknown)}. Its classes are: {sample}{more}."
+            f"The model has no class {', '.join(unknown)}. Its classes are: {sample}{more}.{hint}"
         )
     return sorted(set(ids)) or None
 
@@ -325,6 +410,11 @@ def predict_plane_job(
     """
     shape = rgb.shape[:2]
     tiles = tile_grid(shape, tile_size, min(overlap, (tile_size or 1) - 1) if tile_size else 0)
+    if len(tiles) > 1 and params.exemplars is not None:
+        raise InputError(
+            "Exemplar boxes describe a concept on the whole plane, so they cannot be used with tiles: "
+            "set the tile size to 0, or give the concept in words."
+        )
     done, total = progress
     found: list[Detection] = []
     for t, tile in enumerate(tiles):
