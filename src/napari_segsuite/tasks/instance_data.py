@@ -183,7 +183,7 @@ def prepare_instance_data(
         ids = [int(v) for v in np.unique(lab) if v]
         mapping = label_classes[i] if per_image else label_classes
         if mapping is None:
-            raw_classes.append({j: 0 for j in ids})
+            raw_classes.append(dict.fromkeys(ids, 0))
             continue
         mapping = {int(k): v for k, v in dict(mapping).items()}
         missing = [j for j in ids if j not in mapping]
@@ -234,7 +234,7 @@ def prepare_instance_data(
             )
         only = next(iter(names_in.values()))
         used_names = [only]
-        raw_classes = [{j: only for j in c} for c in raw_classes]
+        raw_classes = [dict.fromkeys(c, only) for c in raw_classes]
     else:
         used_names = []
         for c in raw_classes:
@@ -288,7 +288,7 @@ def split_indices(data: InstanceData, val_fraction: float, seed: int = 0) -> tup
         return list(range(len(data))), list(with_objects), note
     rng = np.random.default_rng(seed)
     order = list(rng.permutation(with_objects))
-    n_val = min(len(order) - 1, max(1, int(round(len(order) * val_fraction))))
+    n_val = min(len(order) - 1, max(1, round(len(order) * val_fraction)))
     val = sorted(int(i) for i in order[:n_val])
     train = sorted([int(i) for i in order[n_val:]] + empty)
     return train, val, f"{len(train)} training and {len(val)} held-out image(s)"

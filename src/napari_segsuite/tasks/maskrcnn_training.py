@@ -24,7 +24,6 @@ import math
 import time
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -151,6 +150,10 @@ def train_maskrcnn_job(data, train_idx, val_idx, opts, init_runner, state, work:
     model, arch = _build(init_runner, k, opts.arch, data.class_names)
     imgsz = int(opts.imgsz or default_imgsz(data.planes))
     model.transform.min_size, model.transform.max_size = (imgsz,), imgsz
+    # Annotated images hold tens of objects, not COCO's hundreds: fewer proposals and sampled
+    # regions per image make a step about twice as cheap (training-time settings, not saved).
+    model.rpn._pre_nms_top_n["training"], model.rpn._post_nms_top_n["training"] = 1000, 500
+    model.roi_heads.fg_bg_sampler.batch_size_per_image = 128
     model.to(device)
     epochs = int(opts.epochs or DEFAULT_EPOCHS)
     batch = max(1, min(int(opts.batch), len(train_idx)))

@@ -312,7 +312,12 @@ def finetune_sam_job(
 
     from napari_segsuite.models.base import load_model
     from napari_segsuite.models.store import default_store
-    from napari_segsuite.models.trained import check_output_folder, safe_name, trained_root, unique_name
+    from napari_segsuite.models.trained import (
+        check_output_folder,
+        safe_name,
+        trained_root,
+        unique_name,
+    )
     from napari_segsuite.tasks.instance_data import prepare_instance_data
 
     opts = options or SamFinetuneOptions()
@@ -369,7 +374,7 @@ def finetune_sam_job(
             objects.append(_Object(i, j, m, frames.low_target(m),
                                    np.array([cols[0], rows[0], cols[-1], rows[-1]], np.float32)))
     order = rng.permutation(len(objects))
-    n_val = int(round(len(objects) * opts.val_fraction)) if len(objects) > 1 else 0
+    n_val = round(len(objects) * opts.val_fraction) if len(objects) > 1 else 0
     n_val = min(n_val, len(objects) - 1)
     val_objs = [objects[k] for k in order[:n_val]] if n_val else list(objects)
     train_objs = [objects[k] for k in order[n_val:]]

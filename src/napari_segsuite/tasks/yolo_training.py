@@ -129,7 +129,7 @@ def train_yolo_job(data, train_idx, val_idx, opts, init_runner, state, work: Pat
     truths = truths_of(data, val_idx)
     names = dict(data.class_names)
     if init_runner is not None:
-        model = copy.deepcopy(init_runner.model)
+        model = ultralytics.YOLO(str(init_runner.source.path))  # a fresh copy: the runner stays as it is
         arch = init_runner.info.get("arch") or DEFAULT_ARCH
         arch_yaml = arch if str(arch).endswith((".yaml", ".yml")) else f"{arch}.yaml"
         pretrained = True
@@ -207,11 +207,14 @@ def train_yolo_job(data, train_idx, val_idx, opts, init_runner, state, work: Pat
                 **({"lr0": float(opts.learning_rate)} if opts.learning_rate else {}),
             )
             result["trainer"] = model.trainer
-        except BaseException as exc:  # noqa: BLE001 - handed to the job's thread
+        except BaseException as exc:
             result["error"] = exc
         finally:
             events.put((_DONE, None))
 
+    import torch
+
+    threads = torch.get_num_threads()  # ultralytics' select_device changes it for the whole process
     thread = threading.Thread(target=run, name="segsuite-yolo-train", daemon=True)
     thread.start()
     try:
@@ -236,6 +239,7 @@ def train_yolo_job(data, train_idx, val_idx, opts, init_runner, state, work: Pat
         if thread.is_alive():  # the job was closed early: stop the trainer at its next batch
             state.stop.set()
             thread.join()
+        torch.set_num_threads(threads)
     if "error" in result:
         exc = result["error"]
         raise InputError(f"YOLO training failed: {exc}") from exc
@@ -243,5 +247,9 @@ def train_yolo_job(data, train_idx, val_idx, opts, init_runner, state, work: Pat
     best = Path(trainer.best) if Path(trainer.best).is_file() else Path(trainer.last)
     if not best.is_file():
         raise InputError("YOLO training ended without saving a model (it was stopped before the first epoch ended).")
+    import shutil
+
+    weights = work / "model.pt"
+    shutil.copyfile(best, weights)
     info = {"arch": Path(arch_yaml).stem, "yolo_task": "segment", "imgsz": imgsz}
-    return "yolo", best, info, names
+    return "yolo", weights, info, names

@@ -76,6 +76,9 @@ class InstanceWidget(SegmentationWidget):
         ])
         self.refine.changed.connect(self._toggle_sam)
         self.box_source.changed.connect(self._toggle_sam)
+        from napari_segsuite.widgets.instance_training import add_training_sections
+
+        add_training_sections(self)  # train YOLO-seg / Mask R-CNN, fine-tune SAM (collapsible)
         self._sam = None
         self._sam_key = None
         self.box_source.value = None
