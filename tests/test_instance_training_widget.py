@@ -49,7 +49,7 @@ def test_train_in_the_dock_then_pick_the_model_and_segment(scene, qtbot, tmp_pat
     widget = InstanceWidget(scene)
     widget.models.cache.value = str(tmp_path)  # the dock's model folder
     panel = widget.training
-    assert str(panel.folder.value) == str(tmp_path)
+    assert panel.store is widget.store  # the panel saves into the dock's model folder
     panel.labels_layers.value = [scene.layers["cells [labels]"], scene.layers["more [labels]"]]
     panel.family.value = {v: v for _, v in FAMILY_CHOICES}["yolo"]
     panel.epochs.value, panel.imgsz.value, panel.name.value = 2, 64, "my-cells"
@@ -57,7 +57,7 @@ def test_train_in_the_dock_then_pick_the_model_and_segment(scene, qtbot, tmp_pat
     _click(panel.start_button)
     assert panel.cancel_button.enabled
     qtbot.waitUntil(lambda: not panel.busy, timeout=600_000)
-    assert "saved 'my-cells'" in panel.message.value, panel.message.value
+    assert f"saved 'my-cells' in {tmp_path / 'trained'}" in panel.message.value, panel.message.value
     assert panel.curve.loss and len(panel.curve.score) == 2  # live loss and AP50 per epoch
     # every model picker lists it with its class names; the instance run uses it
     choices = {value: text for text, value in widget.models._choices()}

@@ -24,8 +24,9 @@ def tuned(blobs, tiny_sam_path, tmp_path_factory):
     images, labels, _ = blobs
     store = ModelStore(tmp_path_factory.mktemp("sam-models"))
     rows = []
+    # keep_best=False: the last weights (a few steps of a random tiny SAM need not beat the start)
     runner = api.finetune_sam(images, labels, str(tiny_sam_path), steps=6, val_every=3, learning_rate=1e-3,
-                              objects_per_step=3, store=store, progress=rows.append)
+                              objects_per_step=3, store=store, progress=rows.append, keep_best=False)
     return runner, store, rows
 
 

@@ -62,6 +62,9 @@ class SamFinetuneOptions:
         Validate every this many steps (and after the last).
     train_prompt_encoder : bool
         Train the prompt encoder along with the mask decoder.
+    keep_best : bool
+        Keep the weights with the best held-out IoU (the starting weights when no
+        step improved on them); False keeps the last weights.
     device : str
         "cpu", "cuda", "mps" or "auto".
     seed : int
@@ -78,6 +81,7 @@ class SamFinetuneOptions:
     val_fraction: float = 0.2
     val_every: int = 25
     train_prompt_encoder: bool = True
+    keep_best: bool = True
     device: str = "cpu"
     seed: int = 0
     name: str | None = None
@@ -462,7 +466,7 @@ def finetune_sam_job(
         if step % opts.val_every == 0 or step == opts.steps:
             iou = single_point_iou(sam, embeddings, originals, val_objs, frames)
             row["val_iou"] = iou
-            if iou >= state.best_iou:
+            if iou >= state.best_iou or not opts.keep_best:
                 state.best_iou, state.best_step = iou, step
                 best = {k: v.detach().cpu().clone() for k, v in sam.state_dict().items()}
         state.history.append(row)

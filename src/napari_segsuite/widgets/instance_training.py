@@ -8,8 +8,9 @@ classes in their ``features`` (``label`` or ``index`` with ``class_name`` or
 ``class_id``); the job runs in a worker (:class:`JobRunner`) and its progress
 draws the live curves. **Cancel** sets the job's stop event: training ends at
 the next step and the best model so far is saved and kept, as at the end.
-Trained models go into the model folder's ``trained/`` folder, which every model
-picker lists (they are refreshed when a model is saved).
+Trained models go into the ``trained/`` folder of the dock's model folder (its
+*Model folder* setting), which every model picker lists (they are refreshed
+when a model is saved).
 """
 
 from __future__ import annotations
@@ -317,14 +318,13 @@ class InstanceTrainingPanel(_TrainingPanelBase):
         self.name.tooltip = "Name in the model folder (empty: family and time)"
         self.continue_button = PushButton(text="Continue training", enabled=False)
         self.continue_button.tooltip = "Train the last model further on all annotations of the chosen layers"
-        self.folder = FileEdit(label="Model folder", mode="d", value=str(self.store.cache_dir))
         self.start_button.text = "Train"
         self.extend([
             self.labels_layers, self.image, self.family, self.start_from, self.checkpoint, self.class_name,
             self.epochs, self.imgsz, self.val_fraction, self.name,
             Container(widgets=[self.start_button, self.continue_button, self.cancel_button], layout="horizontal",
                       labels=False),
-            self.progress, self.message, self.folder,
+            self.progress, self.message,
         ])
         self.native.layout().addWidget(self.curve.canvas)
         #: Further InstanceTrainingOptions for scripts and tests (e.g. {"batch": 2}).
@@ -333,7 +333,6 @@ class InstanceTrainingPanel(_TrainingPanelBase):
         self.continue_button.changed.connect(lambda: self.train(True))
         self.start_from.changed.connect(self._toggle_checkpoint)
         self.family.changed.connect(lambda: self.start_from.reset_choices())
-        self.folder.changed.connect(self._on_folder)
         self._refresh_layers()
 
     def _start_choices(self, _widget=None):
@@ -347,11 +346,6 @@ class InstanceTrainingPanel(_TrainingPanelBase):
 
     def _toggle_checkpoint(self) -> None:
         self.checkpoint.visible = self.start_from.value == LOCAL_CHECKPOINT
-
-    def _on_folder(self) -> None:
-        text = str(self.folder.value)
-        self.store.cache_dir = text if text not in ("", ".") else None
-        self.start_from.reset_choices()
 
     def _init_model(self, continue_training: bool):
         if continue_training:
@@ -409,7 +403,7 @@ class InstanceTrainingPanel(_TrainingPanelBase):
             best = runner.training.get("best_val_ap50")
             kept = "" if best is None else f"; held-out mask AP50 {best:.3f} (epoch {runner.training['best_epoch']})"
             how = "Stopped early" if state.stopped_early else "Trained"
-            self.message.value = f"{how}: saved '{runner.name}' in the model folder{kept}."
+            self.message.value = f"{how}: saved '{runner.name}' in {store.cache_dir / 'trained'}{kept}."
             self.start_from.reset_choices()
 
         self._start(job, on_result, f"Training {family} on " + "; ".join(summary))
@@ -475,7 +469,7 @@ class SamFinetunePanel(_TrainingPanelBase):
             self._saved(runner)
             t = runner.training
             self.message.value = (
-                f"Saved '{runner.name}' in the model folder: held-out single-point IoU "
+                f"Saved '{runner.name}' in {store.cache_dir / 'trained'}: held-out single-point IoU "
                 f"{t['val_iou_before']:.3f} before, {t['val_iou_best']:.3f} after (step {t['best_step']}). "
                 "Pick it in the SAM dock's model list."
             )
