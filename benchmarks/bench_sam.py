@@ -238,7 +238,7 @@ def sam_prompt(repeats: int) -> list[dict]:
         def job():
             yield Progress(0, 1, "Encoding")
             t0 = time.perf_counter()
-            session.backend.encode(img)
+            session.prompt_model.encode(img)
             return time.perf_counter() - t0
 
         if heartbeat:
@@ -255,7 +255,7 @@ def sam_prompt(repeats: int) -> list[dict]:
 
         def target():
             t0 = time.perf_counter()
-            session.backend.encode(img)
+            session.prompt_model.encode(img)
             out.append(time.perf_counter() - t0)
 
         th = threading.Thread(target=target)
@@ -267,7 +267,7 @@ def sam_prompt(repeats: int) -> list[dict]:
     for k in range(repeats):
         img = np.roll(rgb, 100 + k, axis=1)
         t = time.perf_counter()
-        session.backend.encode(img)
+        session.prompt_model.encode(img)
         main_t.append(time.perf_counter() - t)
         worker_t.append(run_in_worker(np.roll(rgb, 200 + k, axis=1), heartbeat=False)[0])
         plain_t.append(run_in_plain_thread(np.roll(rgb, 250 + k, axis=1)))

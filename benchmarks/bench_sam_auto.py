@@ -61,10 +61,8 @@ def _calibrate(session, image, points_per_side: int, passing: float = 0.3) -> di
     import torch
     from segment_anything.utils.amg import build_point_grid, calculate_stability_score
 
-    from napari_segsuite.tasks.sam_automatic import SamMaskSource
-
     session.set_image(image)
-    source = SamMaskSource(session)
+    source = session.prompt_model.mask_source()
     grid = build_point_grid(points_per_side) * np.array([[image.shape[1], image.shape[0]]])
     with torch.no_grad():
         decoded = source.decode(session.current, grid[:: max(1, len(grid) // 64)])

@@ -152,11 +152,17 @@ def test_yolo_random_blobs_iou(tmp_path):
     res = api.export_dataset(images, labels, tmp_path / "ds", format="yolo")
     back = api.import_dataset(tmp_path / "ds")
     assert back.class_names == {0: "object"}
+    from napari_segsuite.core.labels import relabel_sequential
+
     for name, got, image in zip(back.names, back.labels, back.images, strict=True):
         k = int(name[-5:])
         assert min(iou_per_object(labels[k], got)) >= 0.95
+        # in fact exact: ids renumbered 1..n in label order, the same pixels
+        np.testing.assert_array_equal(got, relabel_sequential(labels[k])[0])
         np.testing.assert_array_equal(image, images[k])
     assert res.provenance["objects_below_iou_0_95"] == 0
+    assert res.provenance["min_polygon_iou"] == 1.0
+    assert res.provenance["min_fillpoly_iou"] < 0.9  # what one-ring drawing makes of the parts
 
 
 def test_yolo_dataset_accepted_by_ultralytics(tmp_path, stack):
@@ -293,12 +299,16 @@ def test_existing_folder_refused_unless_overwrite(tmp_path, stack):
     with pytest.raises(DatasetError, match="exists and is not empty"):
         api.export_dataset(img, lab, out)
     assert _leftovers(out) == ["mine.txt"]
-    # a failing overwrite leaves the old folder as it was
-    with pytest.raises(InputError):
-        api.export_dataset(img, np.zeros_like(lab), out, overwrite=True)
+    # a folder with other files is never replaced, even when asked
+    with pytest.raises(DatasetError, match="only a dataset folder is replaced"):
+        api.export_dataset(img, lab, out, overwrite=True)
     assert _leftovers(out) == ["mine.txt"]
-    api.export_dataset(img, lab, out, overwrite=True, format="yolo")
-    assert "mine.txt" not in _leftovers(out) and "data.yaml" in _leftovers(out)
+    (out / "mine.txt").unlink()
+    api.export_dataset(img, lab, out, format="coco")
+    with pytest.raises(DatasetError, match="exists and is not empty"):
+        api.export_dataset(img, lab, out, format="yolo")
+    api.export_dataset(img, lab, out, overwrite=True, format="yolo")  # a dataset is replaced
+    assert _leftovers(out) == ["data.yaml", "images", "labels"]
     assert _leftovers(tmp_path) == ["ds"]
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -377,3 +387,32 @@ def test_import_foreign_coco_with_polygons(tmp_path):
     labels = back.labels[0]
     assert back.label_classes[0] == {1: 0, 2: 1}
     assert labels[12, 12] == 2 and labels[7, 7] == 1 and labels[0, 0] == 0  # small on top, crowd skipped
+
+
+def test_foreign_polygon_with_a_doubled_vertex_is_one_outline():
+    from napari_segsuite.datasets.yolo import fill_polygon, split_rings
+
+    square = np.array([[2, 2], [2, 2], [12, 2], [12, 12], [2, 12]])
+    assert len(split_rings(square)) == 1
+    _, mask = fill_polygon((20, 20), square)
+    assert mask.sum() == 11 * 11
+
+
+def test_rle_strings_decoded_like_pycocotools():
+    from pycocotools import mask as mask_utils
+
+    from napari_segsuite.datasets.coco import paint_runs, rle_counts
+
+    rng = np.random.default_rng(2)
+    for t in range(200):
+        h, w = (int(v) for v in rng.integers(1, 200, 2))
+        mask = (rng.random((h, w)) < rng.random()).astype(np.uint8)
+        if t % 4 == 0:
+            mask[:] = 0
+            mask[h // 3: h // 2 + 1, w // 4:] = 1
+        rle = mask_utils.encode(np.asfortranarray(mask))
+        columns = np.zeros((w, h), np.int32)
+        paint_runs(columns.reshape(-1), rle_counts({"size": [h, w], "counts": rle["counts"].decode()}, h, w), 5)
+        np.testing.assert_array_equal(columns.T == 5, mask_utils.decode(rle).astype(bool))
+    with pytest.raises(DatasetError, match="do not cover"):
+        rle_counts({"size": [4, 4], "counts": [3, 2]}, 4, 4)

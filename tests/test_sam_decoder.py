@@ -45,6 +45,15 @@ def test_chunked_decoder_equals_mask_decoder(sam_parts, n, chunk, multimask):
         assert torch.equal(decoded.low_res_masks(subset), low[subset]), subset
 
 
+@pytest.mark.parametrize("n, size", [(1, 4), (2, 1), (9, 1), (13, 4), (12, 4), (5, 4)])
+def test_chunks_cover_the_batch_without_lone_prompts(n, size):
+    from napari_segsuite.models.sam_decoder import _chunks
+
+    chunks = _chunks(n, size)
+    assert [i for sl in chunks for i in range(sl.start, sl.stop)] == list(range(n))
+    assert all(sl.stop - sl.start >= 2 for sl in chunks) or n == 1
+
+
 @torch.no_grad()
 def test_chunked_decoder_refuses_mask_prompts(sam_parts):
     emb = torch.randn(1, 256, 64, 64)

@@ -13,15 +13,17 @@ from napari_segsuite.testing.stacks import moving_disk_stack
 START = 3
 
 
-class _Runner:
-    family = "sam"
-    info: dict = {}
+class _PromptModel:
+    """What propagation asks of a session's prompt model: mask prompts yes, video no."""
+
+    takes_mask_prompt = True
+    supports_video = False
 
 
 class OracleSession:
     """A session whose 'model' returns the bright blob the prompt box overlaps most (method check only)."""
 
-    runner = _Runner()
+    prompt_model = _PromptModel()
 
     def set_image_job(self, plane):
         from scipy import ndimage

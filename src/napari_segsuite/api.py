@@ -671,7 +671,9 @@ def export_dataset(
         Share of images in the validation split, in [0, 1): ``round(n * val_fraction)``
         images (at least one with two or more images) chosen with a fixed seed.
     overwrite : bool
-        Replace an existing non-empty ``out`` (only once the new dataset is complete).
+        Replace an existing dataset in ``out`` (once the new one is complete). A non-empty
+        folder that holds no dataset (no ``data.yaml``, no ``annotations/*.json``) is never
+        replaced.
     progress : callable, optional
         Called with a :class:`Progress` per image written.
     names : iterable of str, optional
@@ -693,7 +695,8 @@ def export_dataset(
         class, a class id without a name, a ``label_classes`` entry for a label id found in
         no image, a bad ``val_fraction``.
     DatasetError
-        ``out`` exists and is not empty (and not ``overwrite``), or cannot be written.
+        ``out`` exists and is not empty (and not ``overwrite``, or holds no dataset), or
+        cannot be written.
         Nothing is left behind on any error: the dataset is written to a hidden folder beside
         ``out`` and renamed at the end.
     """

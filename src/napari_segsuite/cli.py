@@ -5,7 +5,8 @@ segmentation widgets docked. ``napari-segsuite view --smoke shot.png`` does the
 same headless (under Xvfb), runs each widget's smoke step end to end, saves a
 screenshot of the whole window and exits (non-zero on failure).
 ``napari-segsuite run TASK --model MODEL INPUT... --out DIR`` segments many
-images (see ``napari-segsuite run --help``).
+images (see ``napari-segsuite run --help``). ``napari-segsuite export --images ... --labels ...
+--out DIR`` writes a COCO or YOLO training dataset (see ``napari-segsuite export --help``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--smoke", metavar="PNG", help="headless check: run, save a screenshot, exit")
     view.add_argument("--models", metavar="DIR", help="model cache folder for this session")
     add_run_parser(sub)
+    add_export_parser(sub)
     return parser
 
 
@@ -208,6 +210,96 @@ def run_command(args) -> int:
     return summary.exit_code
 
 
+EXPORT_DESCRIPTION = """\
+Write images and their label images as a training dataset: COCO instance segmentation (RLE
+masks, annotations/instances_{train,val}.json) or ultralytics YOLO segmentation (polygons,
+data.yaml). Every object (non-zero label id) of every plane is one instance; stacks give one
+dataset image per plane.
+
+--images and --labels take files, folders and glob patterns. A label file belongs to the image
+of the same name (x.png with x.tif, x_labels.tif, x_mask.png, ...); files are read one at a
+time. Classes: --classes TABLE (CSV/Parquet with columns label, class_id and optionally image,
+class_name), or --classes sidecar (the NAME.csv / NAME.parquet next to each label file, as
+`napari-segsuite run` writes them); without it every object has one class. --class-names
+names the class ids 0, 1, ... (comma-separated, or a text file with one name per line).
+
+The dataset is written beside --out and renamed when complete: an error leaves nothing. An
+existing non-empty --out is refused unless --overwrite.
+
+Exit status: 0 written, 2 bad input (the message says why).
+
+Examples:
+  napari-segsuite export --images raw/ --labels seg/ --out ds_coco
+  napari-segsuite export --images "raw/*.tif" --labels seg/ --format yolo --out ds_yolo \\
+      --classes sidecar --val-fraction 0.25
+"""
+
+
+def add_export_parser(sub) -> argparse.ArgumentParser:
+    """The ``export`` sub-command (training datasets)."""
+    export = sub.add_parser(
+        "export", help="write images and label images as a COCO or YOLO training dataset",
+        description=EXPORT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("--images", "-i", nargs="+", required=True, metavar="IMAGE",
+                        help="image files, folders, glob patterns")
+    export.add_argument("--labels", "-l", nargs="+", required=True, metavar="LABELS",
+                        help="label image files, folders, glob patterns")
+    export.add_argument("--out", "-o", required=True, metavar="DIR", help="dataset folder (created)")
+    export.add_argument("--format", "-f", dest="fmt", choices=("coco", "yolo"), default="coco",
+                        help="dataset format (default coco)")
+    export.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
+                        help="share of images in the validation split, fixed seed (default 0.2)")
+    export.add_argument("--classes", metavar="TABLE|sidecar", help="which class each label is")
+    export.add_argument("--class-names", metavar="NAMES", help="a,b,c or a file with one name per line")
+    export.add_argument("--image-format", choices=("png", "tif"), default="png",
+                        help="png: 8-bit (other types scaled), tif: pixels unchanged (default png)")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    export.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    return export
+
+
+def export_command(args) -> int:
+    """The ``export`` sub-command; returns the exit status (0 written, 2 bad input)."""
+    from pathlib import Path
+
+    from napari_segsuite.core.errors import SegSuiteError
+    from napari_segsuite.core.progress import run_sync
+    from napari_segsuite.datasets import files
+    from napari_segsuite.datasets.io import export_job
+
+    def show(p) -> None:
+        if not args.quiet and p.step:
+            print(f"[{p.step}/{p.total or '?'}] {p.message}", file=sys.stderr, flush=True)
+
+    try:
+        pairs = files.pair_files(files.expand(args.images, "--images"), files.expand(args.labels, "--labels"))
+        names = [p.stem for p, _ in pairs]
+        label_classes, class_names = None, None
+        if args.classes == "sidecar":
+            tables = [files.sidecar_table(lab) for _, lab in pairs]
+            label_classes, class_names = files.classes_from_tables(tables, names)
+        elif args.classes:
+            table = files.read_table(Path(args.classes))
+            label_classes, class_names = files.classes_from_tables([table] * len(pairs), names)
+        if args.class_names:
+            source = Path(args.class_names)
+            text = source.read_text() if source.is_file() else args.class_names.replace(",", "\n")
+            class_names = [line.strip() for line in text.splitlines() if line.strip()]
+        result = run_sync(export_job(
+            [p for p, _ in pairs], [lab for _, lab in pairs], args.out, format=args.fmt,
+            class_names=class_names, label_classes=label_classes, val_fraction=args.val_fraction,
+            overwrite=args.overwrite, names=names, image_format=args.image_format,
+        ), show)
+    except SegSuiteError as exc:
+        print(f"napari-segsuite export: error: {exc}", file=sys.stderr)
+        return 2
+    prov = result.provenance
+    print(f"{result.format} dataset: {result.n_images} images ({prov['n_train']} train, {prov['n_val']} val), "
+          f"{result.n_objects} objects, {len(result.class_names)} classes -> {result.path}", file=sys.stderr)
+    return 0
+
+
 def open_viewer(images: list[str], sample: str, *, show: bool = True):
     """A viewer with the image(s) and the four widgets docked; returns (viewer, widgets)."""
     import napari
@@ -250,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run" and args.workers < 1:
         print("napari-segsuite run: error: --workers must be at least 1", file=sys.stderr)
         return 2
-    if args.models:
+    if getattr(args, "models", None):
         import os
 
         os.environ["NAPARI_SEGSUITE_CACHE"] = args.models
@@ -265,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         napari.run()
     elif args.command == "run":
         return run_command(args)
+    elif args.command == "export":
+        return export_command(args)
     return 0
 
 

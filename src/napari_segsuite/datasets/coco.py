@@ -38,7 +38,7 @@ from napari_segsuite.datasets.common import (
 SPLITS = ("train", "val")
 
 
-def rle_counts(strip: np.ndarray, col0: int, height: int, width: int) -> list[int]:
+def strip_counts(strip: np.ndarray, col0: int, height: int, width: int) -> list[int]:
     """Uncompressed COCO run lengths (column-major, starting with a background run) of an
     object whose pixels all lie in ``strip``: the full-height columns ``col0 ...`` of the image."""
     flat = strip.ravel(order="F")
@@ -62,7 +62,7 @@ def encode_object(labels: np.ndarray, label_id: int, box: tuple[slice, slice]) -
     height, width = labels.shape
     rows, cols = box
     strip = labels[:, cols] == label_id
-    counts = rle_counts(strip, cols.start, height, width)
+    counts = strip_counts(strip, cols.start, height, width)
     rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
     area = int(np.count_nonzero(strip[rows]))
     bbox = [cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start]
@@ -120,8 +120,7 @@ class CocoWriter:
             doc = {"info": {**info, "split": split}, "licenses": [], "images": images,
                    "annotations": annotations, "categories": categories}
             path = ann_dir / f"instances_{split}.json"
-            with open(path, "w") as fh:
-                json.dump(doc, fh, separators=(",", ":"))
+            path.write_text(json.dumps(doc, separators=(",", ":")))  # the C encoder: dump() is slower
             files[split] = path
         self.staging.rmdir()
         return files
@@ -193,25 +192,66 @@ def category_class_ids(categories: list[dict]) -> dict[int, int]:
     return {i: i - shift for i in ids}
 
 
-def decode(segmentation, height: int, width: int) -> np.ndarray:
-    """A COCO ``segmentation`` (RLE or polygons) as a boolean (H, W) mask."""
+def string_counts(text: bytes) -> np.ndarray:
+    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``, in numpy)."""
+    c = np.frombuffer(text, dtype=np.uint8).astype(np.int64) - 48
+    if not len(c):
+        return np.zeros(0, dtype=np.int64)
+    ends = (c & 0x20) == 0
+    if not ends[-1] or c.min() < 0 or c.max() > 63:
+        raise DatasetError("a compressed RLE string that pycocotools did not write")
+    starts = np.flatnonzero(np.concatenate(([True], ends[:-1])))
+    group = np.cumsum(np.concatenate(([0], ends[:-1].astype(np.int64))))
+    k = np.arange(len(c)) - starts[group]
+    values = np.add.reduceat((c & 0x1F) << (5 * k), starts)
+    last = np.flatnonzero(ends)
+    negative = (c[last] & 0x10) != 0
+    values = np.where(negative, values - (np.int64(1) << (5 * (last - starts + 1))), values)
+    counts = values.copy()
+    counts[2::2] = np.cumsum(values[2::2])  # from the third on, each is a difference to m - 2
+    if len(values) > 3:
+        counts[3::2] = values[1] + np.cumsum(values[3::2])
+    return counts
+
+
+def rle_counts(segmentation, height: int, width: int) -> np.ndarray:
+    """The column-major run lengths of a COCO ``segmentation`` (RLE, compressed or not, or
+    polygons through pycocotools)."""
     from pycocotools import mask as mask_utils
 
     if isinstance(segmentation, list):
         rles = mask_utils.frPyObjects(segmentation, height, width)
         rle = mask_utils.merge(rles) if isinstance(rles, list) else rles
-    elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
-        rle = mask_utils.frPyObjects(segmentation, height, width)
-    elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), str | bytes):
-        counts = segmentation["counts"]
-        rle = {"size": list(segmentation["size"]),
-               "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+        counts = string_counts(rle["counts"])
+    elif isinstance(segmentation, dict) and "size" in segmentation and "counts" in segmentation:
+        if tuple(segmentation["size"]) != (height, width):
+            raise DatasetError(
+                f"a mask of size {tuple(segmentation['size'])} in an image of size {(height, width)}"
+            )
+        raw = segmentation["counts"]
+        if isinstance(raw, list):
+            counts = np.asarray(raw, dtype=np.int64)
+        elif isinstance(raw, str | bytes):
+            counts = string_counts(raw.encode("ascii") if isinstance(raw, str) else raw)
+        else:
+            raise DatasetError(f"RLE counts of type {type(raw).__name__}")
     else:
         raise DatasetError(f"unknown COCO segmentation of type {type(segmentation).__name__}")
-    mask = mask_utils.decode(rle)
-    if mask.shape != (height, width):
-        raise DatasetError(f"a mask of size {mask.shape} in an image of size {(height, width)}")
-    return mask.astype(bool, copy=False)
+    if counts.size and (counts.min() < 0 or counts.sum() != height * width):
+        raise DatasetError(f"RLE runs that do not cover the {height}x{width} image")
+    return counts
+
+
+def paint_runs(flat_columns: np.ndarray, counts: np.ndarray, value: int) -> None:
+    """Set the pixels of an RLE's foreground runs to ``value`` in the column-major flat view
+    of a label image."""
+    bounds = np.concatenate(([0], np.cumsum(counts)))
+    ones = np.arange(1, len(counts), 2)
+    starts, lengths = bounds[ones], counts[ones]
+    total = int(lengths.sum())
+    if total:
+        shift = starts - np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        flat_columns[np.repeat(shift, lengths) + np.arange(total)] = value
 
 
 def iter_coco(json_path: Path, doc: dict | None = None) -> Iterator[dict]:
@@ -238,7 +278,8 @@ def iter_coco(json_path: Path, doc: dict | None = None) -> Iterator[dict]:
         own = [a.get("segsuite_label") for a in anns]
         keep_ids = all(isinstance(i, int) and i > 0 for i in own) and len(set(own)) == len(own)
         ids = own if keep_ids else list(range(1, len(anns) + 1))
-        labels = np.zeros((height, width), dtype=np.int32)
+        columns = np.zeros((width, height), dtype=np.int32)  # column-major, as RLE runs go
+        flat = columns.reshape(-1)
         classes = {}
         order = sorted(range(len(anns)), key=lambda k: -float(anns[k].get("area", 0)))
         for k in order:
@@ -249,7 +290,7 @@ def iter_coco(json_path: Path, doc: dict | None = None) -> Iterator[dict]:
                     "which is not in 'categories'."
                 )
             try:
-                mask = decode(ann["segmentation"], height, width)
+                counts = rle_counts(ann["segmentation"], height, width)
             except DatasetError as exc:
                 raise DatasetError(f"{json_path.name}: annotation {ann.get('id')}: {exc}") from exc
             except Exception as exc:
@@ -257,8 +298,9 @@ def iter_coco(json_path: Path, doc: dict | None = None) -> Iterator[dict]:
                     f"{json_path.name}: annotation {ann.get('id')} has a mask pycocotools cannot read "
                     f"({type(exc).__name__}: {exc})."
                 ) from exc
-            labels[mask] = ids[k]
+            paint_runs(flat, counts, ids[k])
             classes[ids[k]] = to_class[ann["category_id"]]
+        labels = np.ascontiguousarray(columns.T)
         yield {"name": Path(record["file_name"]).stem, "split": split, "image": image,
                "labels": labels, "classes": classes, "file": path}
 

@@ -423,11 +423,17 @@ def write_image(path: Path, pixels: np.ndarray) -> None:
 # -- the output folder -----------------------------------------------------------------
 
 
+def is_dataset_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a YOLO (``data.yaml``) or COCO (``annotations/*.json``) dataset."""
+    return (folder / "data.yaml").is_file() or any((folder / "annotations").glob("*.json"))
+
+
 class StagedFolder:
     """Write a dataset into a hidden folder beside ``out`` and rename it to ``out`` at the end.
 
-    ``out`` must not exist or be an empty folder, unless ``overwrite`` (then the old folder
-    is replaced only once the new one is complete). On any error, or when the job is
+    ``out`` must not exist or be an empty folder, unless ``overwrite`` and ``out`` holds a
+    dataset (``data.yaml`` or ``annotations/*.json``): then the old folder is replaced only
+    once the new one is complete. A non-empty folder without a dataset is never replaced. On any error, or when the job is
     cancelled, the hidden folder is removed and ``out`` is left as it was.
     """
 
@@ -435,11 +441,17 @@ class StagedFolder:
         self.out = Path(out).expanduser().absolute()
         if self.out.exists() and not self.out.is_dir():
             raise DatasetError(f"{self.out} exists and is a file; choose a folder for the dataset.")
-        if self.out.is_dir() and any(self.out.iterdir()) and not overwrite:
-            raise DatasetError(
-                f"{self.out} exists and is not empty; choose another folder or allow overwriting "
-                "(overwrite=True, --overwrite)."
-            )
+        if self.out.is_dir() and any(self.out.iterdir()):
+            if not overwrite:
+                raise DatasetError(
+                    f"{self.out} exists and is not empty; choose another folder or allow overwriting "
+                    "(overwrite=True, --overwrite)."
+                )
+            if not is_dataset_folder(self.out):
+                raise DatasetError(
+                    f"{self.out} holds files but no dataset (no data.yaml, no annotations/*.json); "
+                    "only a dataset folder is replaced. Choose an empty or new folder."
+                )
         parent = self.out.parent
         if not parent.is_dir():
             try:

@@ -13,18 +13,21 @@ without objects gets an empty label file (a background image for ultralytics).
 Polygons
 --------
 A vertex is a pixel index (``x = column / width``), the convention of ultralytics' own mask
-tools: drawing the polygon with ``cv2.fillPoly`` (which fills the outline's pixels too) gives
-back the object's pixels exactly for a simply connected object, as its outline is traced
-through its boundary pixels (``cv2.findContours``, collinear vertices dropped).
+tools: an object's outline runs through its boundary pixels (``cv2.findContours``, collinear
+vertices dropped), and ``cv2.fillPoly``, which fills the outline's pixels too, gives back the
+object's pixels exactly for a simply connected object.
 
-An object with holes or of several parts is still one polygon: every further outline (a
-hole's inner boundary, another part's outer boundary) is spliced into the first one through
-a zero-width cut between their nearest boundary pixels (traversed there and back). A hole's
-cut runs over the object's own pixels, so holes come back exactly; a cut between two parts
-crosses the gap between them and adds that line of pixels (about one pixel per pixel of
-distance) when the polygon is filled. The writer fills every polygon it writes and records
-the smallest IoU with its mask (``min_polygon_iou`` in the export's provenance) and the
-objects below 0.95. Reading fills the polygons in file order (later objects on top).
+An object with holes or of several parts is still one polygon (one line): every further
+outline (a hole's inner boundary, another part's outer boundary) is spliced into the first
+through a zero-width cut between nearby boundary pixels of two outlines (a tree of shortest
+links), written ``v v r ... r r v``: the doubled vertices mark where a cut leaves and comes
+back. Reading splits the polygon at the marks into its outlines again and fills them together
+with the even-odd rule, outlines included: holes stay empty and cuts add nothing, so the
+object's pixels come back (the writer checks every object and records the smallest IoU,
+``min_polygon_iou``, and the objects below 0.95). ultralytics draws the whole polygon as one
+ring: a hole is still empty there (its cut runs over the object's own pixels), but a cut
+between two parts adds the line of pixels across the gap (``min_fillpoly_iou`` records the
+smallest IoU of that drawing). A foreign polygon without marks is one outline.
 
 Class indices must be 0 ... nc-1 in ultralytics: class ids ``0 ... n-1`` are written as they
 are; other ids are numbered in increasing order and the original ids kept in ``data.yaml``
@@ -166,18 +169,22 @@ def splice_rings(rings: list[np.ndarray]) -> np.ndarray:
     while todo_walk:
         item = todo_walk.pop()
         if item[0] == "emit":
-            out.extend(item[1])
+            out.append(item[1])
             continue
         _, k, start = item
-        ring, actions = rings[k], []
-        for t in range(len(ring)):
-            i = (start + t) % len(ring)
-            actions.append(("emit", [ring[i]]))
-            for child, j in children.get((k, i), []):
-                actions += [("emit", [ring[i]]), ("ring", child, j),
-                            ("emit", [rings[child][j], rings[child][j], ring[i]])]
+        ring = rings[k]
+        order = np.roll(ring, -start, axis=0)
+        hooks = sorted(((i - start) % len(ring), i) for (owner, i) in children if owner == k)
+        actions, done = [], 0
+        for pos, i in hooks:
+            actions.append(("emit", order[done: pos + 1]))
+            for child, j in children[(k, i)]:
+                actions += [("emit", ring[i: i + 1]), ("ring", child, j),
+                            ("emit", np.stack([rings[child][j], rings[child][j], ring[i]]))]
+            done = pos + 1
+        actions.append(("emit", order[done:]))
         todo_walk.extend(reversed(actions))
-    seq = np.asarray(out)
+    seq = np.concatenate(out) if len(rings) > 1 else rings[0]
     if len(seq) < 3:
         seq = np.concatenate([seq, np.repeat(seq[-1:], 3 - len(seq), axis=0)])
     return seq
@@ -209,10 +216,11 @@ def split_rings(seq: np.ndarray) -> list[np.ndarray]:
         if not ring or ring[-1] != v:
             ring.append(v)
         pos += 1
-    while stack:
-        ring = stack.pop()[0]
-        if ring:
-            rings.append(ring)
+    if len(stack) > 1:  # a doubled vertex that is no mark of ours: the polygon is one outline
+        keep = [k for k in range(n) if k == 0 or pts[k] != pts[k - 1]]
+        return [np.asarray([pts[k] for k in keep], dtype=np.int64)]
+    if stack[0][0]:
+        rings.append(stack[0][0])
     return [np.asarray(r, dtype=np.int64) for r in rings if r]
 
 
@@ -282,7 +290,8 @@ def polygon_line(class_index: int, poly: np.ndarray, shape: tuple[int, int]) -> 
     coords = np.empty(poly.shape, dtype=np.float64)
     coords[:, 0] = poly[:, 0] / w
     coords[:, 1] = poly[:, 1] / h
-    return f"{class_index} " + " ".join(f"{v:.6f}" for v in coords.ravel())
+    flat = coords.ravel().tolist()
+    return f"{class_index} " + " ".join(["%.6f"] * len(flat)) % tuple(flat)
 
 
 # -- writing ---------------------------------------------------------------------------

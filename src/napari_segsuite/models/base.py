@@ -38,6 +38,8 @@ FAMILIES: dict[str, str] = {
     "mask2former": "napari_segsuite.models.hf_segmentation:Mask2FormerRunner",
     "unet": "napari_segsuite.models.unet:UnetRunner",
     "sam3": "napari_segsuite.models.sam3:Sam3Runner",
+    "sam3_tracker": "napari_segsuite.models.sam2_family:Sam3TrackerRunner",
+    "edgetam": "napari_segsuite.models.sam2_family:EdgeTamRunner",
     "grounding_dino": "napari_segsuite.models.open_vocab_detectors:GroundingDinoRunner",
     "owlv2": "napari_segsuite.models.open_vocab_detectors:Owlv2Runner",
 }
@@ -124,6 +126,19 @@ class Runner:
                 f"Model '{self.name}' ({self.family}) does {', '.join(self.tasks) or 'nothing'} "
                 f"segmentation, not {task}. Choose a {task} model."
             )
+
+    def prompt_model(self):
+        """This model behind :class:`~napari_segsuite.models.prompt.PromptModel` (promptable families).
+
+        Returns a new prompt model on each call (it holds per-session state
+        such as the last predictor); families that take no prompts raise
+        :class:`~napari_segsuite.core.errors.InputError`.
+        """
+        raise InputError(
+            f"Prompts need a promptable model (SAM, SAM 2.1, SAM 3 tracker or EdgeTAM); '{self.name}' is a "
+            f"{self.family} model "
+            "(Segment Anything models take prompts)."
+        )
 
     def provenance(self) -> dict:
         """Plain data for ``layer.metadata``: source, device, architecture."""

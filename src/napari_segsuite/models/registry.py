@@ -114,8 +114,15 @@ ENTRIES: tuple[ModelEntry, ...] = (
     _hf("sam2.1_hiera_small", "sam2", ("prompt", "automatic", "video"), "SAM 2.1 Hiera small", "facebook/sam2.1-hiera-small", 184),
     _hf("sam2.1_hiera_base_plus", "sam2", ("prompt", "automatic", "video"), "SAM 2.1 Hiera base+", "facebook/sam2.1-hiera-base-plus", 324),
     _hf("sam2.1_hiera_large", "sam2", ("prompt", "automatic", "video"), "SAM 2.1 Hiera large", "facebook/sam2.1-hiera-large", 898),
+    # EdgeTAM: an on-device SAM 2, the fastest prompt model on a CPU (image encoder ~0.6 s at 1024 px).
+    _hf("edgetam", "edgetam", ("prompt", "automatic", "video"), "EdgeTAM (fastest on CPU)", "yonigozlan/EdgeTAM-hf", 55),
     # SAM 3: concepts in words or by example (one folder: detector, tracker and video weights).
     _hf("sam3", "sam3", ("instance", "concepts"), "SAM 3 concepts (Meta)", "facebook/sam3", 3450),
+    ModelEntry(
+        name="sam3_tracker", family="sam3_tracker", tasks=("prompt", "automatic", "video"),
+        title="SAM 3 tracker (points and boxes, Meta)", hf_repo="facebook/sam3", size_mb=3450,
+        extra={"folder_family": "sam3"},
+    ),
     # Open-vocabulary detectors: boxes for objects named in words, masks from a prompt model.
     _hf("grounding_dino_tiny", "grounding_dino", ("detection",), "Grounding DINO tiny (open vocabulary)", "IDEA-Research/grounding-dino-tiny", 690),
     _hf("grounding_dino_base", "grounding_dino", ("detection",), "Grounding DINO base (open vocabulary)", "IDEA-Research/grounding-dino-base", 940),

@@ -216,3 +216,9 @@ class SamRunner(Runner):
             )
         model, cfg = load_sam_model(source.path, device)
         return cls(model, source, device, tasks=("prompt", "automatic"), info={"architecture": cfg})
+
+    def prompt_model(self):
+        """SAM behind the prompt-model interface (:class:`~napari_segsuite.models.sam_prompt.SamPromptModel`)."""
+        from napari_segsuite.models.sam_prompt import SamPromptModel
+
+        return SamPromptModel(self)

@@ -7,8 +7,8 @@ out. Folders saved from ``Sam2Model`` itself (``model_type`` ``sam2``) load the
 same way. ``info["memory_weights"]`` records whether the folder holds the
 video memory weights.
 
-Only loading lives here; prediction (prompts, automatic masks, video) is added
-on top of this runner.
+Prompts, automatic masks and video tracking live in
+:mod:`napari_segsuite.models.sam2_prompt` (:meth:`Sam2Runner.prompt_model`).
 """
 
 from __future__ import annotations
@@ -115,3 +115,9 @@ class Sam2Runner(Runner):
             loaded.model, source, device, cls.TASKS,
             class_names={}, processor=loaded.processor, info=info,
         )
+
+    def prompt_model(self):
+        """SAM 2.1 behind the prompt-model interface (:class:`~napari_segsuite.models.sam2_prompt.Sam2PromptModel`)."""
+        from napari_segsuite.models.sam2_prompt import Sam2PromptModel
+
+        return Sam2PromptModel(self)

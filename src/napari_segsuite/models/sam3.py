@@ -140,6 +140,16 @@ class Sam3Runner(Runner):
         }
         return cls(loaded.model, source, device, cls.TASKS, class_names={}, processor=loaded.processor, info=info)
 
+    def prompt_model(self):
+        """Points and boxes go to SAM 3's tracker, which the ``facebook/sam3`` folder also holds."""
+        from napari_segsuite.models.base import load_model
+
+        if self.info.get("model_type") != "sam3_video":
+            return super().prompt_model()  # raises: a plain Sam3Model folder has no tracker
+        if getattr(self, "_tracker", None) is None:
+            self._tracker = load_model(self.source.path, self.device, family="sam3_tracker")
+        return self._tracker.prompt_model()
+
     # -- features -----------------------------------------------------------------------
     def vision_features(self, rgb: np.ndarray):
         """The vision encoder's output for a (H, W, 3) uint8 plane (cached by content)."""

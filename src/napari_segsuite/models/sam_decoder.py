@@ -75,6 +75,21 @@ def postprocess_masks(sam, low, input_size, original_size):
     return up
 
 
+def _chunks(n: int, size: int) -> list[slice]:
+    """Slices of ``range(n)`` of about ``size`` prompts, none of one prompt unless ``n == 1``.
+
+    A batch of one takes other matrix-product kernels than a larger batch on
+    some CPUs (other rounding), so a lone prompt is decoded with a neighbour:
+    a trailing single prompt joins the chunk before it, and chunks hold at
+    least two prompts.
+    """
+    size = max(2, size)
+    starts = list(range(0, n, size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [slice(s, e) for s, e in zip(starts, [*starts[1:], n], strict=True)]
+
+
 class DecodedBatch:
     """One batch of single-prompt decodes: IoU predictions now, masks on request.
 
@@ -127,7 +142,7 @@ class ChunkedMaskDecoder:
     ----------
     sam : segment_anything.modeling.Sam
     chunk : int
-        Prompts per transformer chunk.
+        Prompts per transformer chunk (at least 2; see :func:`_chunks`).
     """
 
     def __init__(self, sam, chunk: int = TRANSFORMER_CHUNK):
@@ -205,7 +220,7 @@ class ChunkedMaskDecoder:
 
         tf = self.decoder.transformer
         n = point_embedding.shape[0]
-        chunks = [slice(s, min(n, s + self.chunk)) for s in range(0, n, self.chunk)]
+        chunks = _chunks(n, self.chunk)
         keys = [None] * len(chunks)  # None: still the shared first-block keys
         queries = point_embedding
         pending = None  # the previous block's image-to-token attention, waiting for the image side

@@ -1,17 +1,18 @@
 """Carry one object through a z-stack or a time series, plane by plane, as a job.
 
-Two methods:
+The session's :class:`~napari_segsuite.models.prompt.PromptModel` decides
+what is possible; two methods:
 
-- ``"project"`` (SAM, and SAM 2.1 image-only folders): the mask on plane
-  ``k`` becomes the prompt on plane ``k ± 1``: its box, plus (SAM) the mask
-  itself as SAM's low-resolution mask prompt, or (SAM 2.1) a positive point
-  at the mask's most interior pixel. Each plane's embedding goes through the
-  session's cache, so planes encoded before (e.g. by prefetch) cost nothing.
-- ``"video"`` (SAM 2.1 folders with the video memory weights, like the
-  released ``facebook/sam2.1-hiera-*``): transformers' ``Sam2VideoModel`` and
-  ``Sam2VideoProcessor`` treat the planes as frames; the mask is the prompt on
-  the start frame and ``propagate_in_video_iterator`` runs forwards and in
-  reverse, with SAM 2's memory of the frames seen.
+- ``"project"`` (every prompt model): the mask on plane ``k`` becomes the
+  prompt on plane ``k ± 1``: its box, plus the mask itself as the decoder's
+  mask prompt when the model takes one (SAM), else a positive point at the
+  mask's most interior pixel (SAM 2.1). Each plane's embedding goes through
+  the session's cache, so planes encoded before (e.g. by prefetch) cost nothing.
+- ``"video"`` (models with a video tracker, such as SAM 2.1 folders with the
+  video memory weights, like the released ``facebook/sam2.1-hiera-*``): the
+  planes are frames of one clip; the mask is the prompt on the start frame
+  and the tracker runs forwards and in reverse, with its memory of the frames
+  seen.
 
 Both stop in a direction when the object disappears (fewer than
 ``min_area`` pixels), when a plane's mask overlaps the previous plane's by
@@ -24,7 +25,6 @@ yields progress once per plane (Cancel acts there) and returns
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import Any
 
 import numpy as np
 
@@ -52,15 +52,11 @@ def choose_method(session, method: str = "auto") -> str:
     """The method ``propagate_job`` uses for this session's model."""
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, not {method!r}.")
-    runner = session.runner
-    video_ok = runner.family == "sam2" and bool(runner.info.get("memory_weights"))
-    if method == "video" and not video_ok:
-        raise InputError(
-            "Video propagation needs a SAM 2.1 folder with the video memory weights (like the released "
-            "facebook/sam2.1-hiera-* folders); this model propagates by projecting masks (method 'project')."
-        )
+    model = session.prompt_model
+    if method == "video" and not model.supports_video:
+        model.video_tracker()  # raises the model's message
     if method == "auto":
-        return "video" if video_ok else "project"
+        return "video" if model.supports_video else "project"
     return method
 
 
@@ -81,7 +77,7 @@ def propagate_job(
     Parameters
     ----------
     session : SamSession
-        SAM or SAM 2.1.
+        Any prompt model (SAM, SAM 2.1, ...).
     volume : array-like
         ``len(volume)`` planes; ``volume[i]`` is a (H, W) or (H, W, C) plane
         (read one at a time for the projection method).
@@ -97,7 +93,8 @@ def propagate_job(
     min_area : int
         Stop when a mask has fewer pixels (the object disappeared).
     method : {"auto", "video", "project"}
-        "auto": video for SAM 2.1 folders with memory weights, else project.
+        "auto": video when the model has a video tracker (SAM 2.1 folders
+        with memory weights), else project.
 
     Returns
     -------
@@ -130,7 +127,7 @@ def _project(session, volume, start, mask, steps, limit, iou_floor, min_area):
     total = _planned(n, start, steps, limit)
     done = 0
     out: dict[int, np.ndarray] = {}
-    sam = session.runner.family == "sam"
+    mask_prompt = session.prompt_model.takes_mask_prompt
     for step in steps:
         prev = mask
         z = start
@@ -146,7 +143,7 @@ def _project(session, volume, start, mask, steps, limit, iou_floor, min_area):
                 box[2] += 1
             if box[3] - box[1] < 1:
                 box[3] += 1
-            if sam:
+            if mask_prompt:
                 masks, _ = session.predict(box=box, mask=prev, multimask=False)
             else:
                 masks, _ = session.predict(points=_interior_point(prev)[None], box=box, multimask=False)
@@ -175,45 +172,16 @@ def _interior_point(mask: np.ndarray) -> np.ndarray:
     return np.array([float(r), float(c)])
 
 
-def video_model_for(session) -> tuple[Any, Any]:
-    """``Sam2VideoModel`` and ``Sam2VideoProcessor`` for a SAM 2.1 session's folder (loaded once)."""
-    cached = getattr(session, "_video_model", None)
-    if cached is not None:
-        return cached
-    from napari_segsuite.models.offline import import_transformers
-
-    t = import_transformers()
-    runner = session.runner
-    folder = runner.source.path
-    model = t.Sam2VideoModel.from_pretrained(folder).to(runner.device).eval()
-    try:
-        processor = t.Sam2VideoProcessor.from_pretrained(folder)
-    except (OSError, ValueError, TypeError):
-        size = int(runner.info.get("image_size") or 1024)
-        processor = t.Sam2VideoProcessor(
-            image_processor=runner.processor.image_processor,
-            video_processor=t.Sam2VideoVideoProcessor(size={"height": size, "width": size}),
-        )
-    session._video_model = (model, processor)
-    return model, processor
-
-
 def _video(session, volume, start, mask, steps, limit, iou_floor, min_area):
-    import torch
-
     n = len(volume)
     lo = start - min(limit, start) if -1 in steps else start
     hi = start + min(limit, n - 1 - start) if 1 in steps else start
     total = _planned(n, start, steps, limit) + 1
-    yield Progress(0, total, "Loading SAM 2.1 video model")
-    model, processor = video_model_for(session)
+    title = session.prompt_model.title
+    yield Progress(0, total, f"Loading {title} video model")
+    tracker = session.prompt_model.video_tracker()
     frames = np.stack([prepare_rgb_uint8(np.asarray(volume[i])) for i in range(lo, hi + 1)])
-    h, w = frames.shape[1:3]
-    device = session.runner.device
-    state = processor.init_video_session(video=frames, inference_device=device)
-    processor.add_inputs_to_inference_session(
-        inference_session=state, frame_idx=start - lo, obj_ids=1, input_masks=mask,
-    )
+    clip = tracker.start(frames, start - lo, mask)
     out: dict[int, np.ndarray] = {}
     done = 1
     for step in steps:
@@ -221,31 +189,15 @@ def _video(session, volume, start, mask, steps, limit, iou_floor, min_area):
         span = (hi - start) if step > 0 else (start - lo)
         if span <= 0:
             continue
-        iterator = model.propagate_in_video_iterator(
-            state, start_frame_idx=start - lo, max_frame_num_to_track=span, reverse=step < 0,
-        )
-        for output in _no_grad(iterator, torch):
-            z = lo + int(output.frame_idx)
+        for frame, new in clip.propagate(reverse=step < 0, max_frames=span):
+            z = lo + frame
             if z == start:
                 continue
-            yield Progress(done, total, f"Propagating (SAM 2.1 video): plane {z}")
+            yield Progress(done, total, f"Propagating ({title} video): plane {z}")
             done += 1
-            masks = processor.post_process_masks([output.pred_masks.cpu()], original_sizes=[[h, w]])[0]
-            new = np.asarray(masks[0, 0].numpy(), dtype=bool)
             if _object_lost(new, prev, min_area, iou_floor):
                 break
             out[z] = new
             prev = new
     yield Progress(total, total, f"Propagated to {len(out)} plane(s)")
     return out
-
-
-def _no_grad(iterator, torch):
-    """Run each step of a generator under ``torch.no_grad`` (the context must not span yields)."""
-    while True:
-        with torch.no_grad():
-            try:
-                item = next(iterator)
-            except StopIteration:
-                return
-        yield item

@@ -1,4 +1,4 @@
-"""Automatic "segment everything" masks with SAM and SAM 2.1, as a job.
+"""Automatic "segment everything" masks from any prompt model with a mask source, as a job.
 
 The algorithm is segment_anything's ``SamAutomaticMaskGenerator`` with the
 same parameters under the same names (a grid of single-point prompts per crop,
@@ -14,7 +14,9 @@ them into run-length codes, and only then throws most of them away; and its
 mask decoder copies the image embedding once per point and streams those
 copies through memory. Here:
 
-- SAM's decoder is :class:`~napari_segsuite.models.sam_decoder.ChunkedMaskDecoder`
+- the model is reached through its
+  :class:`~napari_segsuite.models.prompt.MaskSource` (SAM, SAM 2.1); SAM's
+  decoder there is :class:`~napari_segsuite.models.sam_decoder.ChunkedMaskDecoder`
   (the same numbers bit for bit, about twice as fast on a CPU): the image side
   in small chunks of points, the first block's image side shared, and the
   output upscaling only for points with a candidate that passes the filter;
@@ -57,6 +59,10 @@ from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.image import prepare_rgb_uint8
 from napari_segsuite.core.labels import LABEL_DTYPE, label_table
 from napari_segsuite.core.progress import Progress
+from napari_segsuite.models.prompt import Decoded, MaskSource
+
+__all__ = ["AutoMask", "AutoParams", "AutoResult", "Decoded", "automatic_job", "automatic_masks_job",
+           "masks_to_result", "tile_boxes"]
 
 #: How many candidate masks are upsampled to full resolution at a time.
 UPSCALE_CHUNK = 16
@@ -135,106 +141,6 @@ class AutoResult:
     table: Any  # pandas.DataFrame
     masks: list[AutoMask] = field(default_factory=list)
     params: AutoParams | None = None
-
-
-# -- mask sources: the model behind one interface --------------------------------------------
-
-
-class SamMaskSource:
-    """segment_anything: the decoder calls ``SamPredictor.predict_torch`` makes, split in two."""
-
-    def __init__(self, session):
-        self.session = session
-        self.model = session.runner.model
-        self.mask_threshold = float(self.model.mask_threshold)
-        from segment_anything.utils.transforms import ResizeLongestSide
-
-        self.transform = ResizeLongestSide(self.model.image_encoder.img_size)
-
-    def encode(self, rgb: np.ndarray):
-        return self.session.backend.encode(rgb)
-
-    def decode(self, emb, points_xy: np.ndarray):
-        """Single positive points decoded: predicted IoU (N, 3) now, low-resolution logits on request.
-
-        The decoder is :class:`~napari_segsuite.models.sam_decoder.ChunkedMaskDecoder`:
-        the numbers of ``SamPredictor.predict_torch``, bit for bit, with the
-        output upscaling only for the prompts whose masks are asked for.
-        """
-        import torch
-
-        from napari_segsuite.models.sam_decoder import ChunkedMaskDecoder
-
-        device = self.session.runner.device
-        pts = self.transform.apply_coords(points_xy, emb.original_size)
-        in_points = torch.as_tensor(pts, device=device)
-        in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=device)
-        sparse, dense = self.model.prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]),
-                                                  boxes=None, masks=None)
-        return ChunkedMaskDecoder(self.model)(emb.features, sparse, dense, multimask_output=True)
-
-    def upscale(self, emb, low):
-        """Logits (M, H, W) at the crop's size from low-resolution logits (M, h, w)."""
-        from napari_segsuite.models.sam_decoder import postprocess_masks
-
-        return postprocess_masks(self.model, low[:, None], emb.input_size, emb.original_size)[:, 0]
-
-
-class Sam2MaskSource:
-    """SAM 2.1 (transformers): points through ``Sam2Processor``, logits resized like ``post_process_masks``."""
-
-    mask_threshold = 0.0
-
-    def __init__(self, session):
-        self.session = session
-        self.model = session.runner.model
-        self.processor = session.runner.processor
-
-    def encode(self, rgb: np.ndarray):
-        return self.session.backend.encode(rgb)
-
-    def decode(self, emb, points_xy: np.ndarray):
-        h, w = emb.original_size
-        inputs = self.processor(
-            input_points=[[[[float(x), float(y)]] for x, y in points_xy]],
-            input_labels=[[[1] for _ in points_xy]],
-            original_sizes=[[h, w]], return_tensors="pt",
-        )
-        device = self.session.runner.device
-        out = self.model(image_embeddings=emb.features, input_points=inputs["input_points"].to(device),
-                         input_labels=inputs["input_labels"].to(device), multimask_output=True)
-        return Decoded(out.pred_masks[0], out.iou_scores[0])
-
-    def upscale(self, emb, low):
-        import torch.nn.functional as F
-
-        return F.interpolate(low[:, None], tuple(emb.original_size), mode="bilinear", align_corners=False)[:, 0]
-
-
-class Decoded:
-    """Logits already computed for every prompt, behind
-    :class:`~napari_segsuite.models.sam_decoder.DecodedBatch`'s interface (what a mask
-    source's ``decode`` returns: ``.iou`` (N, K), ``.low_res_masks(prompts)``)."""
-
-    def __init__(self, low, iou):
-        self._low = low
-        self.iou = iou
-
-    def low_res_masks(self, prompt_index):
-        return self._low[np.asarray(prompt_index, dtype=np.int64)]
-
-    def all_low_res_masks(self):
-        return self._low
-
-
-def mask_source_for(session):
-    """The mask source of a :class:`SamSession`'s model family."""
-    family = session.runner.family
-    if family == "sam":
-        return SamMaskSource(session)
-    if family == "sam2":
-        return Sam2MaskSource(session)
-    raise InputError(f"Automatic masks need a SAM or SAM 2.1 model, not {family}.")
 
 
 # -- crops and tiles --------------------------------------------------------------------------
@@ -405,7 +311,7 @@ def automatic_masks_job(
     image2d: np.ndarray,
     params: AutoParams | None = None,
     *,
-    source=None,
+    source: MaskSource | None = None,
     lazy: bool = True,
 ) -> Generator[Progress, None, list[AutoMask]]:
     """The masks ``SamAutomaticMaskGenerator.generate`` gives, as a job.
@@ -417,8 +323,9 @@ def automatic_masks_job(
     image2d : ndarray
         (H, W) or (H, W, C), any dtype (turned into RGB uint8 like prompts are).
     params : AutoParams
-    source : mask source, optional
-        Replaces the model (tests use a deterministic one).
+    source : MaskSource, optional
+        Replaces the session's model (``session.prompt_model.mask_source()``;
+        tests use a deterministic one).
     lazy : bool
         Filter before upsampling (True) or upsample every candidate like the
         generator (False; for checking that both agree).
@@ -436,7 +343,7 @@ def automatic_masks_job(
     rgb = prepare_rgb_uint8(image2d)
     orig_size = rgb.shape[:2]
     grids = params.grids()
-    source = source or mask_source_for(session)
+    source = source or session.prompt_model.mask_source()
     tiled = params.tile_size is not None and max(orig_size) > params.tile_size
     if tiled:
         crop_boxes, cores = tile_boxes(orig_size, int(params.tile_size), int(params.tile_overlap))

@@ -1,13 +1,13 @@
-"""Promptable Segment Anything sessions with a cache of image embeddings.
+"""Promptable sessions with a cache of image embeddings.
 
-:class:`SamSession` serves SAM (``segment_anything``; prompts go to
+:class:`SamSession` serves any promptable model through the one interface of
+:class:`~napari_segsuite.models.prompt.PromptModel` (SAM, whose prompts go to
 ``SamPredictor`` unchanged, so for the same image and prompts the masks and
-scores equal the library's) and SAM 2.1 (``transformers``' ``Sam2Model`` and
-``Sam2Processor``, used the way their documentation shows). What it adds is napari's conventions (points as
-``(row, col)``, boxes as ``(row0, col0, row1, col1)``), checks that turn bad
-prompts into clear errors, and an embedding cache (bounded, least recently
-used) keyed by the image's content and the model, so prompts on an image seen
-before never run the encoder again.
+scores equal the library's; SAM 2.1 through transformers). What it adds is
+napari's conventions (points as ``(row, col)``, boxes as ``(row0, col0, row1,
+col1)``), checks that turn bad prompts into clear errors, and an embedding
+cache (bounded, least recently used) keyed by the image's content and the
+model, so prompts on an image seen before never run the encoder again.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Generator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,244 +25,13 @@ import numpy as np
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.image import image_signature, prepare_rgb_uint8
 from napari_segsuite.core.progress import Progress, run_sync
+from napari_segsuite.models.prompt import Embedding, LazyMasks
+
+__all__ = ["Embedding", "EncodingStopped", "LazyMasks", "SamSession"]
 
 
 class EncodingStopped(Exception):
     """A background encoding ended early because its owner closed."""
-
-
-@dataclass
-class Embedding:
-    """An encoded image: the encoder's output and the sizes needed to decode prompts."""
-
-    features: Any
-    original_size: tuple[int, int]
-    input_size: tuple[int, int]
-    #: Prompt-independent decoder work kept with the plane (SAM: the first block's image side).
-    decoder_cache: Any = field(default=None, repr=False, compare=False)
-
-
-class LazyMasks:
-    """(N, H, W) bool candidate masks, each upsampled from SAM's logits when first read.
-
-    Integer indexing computes one candidate (kept afterwards); anything else
-    (``np.asarray``, slicing) computes them all. Used for previews: the chosen
-    candidate is shown at once, the others cost nothing until they are picked.
-    """
-
-    dtype = np.dtype(bool)
-    ndim = 3
-
-    def __init__(self, n: int, size: tuple[int, int], upsample):
-        self.shape = (n, *size)
-        self._upsample = upsample
-        self._lock = threading.Lock()
-        self._done: dict[int, np.ndarray] = {}
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index):
-        if isinstance(index, (int, np.integer)):
-            i = int(index) + (self.shape[0] if index < 0 else 0)
-            if not 0 <= i < self.shape[0]:
-                raise IndexError(index)
-            with self._lock:
-                if i not in self._done:
-                    self._done[i] = self._upsample(i)
-                return self._done[i]
-        return np.asarray(self)[index]
-
-    def __array__(self, dtype=None, copy=None):
-        out = np.stack([self[i] for i in range(self.shape[0])])
-        return out if dtype is None else out.astype(dtype)
-
-    @property
-    def computed(self) -> list[int]:
-        """The candidates upsampled so far."""
-        return sorted(self._done)
-
-
-class _SamBackend:
-    """segment_anything: encoder and decoder through ``SamPredictor``."""
-
-    def __init__(self, runner):
-        from segment_anything import SamPredictor
-
-        self.runner = runner
-        self.model = runner.model
-        self._make = lambda: SamPredictor(self.model)
-        self.transform = self._make().transform
-
-    def encode(self, rgb: np.ndarray, between_blocks=None) -> Embedding:
-        """The steps of ``SamPredictor.set_image`` and ``ImageEncoderViT.forward``, block by block.
-
-        No shared predictor is touched, so a background prefetch and foreground
-        prompts never interfere; ``between_blocks()`` is called before each
-        transformer block and before its attention and MLP halves (a prefetch
-        waits there while prompts are answered; only calls from this thread pause).
-        """
-        import torch
-
-        model = self.model
-        image = rgb if model.image_format == "RGB" else rgb[..., ::-1]
-        resized = self.transform.apply_image(image)
-        tensor = torch.as_tensor(resized, device=model.device).permute(2, 0, 1).contiguous()[None]
-        enc = model.image_encoder
-        hooks = []
-        if between_blocks is not None:
-            me = threading.get_ident()
-
-            def pause(_module, _args):
-                if threading.get_ident() == me:  # another thread's encode of the same model runs on
-                    between_blocks()
-
-            for block in enc.blocks:
-                for part in (getattr(block, "attn", None), getattr(block, "mlp", None)):
-                    if part is not None:
-                        hooks.append(part.register_forward_pre_hook(pause))
-        try:
-            with torch.no_grad():
-                x = enc.patch_embed(model.preprocess(tensor))
-                if enc.pos_embed is not None:
-                    x = x + enc.pos_embed
-                for block in enc.blocks:
-                    if between_blocks is not None:
-                        between_blocks()
-                    x = block(x)
-                features = enc.neck(x.permute(0, 3, 1, 2))
-        finally:
-            for hook in hooks:
-                hook.remove()
-        return Embedding(features, tuple(image.shape[:2]), tuple(tensor.shape[-2:]))
-
-    def predictor_for(self, emb: Embedding):
-        """A predictor holding ``emb`` (reused while the same embedding is prompted)."""
-        cached = getattr(self, "_last", None)
-        if cached is not None and cached[0] is emb:
-            return cached[1]
-        p = self._make()
-        p.features = emb.features
-        p.original_size = emb.original_size
-        p.input_size = emb.input_size
-        p.is_image_set = True
-        self._last = (emb, p)
-        return p
-
-    def predict(self, emb, coords_xy, labels, box_xyxy, mask_input, multimask, lazy=False):
-        if not lazy:
-            masks, scores, _ = self.predictor_for(emb).predict(
-                point_coords=coords_xy, point_labels=labels, box=box_xyxy, mask_input=mask_input,
-                multimask_output=multimask,
-            )
-            return masks.astype(bool), scores.astype(np.float32)
-        return self._predict_lazy(emb, coords_xy, labels, box_xyxy, mask_input, multimask)
-
-    def _predict_lazy(self, emb, coords_xy, labels, box_xyxy, mask_input, multimask):
-        """``SamPredictor.predict`` up to the low-resolution logits; masks upsampled on demand.
-
-        The prompt transforms, encoder and decoder calls are ``SamPredictor``'s
-        own; ``postprocess_masks`` and the threshold run per candidate, which
-        gives the same pixels as running them on all candidates at once.
-        """
-        import torch
-
-        p = self.predictor_for(emb)
-        model = self.model
-        coords_t = labels_t = box_t = mask_t = None
-        if coords_xy is not None:
-            coords_t = torch.as_tensor(p.transform.apply_coords(coords_xy, p.original_size), dtype=torch.float,
-                                       device=p.device)[None, :, :]
-            labels_t = torch.as_tensor(labels, dtype=torch.int, device=p.device)[None, :]
-        if box_xyxy is not None:
-            box_t = torch.as_tensor(p.transform.apply_boxes(box_xyxy, p.original_size), dtype=torch.float,
-                                    device=p.device)[None, :]
-        if mask_input is not None:
-            mask_t = torch.as_tensor(mask_input, dtype=torch.float, device=p.device)[None, :, :, :]
-        with torch.no_grad():
-            sparse, dense = model.prompt_encoder(
-                points=(coords_t, labels_t) if coords_t is not None else None, boxes=box_t, masks=mask_t,
-            )
-            if mask_t is None:
-                # The decoder's first-block image side depends on the plane alone: computed at
-                # the first prompt, kept with the embedding (the same numbers, bit for bit).
-                from napari_segsuite.models.sam_decoder import ChunkedMaskDecoder
-
-                decoder = ChunkedMaskDecoder(model)
-                if emb.decoder_cache is None:
-                    emb.decoder_cache = decoder.shared(p.features, dense)
-                decoded = decoder(p.features, sparse, dense, multimask, shared=emb.decoder_cache)
-                low_res, iou = decoded.all_low_res_masks(), decoded.iou
-            else:
-                low_res, iou = model.mask_decoder(
-                    image_embeddings=p.features, image_pe=model.prompt_encoder.get_dense_pe(),
-                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask,
-                )
-        input_size, original_size = tuple(p.input_size), tuple(p.original_size)
-
-        def upsample(i: int) -> np.ndarray:
-            from napari_segsuite.models.sam_decoder import postprocess_masks
-
-            with torch.no_grad():
-                up = postprocess_masks(model, low_res[:, i: i + 1], input_size, original_size)
-                return (up > model.mask_threshold)[0, 0].detach().cpu().numpy()
-
-        return LazyMasks(int(low_res.shape[1]), tuple(original_size), upsample), iou[0].detach().cpu().numpy().astype(
-            np.float32)
-
-    def mask_prompt(self, emb: Embedding, mask: np.ndarray) -> np.ndarray:
-        import torch
-        import torch.nn.functional as F
-
-        resized = self.transform.apply_image((mask.astype(np.uint8) * 255)[..., None].repeat(3, -1))[..., 0]
-        size = self.model.image_encoder.img_size
-        padded = np.zeros((size, size), np.float32)
-        padded[: resized.shape[0], : resized.shape[1]] = resized > 127
-        low = self.model.prompt_encoder.mask_input_size
-        t = F.interpolate(torch.from_numpy(padded)[None, None], size=low, mode="bilinear", align_corners=False)
-        return ((t[0].numpy() - 0.5) * 20.0).astype(np.float32)
-
-
-class _Sam2Backend:
-    """SAM 2.1 through transformers: ``get_image_embeddings`` once, then prompt decoding."""
-
-    def __init__(self, runner):
-        self.runner = runner
-        self.model = runner.model
-        self.processor = runner.processor
-
-    def encode(self, rgb: np.ndarray, between_blocks=None) -> Embedding:
-        import torch
-
-        if between_blocks is not None:
-            between_blocks()
-        inputs = self.processor(images=rgb, return_tensors="pt")
-        with torch.no_grad():
-            feats = self.model.get_image_embeddings(inputs["pixel_values"].to(self.runner.device))
-        size = tuple(int(v) for v in inputs["pixel_values"].shape[-2:])
-        return Embedding(feats, tuple(rgb.shape[:2]), size)
-
-    def predict(self, emb, coords_xy, labels, box_xyxy, mask_input, multimask, lazy=False):
-        import torch
-
-        if mask_input is not None:
-            raise InputError("Mask prompts need a SAM (segment-anything) model; SAM 2.1 takes points and boxes.")
-        kwargs: dict = {"original_sizes": [list(emb.original_size)], "return_tensors": "pt"}
-        if coords_xy is not None:
-            kwargs["input_points"] = [[coords_xy.tolist()]]
-            kwargs["input_labels"] = [[labels.tolist()]]
-        if box_xyxy is not None:
-            kwargs["input_boxes"] = [[box_xyxy.tolist()]]
-        inputs = self.processor(**kwargs)
-        model_inputs = {k: inputs[k].to(self.runner.device) for k in ("input_points", "input_labels", "input_boxes") if k in inputs}
-        with torch.no_grad():
-            out = self.model(image_embeddings=emb.features, multimask_output=multimask, **model_inputs)
-        masks = self.processor.post_process_masks(out.pred_masks.cpu(), inputs["original_sizes"])[0][0]
-        scores = out.iou_scores[0, 0].float().cpu().numpy()
-        return masks.numpy().astype(bool), scores.astype(np.float32)
-
-    def mask_prompt(self, emb, mask):
-        raise InputError("Mask prompts need a SAM (segment-anything) model; SAM 2.1 takes points and boxes.")
 
 
 class SamSession:
@@ -272,7 +40,8 @@ class SamSession:
     Parameters
     ----------
     model : str, path or Runner
-        A SAM or SAM 2.1 registry name, a checkpoint file or folder, or a loaded runner.
+        A promptable model (SAM, SAM 2.1): registry name, checkpoint file or
+        folder, or a loaded runner.
     device : str
         "auto", "cpu", "cuda" or "mps".
     cache_size : int
@@ -288,15 +57,9 @@ class SamSession:
 
         keep_thread_heaps_warm()  # encoders and decoders run in worker threads: as fast as on the main one
         self.runner = load_model(model, device, store=store)
-        if self.runner.family == "sam":
-            self.backend = _SamBackend(self.runner)
-        elif self.runner.family == "sam2":
-            self.backend = _Sam2Backend(self.runner)
-        else:
-            raise InputError(
-                f"SamSession needs a Segment Anything model (SAM or SAM 2.1); '{self.runner.name}' is "
-                f"{self.runner.family}."
-            )
+        #: the model behind the prompt-model interface: the only thing prompts, segment
+        #: everything and propagation talk to
+        self.prompt_model = self.runner.prompt_model()
         self.cache_size = cache_size
         self.disk_cache = Path(disk_cache) if disk_cache else None
         self._prompt_lock = threading.Condition()
@@ -375,7 +138,7 @@ class SamSession:
         if emb is None:
             yield Progress(0, 1, "Encoding image")
             pause = (lambda: self._yield_to_prompts(stop)) if background else None
-            emb = self.backend.encode(rgb, pause)
+            emb = self.prompt_model.encode(rgb, pause)
             self.encoder_runs += 1
             self._save_disk(key, emb)
         with self.lock:
@@ -494,12 +257,13 @@ class SamSession:
         box : (4,) array, optional
             (row0, col0, row1, col1).
         mask : (H, W) bool array, optional
-            An existing mask to refine (SAM's low-resolution mask prompt; SAM only).
+            An existing mask to refine (the decoder's mask prompt, for models
+            with ``prompt_model.takes_mask_prompt``: SAM).
         multimask : bool
             Three candidates (True) or one.
         lazy : bool
-            With SAM, return the masks as :class:`LazyMasks`: each candidate is
-            upsampled to the image size when first read (same pixels).
+            Let the model return :class:`LazyMasks` (SAM does): each candidate
+            is upsampled to the image size when first read (same pixels).
 
         Returns
         -------
@@ -535,7 +299,7 @@ class SamSession:
         if coords is None and sam_box is None and mask_input is None:
             raise InputError("There is no prompt: add a point or a box first.")
         with self.prompting():
-            return self.backend.predict(current, coords, labels, sam_box, mask_input, multimask, lazy)
+            return self.prompt_model.predict(current, coords, labels, sam_box, mask_input, multimask, lazy)
 
     def mask_prompt(self, mask: np.ndarray) -> np.ndarray:
         """An image-sized mask as SAM's low-resolution logits prompt ((1, 256, 256) for 1024-pixel models)."""
@@ -546,15 +310,15 @@ class SamSession:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != shape:
             raise InputError(f"The mask prompt has shape {mask.shape}, the image {shape}.")
-        return self.backend.mask_prompt(current, mask)
+        return self.prompt_model.mask_prompt(current, mask)
 
-    # -- batches of boxes (issue 7: detector + SAM) ----------------------------------
+    # -- batches of boxes ---------------------------------------------------------------
     def predict_boxes(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One mask per box, for a batch of boxes, in one pass of the mask decoder.
+        """One mask per box (single-mask output), for a batch of boxes.
 
-        Uses ``SamPredictor.predict_torch`` with the boxes transformed by the
-        predictor's own ``transform.apply_boxes_torch`` (single-mask output), as
-        segment_anything's batched-prompt example does.
+        The model decodes them as it does best (SAM: one pass of
+        ``SamPredictor.predict_torch``, as segment_anything's batched-prompt
+        example does; see :meth:`PromptModel.predict_boxes`).
 
         Parameters
         ----------
@@ -564,10 +328,8 @@ class SamSession:
         Returns
         -------
         masks : (N, H, W) bool
-        scores : (N,) float32, SAM's predicted IoU of each mask
+        scores : (N,) float32, the predicted IoU of each mask
         """
-        import torch
-
         with self.lock:
             current, shape = self.current, self.image_shape
         if current is None or shape is None:
@@ -581,15 +343,5 @@ class SamSession:
         c0 = np.clip(np.minimum(rc[:, 1], rc[:, 3]), 0, w - 1)
         c1 = np.clip(np.maximum(rc[:, 1], rc[:, 3]), 0, w - 1)
         xyxy = np.stack([c0, r0, c1, r1], axis=1)
-        if not isinstance(self.backend, _SamBackend):  # SAM 2.1: one decoder pass per box
-            with self.prompting():
-                results = [self.backend.predict(current, None, None, b, None, False) for b in xyxy]
-            return (np.stack([m[0] for m, _ in results]), np.array([sc[0] for _, sc in results], np.float32))
-        p = self.backend.predictor_for(current)
-        t = torch.as_tensor(xyxy, dtype=torch.float, device=p.device)
-        t = p.transform.apply_boxes_torch(t, shape)
-        with self.prompting(), torch.inference_mode():
-            masks, scores, _ = p.predict_torch(
-                point_coords=None, point_labels=None, boxes=t, multimask_output=False,
-            )
-        return masks[:, 0].cpu().numpy().astype(bool), scores[:, 0].cpu().numpy().astype(np.float32)
+        with self.prompting():
+            return self.prompt_model.predict_boxes(current, xyxy)

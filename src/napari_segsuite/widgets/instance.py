@@ -25,6 +25,7 @@ from napari_segsuite.widgets.base import (
     LOCAL,
     SegmentationWidget,
 )
+from napari_segsuite.widgets.dataset_export import add_export_button
 
 CURRENT, ALL = CURRENT_PLANE, ALL_PLANES
 BOXES_SUFFIX = "instance boxes"
@@ -82,6 +83,7 @@ class InstanceWidget(SegmentationWidget):
         self._sam = None
         self._sam_key = None
         self.box_source.value = None
+        self.export_dataset_button = add_export_button(self)
 
     # -- options ------------------------------------------------------------------
     def _shapes_choices(self, _widget=None):

@@ -1,0 +1,155 @@
+"""The SAM 2-style prompt models of transformers besides SAM 2.1: SAM 3 tracker and EdgeTAM.
+
+Both take points and boxes like SAM 2.1 and share its calling convention
+(``get_image_embeddings`` once per image, then the model on those embeddings
+with prompts prepared by the processor, masks through the processor's
+``post_process_masks``), so both sit behind the prompt-model interface as
+:class:`~napari_segsuite.models.sam2_prompt.Sam2PromptModel` with their own
+title and video classes.
+
+- SAM 3 tracker (``Sam3TrackerModel`` + ``Sam3TrackerProcessor``): SAM 3's
+  ViT backbone with SAM 2's prompt encoder and mask decoder. It loads from the
+  ``facebook/sam3`` folder (``model_type`` ``sam3_video``; the tracker's
+  weights and the shared backbone are picked out by transformers) or from a
+  ``sam3_tracker`` / ``sam3_tracker_video`` folder. Video tracking uses
+  ``Sam3TrackerVideoModel``.
+- EdgeTAM (``EdgeTamModel`` + ``Sam2Processor``): an on-device SAM 2 with a
+  RepViT backbone (built by timm, no download). The ``yonigozlan/EdgeTAM-hf``
+  folder is saved from ``EdgeTamVideoModel``; video tracking uses it.
+
+``info["video_model"]`` / ``info["video_processor"]`` name the transformers
+classes for propagation through planes and ``info["memory_weights"]`` whether
+the folder holds the video memory weights.
+"""
+
+from __future__ import annotations
+
+from napari_segsuite.models.base import Runner
+from napari_segsuite.models.hf_segmentation import (
+    count_parameters,
+    load_hf_folder,
+    processor_input_size,
+)
+from napari_segsuite.models.offline import import_transformers
+from napari_segsuite.models.store import ModelSource
+
+SAM3_TRACKER_TYPES = ("sam3_tracker", "sam3_tracker_video", "sam3_video")
+EDGETAM_TYPES = ("edgetam", "edgetam_video")
+
+
+def _image_size(config) -> int:
+    size = config.prompt_encoder_config.image_size
+    return int(size[0] if isinstance(size, list | tuple) else size)
+
+
+def _tracker_config(config):
+    """The tracker part of a configuration (a ``sam3_video`` configuration holds it as ``tracker_config``)."""
+    inner = getattr(config, "tracker_config", None)
+    if isinstance(inner, dict):
+        inner = import_transformers().Sam3TrackerConfig(**inner)
+    return inner or config
+
+
+def default_sam3_tracker_processor(config):
+    """SAM 3 tracker's processor built offline: resize to the model's input, masks at 4x the patch grid."""
+    t = import_transformers()
+    config = _tracker_config(config)
+    size = _image_size(config)
+    patch = int(config.prompt_encoder_config.patch_size)
+    low = 4 * (size // patch)
+    image_processor = t.Sam2ImageProcessor(size={"height": size, "width": size}, mask_size={"height": low, "width": low})
+    return t.Sam3TrackerProcessor(image_processor=image_processor)
+
+
+def default_edgetam_processor(config):
+    """EdgeTAM's processor built offline (SAM 2's, sized for the model)."""
+    from napari_segsuite.models.sam2 import default_sam2_processor
+
+    return default_sam2_processor(config)
+
+
+class _Sam2LikeRunner(Runner):
+    TASKS = ("prompt", "automatic", "video")
+    MODEL_CLASS = ""
+    CONFIG_CLASS = ""
+    PROCESSOR_CLASS = ""
+    VIDEO_MODEL = ""
+    VIDEO_PROCESSOR = ""
+    MODEL_TYPES: tuple[str, ...] = ()
+    VIDEO_TYPES: tuple[str, ...] = ()
+    TITLE = ""
+    HINT = ""
+
+    @staticmethod
+    def _default_processor(config):
+        raise NotImplementedError
+
+    def prompt_model(self):
+        """This model behind the prompt-model interface (SAM 2.1's calling convention)."""
+        from napari_segsuite.models.sam2_prompt import Sam2PromptModel
+
+        model = Sam2PromptModel(self)
+        model.title = self.TITLE
+        return model
+
+    @classmethod
+    def _load(cls, source: ModelSource, device: str):
+        loaded = load_hf_folder(
+            source, device,
+            model_class=cls.MODEL_CLASS,
+            config_class=cls.CONFIG_CLASS,
+            processor_class=cls.PROCESSOR_CLASS,
+            model_types=cls.MODEL_TYPES,
+            title=cls.TITLE,
+            default_processor=cls._default_processor,
+            architectures_hint=cls.HINT,
+        )
+        model_type = loaded.raw_config.get("model_type")
+        config = loaded.model.config  # the tracker's own part of a sam3_video configuration
+        info = {
+            "architecture": cls.MODEL_CLASS,
+            "model_type": model_type,
+            "memory_weights": model_type in cls.VIDEO_TYPES,
+            "video_model": cls.VIDEO_MODEL,
+            "video_processor": cls.VIDEO_PROCESSOR,
+            "image_size": _image_size(config),
+            "prompt_encoder_hidden_size": int(config.prompt_encoder_config.hidden_size),
+            "mask_decoder_hidden_size": int(config.mask_decoder_config.hidden_size),
+            "input_size": processor_input_size(loaded.processor),
+            "num_parameters": count_parameters(loaded.model),
+            "dtype": "float32",
+            "processor": loaded.processor_note,
+        }
+        return cls(loaded.model, source, device, cls.TASKS, class_names={}, processor=loaded.processor, info=info)
+
+
+class Sam3TrackerRunner(_Sam2LikeRunner):
+    """SAM 3 tracker: SAM 2-style points and boxes on SAM 3's backbone."""
+
+    family = "sam3_tracker"
+    MODEL_CLASS = "Sam3TrackerModel"
+    CONFIG_CLASS = "Sam3TrackerConfig"
+    PROCESSOR_CLASS = "Sam3TrackerProcessor"
+    VIDEO_MODEL = "Sam3TrackerVideoModel"
+    VIDEO_PROCESSOR = "Sam3TrackerVideoProcessor"
+    MODEL_TYPES = SAM3_TRACKER_TYPES
+    VIDEO_TYPES = ("sam3_tracker_video", "sam3_video")
+    TITLE = "SAM 3 tracker"
+    HINT = " Pick the facebook/sam3 folder or a save_pretrained folder of Sam3TrackerModel."
+    _default_processor = staticmethod(default_sam3_tracker_processor)
+
+
+class EdgeTamRunner(_Sam2LikeRunner):
+    """EdgeTAM: an on-device SAM 2 (RepViT backbone), the fastest prompt model on a CPU."""
+
+    family = "edgetam"
+    MODEL_CLASS = "EdgeTamModel"
+    CONFIG_CLASS = "EdgeTamConfig"
+    PROCESSOR_CLASS = "Sam2Processor"
+    VIDEO_MODEL = "EdgeTamVideoModel"
+    VIDEO_PROCESSOR = "Sam2VideoProcessor"
+    MODEL_TYPES = EDGETAM_TYPES
+    VIDEO_TYPES = ("edgetam_video",)
+    TITLE = "EdgeTAM"
+    HINT = " Pick an EdgeTAM folder (yonigozlan/EdgeTAM-hf, or a save_pretrained folder of EdgeTamModel)."
+    _default_processor = staticmethod(default_edgetam_processor)
