@@ -78,6 +78,7 @@ def test_train_in_the_dock_then_pick_the_model_and_segment(scene, qtbot, tmp_pat
     qtbot.waitUntil(lambda: not panel.busy, timeout=600_000)
     assert len(panel.curve.score) == 3
     assert panel.model.training["init_model"]["name"] == "my-cells"
+    assert panel.model.name == "my-cells-2"  # a second model next to the first, never over it
     from qtpy.QtWidgets import QApplication
 
     QApplication.processEvents()

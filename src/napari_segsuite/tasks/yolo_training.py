@@ -153,8 +153,12 @@ def train_yolo_job(data, train_idx, val_idx, opts, init_runner, state, work: Pat
     step = [0]
 
     def validate(trainer):
-        ema = copy.deepcopy(trainer.ema.ema).float().eval()
         epoch = epoch0 + int(trainer.epoch) + 1
+        state.epoch = epoch
+        due = (epoch - epoch0) % int(opts.val_every) == 0 or epoch - epoch0 >= epochs or trainer.stop
+        if not due:  # no score this epoch: ultralytics keeps its best.pt and does not early-stop
+            return {}, None
+        ema = copy.deepcopy(trainer.ema.ema).float().eval()
         if truths:
             runner = _yolo_from_model(ema, arch_yaml, imgsz, device, names)
             from napari_segsuite.core.progress import run_sync
@@ -170,7 +174,6 @@ def train_yolo_job(data, train_idx, val_idx, opts, init_runner, state, work: Pat
             row = {"epoch": epoch, "step": step[0]}
         if trainer.best_fitness is None or trainer.best_fitness < fitness:
             trainer.best_fitness = fitness
-        state.epoch = epoch
         events.put(("val", row))
         metrics = {"metrics/mask_AP50(segsuite)": row.get("val_ap50", 0.0),
                    "metrics/mask_AP(segsuite)": row.get("val_ap", 0.0)}

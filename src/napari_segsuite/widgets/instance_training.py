@@ -378,10 +378,14 @@ class InstanceTrainingPanel(_TrainingPanelBase):
             family = self.family.value
             if continue_training and self.model is not None:
                 family = "yolo" if self.model.family == "yolo" else "maskrcnn"
+            name = str(self.name.value).strip() or None
+            if name is not None:  # never over an existing model: my-cells, my-cells-2, ...
+                from napari_segsuite.models.trained import unique_name
+
+                name = unique_name(self.store.cache_dir, name)
             options = InstanceTrainingOptions(
                 epochs=int(self.epochs.value), imgsz=int(self.imgsz.value) or None,
-                val_fraction=float(self.val_fraction.value), name=str(self.name.value).strip() or None,
-                **self.extra_options,
+                val_fraction=float(self.val_fraction.value), name=name, **self.extra_options,
             )
             options.check()
         except SegSuiteError as exc:
@@ -450,9 +454,14 @@ class SamFinetunePanel(_TrainingPanelBase):
                 raise InputError("A fine-tuning job is running; cancel it first.")
             images, labels, _, summary = self.annotations()
             spec = self.sam.spec
+            name = str(self.name.value).strip() or None
+            if name is not None:
+                from napari_segsuite.models.trained import unique_name
+
+                name = unique_name(self.store.cache_dir, name)
             options = SamFinetuneOptions(
-                steps=int(self.steps.value), learning_rate=float(self.learning_rate.value),
-                name=str(self.name.value).strip() or None, **self.extra_options,
+                steps=int(self.steps.value), learning_rate=float(self.learning_rate.value), name=name,
+                **self.extra_options,
             )
             options.check()
         except SegSuiteError as exc:
