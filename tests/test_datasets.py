@@ -416,3 +416,15 @@ def test_rle_strings_decoded_like_pycocotools():
         np.testing.assert_array_equal(columns.T == 5, mask_utils.decode(rle).astype(bool))
     with pytest.raises(DatasetError, match="do not cover"):
         rle_counts({"size": [4, 4], "counts": [3, 2]}, 4, 4)
+
+
+def test_progress_hook_and_default_names(tmp_path, stack):
+    img, lab, classes = stack
+    seen = []
+    res = api.export_dataset([img[0], img[2]], [lab[0], lab[2]], tmp_path / "ds", label_classes=classes,
+                             progress=seen.append, names=["only-one"])
+    assert [(p.step, p.total) for p in seen] == [(0, 2), (1, 2), (2, 2)]
+    assert sorted(res.table["image"]) == ["image00001", "only-one"]  # names may run out
+    steps = []
+    api.import_dataset(res.path, progress=steps.append)
+    assert [p.step for p in steps] == [1, 2]

@@ -116,3 +116,61 @@ def test_registry_entries_and_the_shared_sam3_folder(tmp_path):
     assert "CPU" in get_entry("edgetam").title
     with pytest.raises(api.ModelNotAvailableError, match="yonigozlan/EdgeTAM-hf"):
         SamSession("edgetam", device="cpu", store=store)
+
+
+def _library_tracks(folder, frames, concepts, threshold):
+    """Sam3VideoModel run by hand: per frame, the processor's object ids, scores and masks."""
+    import torch
+    import transformers
+
+    model = transformers.Sam3VideoModel.from_pretrained(folder).eval()
+    processor = transformers.Sam3VideoProcessor.from_pretrained(folder)
+    model.score_threshold_detection = model.new_det_thresh = threshold
+    state = processor.init_video_session(video=frames, inference_device="cpu")
+    processor.add_text_prompt(state, concepts)
+    out = {}
+    with torch.inference_mode():
+        for output in model.propagate_in_video_iterator(state, start_frame_idx=0):
+            out[int(output.frame_idx)] = processor.postprocess_outputs(state, output)
+    return out
+
+
+def test_track_concepts_equals_sam3_video(folders):
+    stack, _ = moving_disk_stack(n=4)
+    frames = np.repeat(((stack > 0) * 200 + 20).astype(np.uint8)[..., None], 3, axis=-1)
+    result = api.track_concepts(frames, str(folders["sam3_video"]), ["cell", "coin"], conf=0.2, device="cpu")
+    ref = _library_tracks(folders["sam3_video"], frames, ["cell", "coin"], 0.2)
+    assert result.labels.shape == (4, 64, 64) and result.labels.dtype == np.int32
+    assert list(result.table.columns) == ["label", "class_name", "score", "first_plane", "last_plane"]
+    assert len(result.table) > 0 and set(result.table.class_name) <= {"cell", "coin"}
+    ids = {}
+    for z in sorted(ref):
+        r = ref[z]
+        order = np.argsort(-r["scores"].numpy(), kind="stable")
+        expected = np.zeros((64, 64), np.int32)
+        for i in order:
+            obj, mask = int(r["object_ids"][i]), r["masks"][i].numpy()
+            if not mask.any():
+                continue
+            ids.setdefault(obj, len(ids) + 1)
+            expected[mask & (expected == 0)] = ids[obj]
+        np.testing.assert_array_equal(result.labels[z], expected)
+    # one id per object across planes: an object seen on several planes keeps its label
+    for row in result.table.itertuples():
+        present = [z for z in range(4) if (result.labels[z] == row.label).any()]
+        assert present and present[0] == row.first_plane and present[-1] == row.last_plane
+
+
+def test_track_concepts_bad_input(folders, tmp_path):
+    stack = np.zeros((3, 64, 64), np.uint8)
+    with pytest.raises(api.InputError, match="concepts is empty"):
+        api.track_concepts(stack, str(folders["sam3_video"]), "cell,,coin", device="cpu")
+    with pytest.raises(api.InputError, match="takes no concepts"):
+        api.track_concepts(stack, str(folders["edgetam_video"]), "cell", device="cpu")
+    with pytest.raises(api.InputError, match="outside the stack"):
+        api.track_concepts(stack, str(folders["sam3_video"]), "cell", start_index=5, device="cpu")
+    from napari_segsuite.testing.tiny_open_vocab import build_tiny_sam3
+
+    image_only = build_tiny_sam3(tmp_path / "sam3_image")
+    with pytest.raises(api.InputError, match="video weights"):
+        api.track_concepts(stack, str(image_only), "cell", device="cpu")

@@ -69,6 +69,7 @@ __all__ = [
     "segment_instances",
     "segment_panoptic",
     "segment_semantic",
+    "track_concepts",
     "train_instances",
     "train_unet",
 ]
@@ -735,6 +736,45 @@ def import_dataset(path, *, progress=None):
     from napari_segsuite.datasets.io import import_job
 
     return run_sync(import_job(path), progress)
+
+
+# -- SAM 3 concepts through planes -------------------------------------------------------------
+
+
+def track_concepts(volume, model, classes, *, start_index: int = 0, conf: float | None = None,
+                   device: str = "auto", store: ModelStore | None = None, progress=None):
+    """Every instance of concepts in words, tracked through a z-stack or time series with SAM 3 video.
+
+    Parameters
+    ----------
+    volume : ndarray
+        (Z, H, W) or (Z, H, W, C): planes along the first axis.
+    model : str, path or Runner
+        ``"sam3"`` or a ``facebook/sam3``-style folder (with the video weights).
+    classes : str or list of str
+        The concepts (``"cell, nucleus"`` or ``["cell", "nucleus"]``).
+    start_index : int
+        The plane where tracking starts (planes before it are tracked in reverse).
+    conf : float, optional
+        Detection threshold of new objects; the model's own when None.
+    device : str
+        "auto", "cpu", "cuda" or "mps".
+    progress : callable, optional
+        Called with every :class:`Progress`.
+
+    Returns
+    -------
+    napari_segsuite.tasks.concept_tracking.ConceptTrackResult
+        ``.labels`` (Z, H, W) int32 with one id per tracked object,
+        ``.table`` (label, class_name, score, first_plane, last_plane),
+        ``.provenance``.
+    """
+    from napari_segsuite.models.open_vocab_common import check_concepts
+    from napari_segsuite.tasks.concept_tracking import track_concepts_job
+
+    concepts = check_concepts(classes)
+    runner = load_model(model, device, store=store)
+    return run_sync(track_concepts_job(runner, volume, concepts, start_index=start_index, conf=conf), progress)
 
 
 # -- training instance models and fine-tuning SAM on the user's annotations ---------------

@@ -153,7 +153,8 @@ def iter_planes(images, labels, *, names=None, label_classes=None) -> Iterator[P
                 f"There are {'more' if img is sentinel else 'fewer'} label items than images "
                 f"(they differ after {k}); give one label image (or stack) per image."
             )
-        base = safe_name(next(name_iter) if name_iter is not None else _name_of(img, k))
+        given = next(name_iter, None) if name_iter is not None else None
+        base = safe_name(given if given is not None else _name_of(img, k))
         if per_item_classes is not None:
             entry = next(per_item_classes, sentinel)
             if entry is sentinel:

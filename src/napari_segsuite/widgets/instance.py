@@ -45,10 +45,15 @@ def all_planes(layer, sel) -> list:
 
 
 class InstanceWidget(SegmentationWidget):
-    """One id per object: YOLO-seg, Mask R-CNN, Mask2Former instance; detector boxes + SAM."""
+    """One id per object: YOLO-seg, Mask R-CNN, Mask2Former instance, SAM 3 concepts; detector boxes + SAM.
+
+    For SAM 3 and the open-vocabulary detectors (Grounding DINO, OWLv2) the
+    *Classes* box holds the concepts to find, in words; a detector's boxes
+    become masks with *Refine masks with SAM* (any prompt model).
+    """
 
     task = "instance"
-    model_tasks = ('instance',)
+    model_tasks = ('instance', 'detection')
     batch_task = "instance"
 
     def __init__(self, napari_viewer):
@@ -57,7 +62,12 @@ class InstanceWidget(SegmentationWidget):
         self.iou = FloatSpinBox(label="NMS IoU", value=0.7, min=0.0, max=1.0, step=0.05)
         self.mask_threshold = FloatSpinBox(label="Mask threshold", value=0.5, min=0.01, max=0.99, step=0.05)
         self.classes = LineEdit(label="Classes", value="")
-        self.classes.tooltip = "Class names or ids to keep, comma-separated (empty: all classes)"
+        self.classes.tooltip = (
+            "Class names or ids to keep, comma-separated (empty: all classes). For SAM 3, Grounding DINO "
+            "and OWLv2: the objects to find, in words (e.g. 'cell, nucleus')"
+        )
+        self.text_threshold = FloatSpinBox(label="Text threshold", value=0.25, min=0.0, max=1.0, step=0.05)
+        self.text_threshold.tooltip = "Grounding DINO: a box is kept when a word of its concept passes this"
         self.max_det = SpinBox(label="Max detections", value=300, min=1, max=100_000)
         self.imgsz = SpinBox(label="Input size", value=0, min=0, max=8192, step=32)
         self.imgsz.tooltip = "Model input size in pixels (0: the model's own)"
@@ -67,11 +77,15 @@ class InstanceWidget(SegmentationWidget):
         self.planes = self.scope  # current plane / all planes / all open images
         self.refine = CheckBox(text="Refine masks with SAM", value=False)
         self.sam_model = FileEdit(label="SAM model", mode="r", visible=False)
+        self.sam_model.tooltip = (
+            "A prompt model that turns boxes into masks: a SAM checkpoint file, or a SAM 2.1, SAM 3 or "
+            "EdgeTAM folder (EdgeTAM is the fastest on a CPU)"
+        )
         self.box_source = ComboBox(label="Boxes from Shapes", choices=self._shapes_choices, nullable=True)
         self.box_source.tooltip = "Segment the rectangles of a Shapes layer with SAM instead of running a detector"
         self.boxes_output = CheckBox(text="Boxes Shapes layer", value=False)
         self.task_options.extend([
-            self.conf, self.iou, self.mask_threshold, self.classes, self.max_det, self.imgsz,
+            self.conf, self.iou, self.mask_threshold, self.classes, self.text_threshold, self.max_det, self.imgsz,
             self.tile_size, self.overlap, self.planes, self.refine, self.sam_model, self.box_source,
             self.boxes_output,
         ])
@@ -107,6 +121,7 @@ class InstanceWidget(SegmentationWidget):
             conf=float(self.conf.value), iou=float(self.iou.value),
             mask_threshold=float(self.mask_threshold.value), classes=None,
             max_det=int(self.max_det.value), imgsz=int(self.imgsz.value) or None,
+            text_threshold=float(self.text_threshold.value),
         )
 
     # -- all planes / all open images (the batch engine) -----------------------------------
@@ -142,7 +157,7 @@ class InstanceWidget(SegmentationWidget):
             "conf": params.conf, "iou": params.iou, "mask_threshold": params.mask_threshold,
             "classes": str(self.classes.value).strip() or None, "max_det": params.max_det,
             "imgsz": params.imgsz, "tile_size": int(self.tile_size.value) or None,
-            "overlap": int(self.overlap.value),
+            "overlap": int(self.overlap.value), "text_threshold": params.text_threshold,
         }
 
     # -- models (worker) --------------------------------------------------------------
@@ -172,7 +187,10 @@ class InstanceWidget(SegmentationWidget):
     def _sam_path(self) -> str:
         path = str(self.sam_model.value)
         if path in ("", ".") or not Path(path).exists():
-            raise InputError("Choose a SAM checkpoint file (SAM model) to make masks from boxes.")
+            raise InputError(
+                "Choose a prompt model (SAM model: a SAM checkpoint file, or a SAM 2.1 / SAM 3 / EdgeTAM "
+                "folder) to make masks from boxes."
+            )
         return path
 
     # -- running ----------------------------------------------------------------------
@@ -205,14 +223,14 @@ class InstanceWidget(SegmentationWidget):
         overlap = int(self.overlap.value)
 
         def job():
-            from napari_segsuite.tasks.instance import resolve_classes
+            from napari_segsuite.tasks.instance import concept_params
 
-            runner = None
+            runner, names = None, {0: "object"}
             if boxes is None:
                 runner = yield from self._load_detector_job(allow_boxes=sam_path is not None)
-                params.classes = resolve_classes(classes_text or None, runner.class_names)
+                # concepts in words for SAM 3 / open-vocabulary detectors, else the model's classes
+                names = concept_params(runner, params, classes_text or None)
             session = (yield from self._load_sam_job(sam_path, device)) if sam_path else None
-            names = runner.class_names if runner is not None else {0: "object"}
             results, start = [], 1
             for k, s in enumerate(sels):
                 yield Progress(k, len(sels), f"Plane {k + 1}/{len(sels)}" if len(sels) > 1 else "Segmenting")

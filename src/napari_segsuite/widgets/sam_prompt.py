@@ -142,6 +142,7 @@ class SamPromptWidget(SegmentationWidget):
         self.viewer.dims.events.current_step.connect(self.schedule_preview)
         self._bind_keys()
         self._init_automatic_and_propagation()
+        self._init_find()
 
     # -- layers -------------------------------------------------------------------------
     def _labels_choices(self, _widget=None):
@@ -573,6 +574,8 @@ class SamPromptWidget(SegmentationWidget):
             new[put] = label
             written.append(label)
             features[label] = {"score": float(obj["scores"][obj["choice"]]), "model": self.session.runner.name}
+            if "class_name" in obj:  # found by a concept
+                features[label]["class_name"] = obj["class_name"]
         if not written:
             show_info("The object has no free pixels left (tick 'overwrite' to replace labels).")
             return
@@ -755,6 +758,78 @@ class SamPromptWidget(SegmentationWidget):
         ])
         self.auto_button.changed.connect(self.segment_everything)
         self.prop_button.changed.connect(self.propagate)
+
+    # -- find a concept (SAM 3) ----------------------------------------------------------------
+    def _init_find(self) -> None:
+        """The 'Find' section: every instance of a concept (in words, or like the boxes) with SAM 3."""
+        from magicgui.widgets import FloatSpinBox, Label, LineEdit
+
+        self.find_text = LineEdit(label="Find", value="")
+        self.find_text.tooltip = "A concept in words (e.g. 'nucleus'): SAM 3 previews every instance; Shift-C commits"
+        self.find_exemplars = CheckBox(text="Boxes are exemplars (more like these)", value=False)
+        self.find_conf = FloatSpinBox(label="Find score", value=0.5, min=0.0, max=1.0, step=0.05)
+        self.find_button = PushButton(text="Find all")
+        self.task_options.extend([
+            Label(value="Find a concept (SAM 3)"), self.find_text, self.find_exemplars, self.find_conf,
+            self.find_button,
+        ])
+        self.find_button.changed.connect(self.find)
+        self.find_text.native.returnPressed.connect(self.find)
+
+    def find(self) -> None:
+        """Preview every instance of the Find concept (and/or the exemplar boxes) on the current plane.
+
+        Needs the SAM 3 folder as the model (its tracker answers clicks, its concept
+        model answers Find). The instances become the previewed objects: review them,
+        then Shift-C commits them all under new ids, like any prompt's object.
+        """
+        from napari_segsuite.models.open_vocab_common import check_concepts
+
+        if self._refuse_when_busy():
+            return
+        try:
+            image, plane, sel = self._job_plane()
+            concepts = check_concepts(str(self.find_text.value))
+            exemplars = None
+            if self.find_exemplars.value and self.boxes_layer is not None and self.boxes_layer in self.viewer.layers:
+                boxes = [s.box for s in shapes_on_plane(self.viewer, self.boxes_layer, image, sel)]
+                exemplars = np.asarray(boxes, dtype=float).reshape(-1, 4) if boxes else None
+            if not concepts and exemplars is None:
+                raise InputError("Type a concept to find (e.g. 'nucleus'), or tick exemplars and draw boxes.")
+        except SegSuiteError as exc:
+            self._report(exc)
+            return
+        conf = float(self.find_conf.value)
+
+        def job():
+            from napari_segsuite.core.image import prepare_rgb_uint8
+
+            session = yield from self._session_job(plane)
+            runner = session.runner
+            if not getattr(runner, "takes_exemplars", False):
+                raise InputError(
+                    f"Find needs SAM 3 as the model (the facebook/sam3 folder); '{runner.name}' takes clicks and "
+                    "boxes only."
+                )
+            yield Progress(0, None, "Finding " + (", ".join(concepts) or "objects like the boxes"))
+            return runner.predict_instances(prepare_rgb_uint8(plane), conf=conf, concepts=concepts,
+                                            exemplars=exemplars)
+
+        def on_result(pred) -> None:
+            order = np.argsort(-pred.scores, kind="stable")
+            names = list(concepts) or ["exemplar"]
+            objects = [{"masks": pred.masks[i][None], "scores": pred.scores[i: i + 1], "choice": 0,
+                        "class_name": names[int(pred.class_ids[i])]} for i in order]
+            self.ensure_prompt_layers()
+            self._generation += 1  # previews of earlier prompts in flight are stale now
+            self._show_objects(objects, sel)
+            what = ", ".join(concepts) or "the exemplars"
+            self.message.value = (
+                f"Found {len(objects)} instance(s) of {what}. Review them, then Shift-C commits them all."
+                if objects else f"No instance of {what} above score {conf:.2f}; lower 'Find score'."
+            )
+
+        self._start(job, on_result, "Find")
 
     def automatic_params(self):
         """The 'segment everything' parameters as :class:`AutoParams`."""

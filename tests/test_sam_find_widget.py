@@ -1,0 +1,88 @@
+"""The SAM dock's Find section: a concept in words (or exemplar boxes) previewed by SAM 3, committed like any object."""
+
+import numpy as np
+import pytest
+
+from napari_segsuite.core.image import prepare_rgb_uint8
+from napari_segsuite.testing.tiny_trackers import build_tiny_sam3_video
+from napari_segsuite.widgets.base import LOCAL
+from napari_segsuite.widgets.sam_prompt import SamPromptWidget
+
+pytestmark = pytest.mark.widget
+
+
+@pytest.fixture(scope="module")
+def sam3_folder(tmp_path_factory):
+    return build_tiny_sam3_video(tmp_path_factory.mktemp("sam3_find") / "sam3")
+
+
+def _wait(qtbot, widget, timeout=180000):
+    qtbot.waitUntil(lambda: not widget.jobs.busy and widget.run_button.enabled, timeout=timeout)
+
+
+def test_find_a_concept_then_commit_with_shift_c(make_napari_viewer, qtbot, sam3_folder, tmp_path):
+    from qtpy.QtCore import Qt
+
+    from napari_segsuite.testing.instance_doubles import ramp_with_blobs
+
+    rgb = ramp_with_blobs()[:96, :128].copy()
+    viewer = make_napari_viewer(show=True)
+    image = viewer.add_image(rgb, name="blobs", scale=(0.5, 2.0), translate=(4, -6))
+    widget = SamPromptWidget(viewer)
+    viewer.window.add_dock_widget(widget, area="right")
+    widget.models.model.value = LOCAL
+    widget.models.local.value = str(sam3_folder)
+    widget.device.value = "cpu"
+    widget.autosave_dir.value = str(tmp_path / "autosave")
+    widget.find_conf.value = 0.24
+    field = widget.find_text.native
+    field.setFocus()
+    qtbot.keyClicks(field, "cell")
+    qtbot.keyClick(field, Qt.Key_Return)  # Return in the Find field runs Find
+    _wait(qtbot, widget)
+    assert widget.jobs.last_error is None, widget.jobs.last_error
+    runner = widget.session.runner
+    assert runner.family == "sam3" and widget.session.prompt_model.title == "SAM 3 tracker"
+    ref = runner.predict_instances(prepare_rgb_uint8(rgb), conf=0.24, concepts=["cell"])
+    assert len(ref) > 0 and len(widget._objects) == len(ref)
+    order = np.argsort(-ref.scores, kind="stable")
+    for obj, i in zip(widget._objects, order, strict=True):
+        np.testing.assert_array_equal(obj["masks"][0], ref.masks[i])
+        assert obj["class_name"] == "cell"
+    assert widget.preview_layer.data.any()
+    assert "Found" in widget.message.value
+    # review done: Shift-C on the canvas commits every found instance under new ids
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    qtbot.keyClick(canvas, Qt.Key_C, Qt.ShiftModifier)
+    qtbot.waitUntil(lambda: "blobs [sam]" in viewer.layers, timeout=10000)
+    target = viewer.layers["blobs [sam]"]
+    np.testing.assert_allclose(target.scale, image.scale)
+    expected = np.zeros(rgb.shape[:2], np.int32)
+    for k, i in enumerate(order):
+        expected[ref.masks[i] & (expected == 0)] = k + 1
+    present = sorted(int(v) for v in np.unique(expected) if v)
+    written = sorted(int(v) for v in np.unique(target.data) if v)
+    assert len(written) == len(present) > 0
+    assert set(target.features.set_index(target.features.columns[0]).loc[written, "class_name"]) == {"cell"}
+    assert not widget._objects  # the preview is cleared after the commit
+
+
+def test_find_bad_input(make_napari_viewer, qtbot, sam3_folder, tiny_sam_path, tmp_path):
+    viewer = make_napari_viewer(show=False)
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="img")
+    widget = SamPromptWidget(viewer)
+    widget.models.model.value = LOCAL
+    widget.models.local.value = str(tiny_sam_path)
+    widget.device.value = "cpu"
+    widget.find_text.value = ""
+    widget.find()
+    assert "Type a concept" in widget.message.value
+    widget.find_text.value = "cell,,dark"
+    widget.find()
+    assert "concepts is empty" in widget.message.value
+    widget.find_text.value = "cell"
+    widget.find()  # a SAM checkpoint takes no concepts
+    _wait(qtbot, widget)
+    assert "Find needs SAM 3" in str(widget.jobs.last_error or widget.message.value)
+    assert "img [sam]" not in viewer.layers
