@@ -19,7 +19,9 @@ longer than CPU time and says little.
 Environment: ``TRAIN_BENCH_CPU_S`` (CPU budget), ``TRAIN_BENCH_EPOCHS``,
 ``TRAIN_BENCH_WALL_S`` (a wall-clock limit as well, for a deadline),
 ``TRAIN_BENCH_LOG`` (a file that gets every progress message),
-``TRAIN_BENCH_QUICK=1`` (8 + 4 images of 128x128, 2 epochs: a smoke run).
+``TRAIN_BENCH_QUICK=1`` (8 + 4 images of 128x128, 2 epochs: a smoke run),
+``SAM_BENCH_STEPS``, ``SAM_BENCH_IMAGES`` (training,held-out images of the tiny SAM;
+of vit_b: default ``16,8;8,4``).
 
 SAM fine-tuning: mean IoU of single-point prompts (the most interior pixel of
 each object, the candidate with the highest predicted IoU) on the objects of
@@ -171,7 +173,8 @@ def finetune_sam(repeats: int) -> list[dict]:
     """SAM decoder fine-tuning: held-out single-point IoU before/after, seconds per step."""
     steps = int(os.environ.get("SAM_BENCH_STEPS", 200))
     rows = []
-    for kind, lr, n_img, n_test in (("tiny", 1e-3, 16, 8), ("vit_b", 1e-4, 8, 4)):
+    sizes = [tuple(int(v) for v in part.split(",")) for part in os.environ.get("SAM_BENCH_IMAGES", "16,8;8,4").split(";")]
+    for (kind, lr), (n_img, n_test) in zip((("tiny", 1e-3), ("vit_b", 1e-4)), sizes, strict=True):
         row = run_python(SAM.format(kind=kind, steps=steps, lr=lr, n_img=n_img, n_test=n_test))
         name = "tiny SAM" if kind == "tiny" else "random-weight vit_b"
         rows.append({"case": f"{name}, {n_img} train / {n_test} held-out images, lr {lr:g}", **row})

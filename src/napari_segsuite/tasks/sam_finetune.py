@@ -14,9 +14,12 @@ SAM was trained:
   predicts again from all points and its previous low-resolution mask.
 
 Single-point prompts use SAM's three outputs and train the best one (lowest
-loss), other prompts its single output. The loss is SAM's: 20 x focal + 1 x
-Dice on the low-resolution mask (the object's mask in the same padded frame,
-the padding ignored), plus the mean squared error of the IoU prediction.
+loss), other prompts its single output. The mask loss is Dice on the
+low-resolution mask (the object's mask in the same padded frame, the padding
+ignored), as micro-sam trains, plus ``focal_weight`` x SAM's focal loss (SAM
+used 20; with small objects and weak image features that term alone is
+minimised by predicting nothing, so it is off by default), plus the mean
+squared error of the IoU prediction.
 AdamW trains the mask decoder and the prompt encoder.
 
 Objects are split into training and held-out objects; every ``val_every`` steps
@@ -62,6 +65,8 @@ class SamFinetuneOptions:
         Validate every this many steps (and after the last).
     train_prompt_encoder : bool
         Train the prompt encoder along with the mask decoder.
+    focal_weight : float
+        Weight of SAM's focal loss next to Dice (SAM: 20).
     keep_best : bool
         Keep the weights with the best held-out IoU (the starting weights when no
         step improved on them); False keeps the last weights.
@@ -81,6 +86,7 @@ class SamFinetuneOptions:
     val_fraction: float = 0.2
     val_every: int = 25
     train_prompt_encoder: bool = True
+    focal_weight: float = 0.0
     keep_best: bool = True
     device: str = "cpu"
     seed: int = 0
@@ -431,7 +437,7 @@ def finetune_sam_job(
                 multimask = use_points and r == 0
                 low, iou_pred = _decode(sam, emb, point_t, label_t, box_t, mask_in, multimask)
                 focal, dice = _mask_losses(low, target, v)
-                per = 20 * focal + dice
+                per = opts.focal_weight * focal + dice
                 pick = torch.argmin(per.detach(), dim=1)
                 idx = torch.arange(len(picks), device=device)
                 true_iou = _iou_of(low.detach(), target, v)
