@@ -12,6 +12,31 @@ Rows: generation only; COCO and YOLO export; for each format, import streamed on
 time (:func:`napari_segsuite.datasets.io.open_dataset`, what the reader and a training loader
 need) and ``api.import_dataset`` (every image and label image in memory at the end).
 
+``cpu_s`` is the CPU time of the measured part (user + system): on a shared machine it moves
+far less with the load than the wall time.
+
+Measured 2026-12-01 on the 2-core dev VM shared with five other developers, load average
+14-19 (so each process got a fraction of a core and wall times are several times what an idle
+machine gives), ``benchmarks/run.py datasets --repeats 1``, 1,000 images, 100,000 objects:
+
+====================================  =========  ======  ========  ======
+case                                  seconds    only_s  peak_mb   disk_mb
+====================================  =========  ======  ========  ======
+generate 1000 scenes (no export)       90.1                 52
+export coco                           247.7      141.1     339      241
+import coco (streamed)                 73.7                146
+import coco (api.import_dataset)       83.8               1513
+export yolo                           306.1      230.5     317      335
+import yolo (streamed)                 62.9                 97
+import yolo (api.import_dataset)       60.1               1488
+====================================  =========  ======  ========  ======
+
+Every YOLO object read back equal to its label (min polygon IoU 1.0, none below 0.95).
+Memory: the exports stay at 320-340 MB (the same with 20 images: 200-270 MB, most of it the
+libraries; COCO keeps the annotations until the JSON is written); streamed imports at
+100-150 MB; ``api.import_dataset`` holds every image and int32 label image (about 1.25 MB
+per 512 x 512 image, 1.5 GB here).
+
 ``SEGSUITE_BENCH_SMOKE=1`` uses 20 images (to check that the benchmark runs).
 """
 
@@ -51,12 +76,16 @@ def scenes(n, size=512, per_side=10, seed=0):
 """
 
 GENERATE = """
-import time
+import resource, time
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+c0 = cpu()
 t = time.perf_counter()
 objects = 0
 for img, lab, classes in scenes({n}):
     objects += len(classes)
-result = {{"seconds": time.perf_counter() - t, "objects": objects}}
+result = {{"seconds": time.perf_counter() - t, "cpu_s": cpu() - c0, "objects": objects}}
 """
 
 EXPORT = """
@@ -75,32 +104,45 @@ def timed(items):  # time spent making the scenes, inside the export
             spent[0] += time.perf_counter() - t0
         yield item
 a, b, c = itertools.tee(timed(scenes({n})), 3)  # one generator; the export reads the three in step
+import resource
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+c0 = cpu()
 t = time.perf_counter()
 res = api.export_dataset((x[0] for x in a), (x[1] for x in b), {out!r}, format={fmt!r},
                          label_classes=(x[2] for x in c), class_names=["round", "long"])
 seconds = time.perf_counter() - t
-result = {{"seconds": seconds, "generation": spent[0], "objects": res.n_objects,
+result = {{"seconds": seconds, "cpu_s": cpu() - c0, "generation": spent[0], "objects": res.n_objects,
           "min_iou": res.provenance.get("min_polygon_iou", 1.0),
           "below_0_95": res.provenance.get("objects_below_iou_0_95", 0)}}
 """
 
 IMPORT_STREAM = """
-import time
+import resource, time
 from napari_segsuite.datasets.io import open_dataset
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+c0 = cpu()
 t = time.perf_counter()
 fmt, names, records = open_dataset({path!r})
 objects = 0
 for r in records:
     objects += len(r["classes"])
-result = {{"seconds": time.perf_counter() - t, "objects": objects}}
+result = {{"seconds": time.perf_counter() - t, "cpu_s": cpu() - c0, "objects": objects}}
 """
 
 IMPORT_ALL = """
-import time
+import resource, time
 from napari_segsuite import api
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+c0 = cpu()
 t = time.perf_counter()
 ds = api.import_dataset({path!r})
-result = {{"seconds": time.perf_counter() - t, "objects": len(ds.table)}}
+result = {{"seconds": time.perf_counter() - t, "cpu_s": cpu() - c0, "objects": len(ds.table)}}
 """
 
 
@@ -119,19 +161,21 @@ def datasets(repeats: int) -> list[dict]:
     rows = []
     try:
         gen = run_python(GENERATOR + GENERATE.format(n=n))
-        rows.append({"case": f"generate {n} scenes (no export)", "seconds": gen["seconds"], "only_s": "",
+        rows.append({"case": f"generate {n} scenes (no export)", "seconds": gen["seconds"], "cpu_s": gen["cpu_s"],
+                     "only_s": "",
                      "objects": gen["objects"], "peak_mb": gen["peak_mb"], "disk_mb": "", "note": ""})
         for fmt in ("coco", "yolo"):
             out = os.path.join(tmp, fmt)
             exp = run_python(GENERATOR + EXPORT.format(n=n, out=out, fmt=fmt))
             note = f"min polygon IoU {exp['min_iou']:.4f}, {exp['below_0_95']} below 0.95" if fmt == "yolo" else ""
-            rows.append({"case": f"export {fmt}", "seconds": exp["seconds"],
+            rows.append({"case": f"export {fmt}", "seconds": exp["seconds"], "cpu_s": exp["cpu_s"],
                          "only_s": exp["seconds"] - exp["generation"], "objects": exp["objects"],
                          "peak_mb": exp["peak_mb"], "disk_mb": _du_mb(out), "note": note})
             path = os.path.join(out, "data.yaml") if fmt == "yolo" else out
             for case, code in (("streamed", IMPORT_STREAM), ("api.import_dataset", IMPORT_ALL)):
                 imp = run_python(code.format(path=path))
-                rows.append({"case": f"import {fmt} ({case})", "seconds": imp["seconds"], "only_s": "",
+                rows.append({"case": f"import {fmt} ({case})", "seconds": imp["seconds"], "cpu_s": imp["cpu_s"],
+                             "only_s": "",
                              "objects": imp["objects"], "peak_mb": imp["peak_mb"], "disk_mb": "", "note": ""})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

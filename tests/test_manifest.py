@@ -1,4 +1,4 @@
-"""The npe2 manifest: valid, four widgets, samples, every python_name importable."""
+"""The npe2 manifest: valid, five widgets, samples, every python_name importable."""
 
 import importlib
 import subprocess
@@ -32,13 +32,14 @@ def test_npe2_validate_passes():
     assert "valid" in (result.stdout + result.stderr).lower()
 
 
-def test_four_widgets_samples_and_categories(manifest):
+def test_five_widgets_samples_and_categories(manifest):
     names = [w.display_name for w in manifest.contributions.widgets]
     assert names == [
         "Semantic Segmentation",
         "Instance Segmentation",
         "Panoptic Segmentation",
         "SAM Prompt Segmentation",
+        "Evaluate Segmentation",
     ]
     assert {"Segmentation", "Annotation"} <= set(manifest.categories)
     assert {s.key for s in manifest.contributions.sample_data} >= {"coins", "astronaut"}

@@ -100,6 +100,8 @@ def test_grounding_dino_then_sam_in_the_instance_dock(make_napari_viewer, qtbot,
     assert "blobs [instance]" not in viewer.layers
     from qtpy.QtCore import QPoint
 
+    header = widget.sam_group.toggle_button  # the option sits in the collapsed "SAM masks and boxes" group
+    qtbot.mouseClick(header, Qt.LeftButton)
     box = widget.refine.native
     assert box.isVisible()
     qtbot.mouseClick(box, Qt.LeftButton, pos=QPoint(8, box.height() // 2))  # on the tick box

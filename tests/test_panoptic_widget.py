@@ -9,6 +9,7 @@ import pytest
 from napari_segsuite import api
 from napari_segsuite.testing.tiny_models import build_tiny_mask2former
 from napari_segsuite.widgets.base import LOCAL
+from napari_segsuite.widgets.evaluation import EvaluationWidget
 from napari_segsuite.widgets.panoptic import PanopticWidget, parse_class_list
 
 pytestmark = pytest.mark.widget
@@ -63,7 +64,10 @@ def test_run_writes_one_layer_with_features(make_napari_viewer, qtbot, tiny_pano
     meta = layer.metadata["segsuite"]
     assert meta["task"] == "panoptic" and meta["parameters"]["label_ids_to_fuse"] == [0]
     assert "segments" in widget.message.value
-    assert widget.pred_layer.value is layer
+    # the dock's "Evaluate" button opens the Evaluate Segmentation dock on this result
+    evaluation = widget.open_evaluation()
+    assert evaluation.pred_layer.value is layer
+    assert evaluation.resolved_mode() == "panoptic"
 
 
 def test_split_and_divisor_outputs(make_napari_viewer, qtbot, tiny_panoptic, image):
@@ -104,8 +108,8 @@ def test_evaluation_table_error_layers_and_csv(make_napari_viewer, qtbot, tiny_p
     gt[gt == dropped] = 0
     gt[:10, :10] = 2**40  # an id beyond int32
     gt_layer = viewer.add_labels(gt, name="truth")
-    widget.show_evaluation.value = True
-    assert not widget.evaluation.native.isHidden()
+    widget = widget.open_evaluation()  # the Evaluate Segmentation dock, opened from the Panoptic dock
+    assert isinstance(widget, EvaluationWidget) and widget.pred_layer.value is pred_layer
     widget.pred_layer.value = pred_layer
     widget.gt_layer.value = gt_layer
     widget.evaluate()
@@ -151,11 +155,12 @@ def test_bad_inputs_are_notifications_and_write_no_layer(make_napari_viewer, qtb
     widget.image.value = viewer.layers["coins"]
     n_layers = len(viewer.layers)
 
-    widget.pred_layer.value = viewer.layers["pred"]
-    widget.gt_layer.value = viewer.layers["small truth"]
-    widget.evaluate()
+    evaluation = EvaluationWidget(viewer)
+    evaluation.pred_layer.value = viewer.layers["pred"]
+    evaluation.gt_layer.value = viewer.layers["small truth"]
+    evaluation.evaluate()
     assert any("shape (76, 96)" in n and "shape (5, 5)" in n for n in notes)
-    assert len(viewer.layers) == n_layers and not widget.jobs.busy
+    assert len(viewer.layers) == n_layers and not evaluation.jobs.busy
 
     widget.fuse.value = "sky"
     _run(qtbot, widget)
@@ -172,10 +177,11 @@ def test_bad_inputs_are_notifications_and_write_no_layer(make_napari_viewer, qtb
 
 def test_empty_layers_evaluate_to_defined_numbers(make_napari_viewer, qtbot, tiny_panoptic):
     viewer = make_napari_viewer(show=False)
-    widget = PanopticWidget(viewer)
+    widget = EvaluationWidget(viewer)
     pred = viewer.add_labels(np.zeros((8, 8), int), name="pred")
     gt = viewer.add_labels(np.zeros((8, 8), int), name="gt")
     widget.pred_layer.value, widget.gt_layer.value = pred, gt
+    widget.mode.value = "panoptic"
     widget.error_layers.value = False
     widget.evaluate()
     qtbot.waitUntil(lambda: widget.jobs.worker is None, timeout=30000)

@@ -86,3 +86,40 @@ def test_find_bad_input(make_napari_viewer, qtbot, sam3_folder, tiny_sam_path, t
     _wait(qtbot, widget)
     assert "Find needs SAM 3" in str(widget.jobs.last_error or widget.message.value)
     assert "img [sam]" not in viewer.layers
+
+
+def test_track_the_concept_through_planes(make_napari_viewer, qtbot, sam3_folder, tmp_path):
+    from qtpy.QtCore import Qt
+
+    from napari_segsuite import api
+    from napari_segsuite.testing.stacks import moving_disk_stack
+
+    stack, _ = moving_disk_stack(n=4)
+    frames = ((stack > 0) * 200 + 20).astype(np.uint8)
+    viewer = make_napari_viewer(show=False)
+    image = viewer.add_image(frames, name="movie", scale=(3.0, 0.5, 0.5))
+    viewer.add_labels(np.zeros(frames.shape, np.int32), name="movie [sam]", scale=image.scale)
+    viewer.layers["movie [sam]"].data[0, 0, 0] = 7  # an existing object keeps its id; new ids come after
+    widget = SamPromptWidget(viewer)
+    widget.models.model.value = LOCAL
+    widget.models.local.value = str(sam3_folder)
+    widget.device.value = "cpu"
+    widget.autosave_dir.value = str(tmp_path / "autosave")
+    widget.find_text.value = "cell"
+    widget.find_conf.value = 0.2
+    widget.image.value = image
+    qtbot.mouseClick(widget.track_button.native, Qt.LeftButton)
+    _wait(qtbot, widget)
+    assert widget.jobs.last_error is None, widget.jobs.last_error
+    start = int(viewer.dims.current_step[0])  # tracking starts on the plane shown
+    ref = api.track_concepts(frames, widget.session.runner, ["cell"], conf=0.2, start_index=start)
+    assert len(ref.table) > 0
+    target = viewer.layers["movie [sam]"]
+    got = np.asarray(target.data)
+    assert got[0, 0, 0] == 7  # not overwritten ('overwrite' is off)
+    found = ref.labels > 0
+    found[0, 0, 0] = False
+    np.testing.assert_array_equal(got[found], ref.labels[found] + 7)
+    assert not got[~found & (np.arange(got.size).reshape(got.shape) > 0)].any()
+    rows = target.features.set_index(target.features.columns[0])
+    assert set(rows.loc[[int(v) + 7 for v in ref.table.label], "class_name"]) == {"cell"}

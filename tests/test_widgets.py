@@ -100,13 +100,19 @@ def test_missing_model_is_a_notification_and_the_widget_stays_usable(make_napari
     viewer = make_napari_viewer(show=False)
     viewer.add_image(np.zeros((20, 20)), name="img")
     widget = SamPromptWidget(viewer)
+    # the dock adds the image's prompt layers when it opens; the failed run changes none
+    assert [layer.name for layer in viewer.layers] == ["img", "img [sam points]", "img [sam boxes]",
+                                                       "img [sam preview]"]
+    before = [(layer, np.array(layer.data, copy=True)) for layer in viewer.layers if layer.name != "img [sam boxes]"]
     widget.models.model.value = "sam_vit_b"
     widget.run()
     _wait_idle(qtbot, widget)
     assert any("sam_vit_b_01ec64.pth" in n and "not on this machine" in n for n in notes)
     assert "not on this machine" in widget.message.value
     assert widget.run_button.enabled and not widget.cancel_button.enabled
-    assert len(viewer.layers) == 1
+    assert len(viewer.layers) == 4
+    for layer, data in before:
+        np.testing.assert_array_equal(layer.data, data)
 
 
 def test_no_image_is_a_clear_message(make_napari_viewer, notes):

@@ -71,7 +71,11 @@ class PlaneSelection:
         return ",".join(parts) or "2d"
 
 
-def _base_data(layer) -> Any:
+def full_resolution(layer) -> Any:
+    """The full-resolution data of a layer: level 0 of a multiscale layer, else ``layer.data``.
+
+    Nothing is read: dask, zarr and other lazy arrays stay lazy.
+    """
     data = layer.data
     if getattr(layer, "multiscale", False):
         data = data[0]
@@ -117,7 +121,7 @@ def current_plane(
     selection : PlaneSelection
     """
     rgb = bool(getattr(layer, "rgb", False))
-    data = _base_data(layer)
+    data = full_resolution(layer)
     spatial_shape = tuple(data.shape[:-1]) if rgb else tuple(data.shape)
     if channel_axis is not None:
         if rgb:

@@ -550,3 +550,143 @@ def evaluate(
         "iou": mean("iou"), "dice": mean("dice"),
     }
     return EvaluationResult(summary, per_class, matching)
+
+
+# -- semantic evaluation of class maps ----------------------------------------------------
+
+#: Class names taken for "background" when a layer's features name its classes.
+BACKGROUND_NAMES = ("background", "_background_", "bg", "__background__", "unlabeled", "unlabelled")
+
+
+def background_label(names: Mapping[int, str] | None, default: int = 0) -> int:
+    """The label whose class name says background (``BACKGROUND_NAMES``), else ``default``."""
+    for label, name in (names or {}).items():
+        if str(name).strip().lower() in BACKGROUND_NAMES:
+            return int(label)
+    return int(default)
+
+
+@dataclass
+class SemanticReport:
+    """Per-class IoU and Dice of a class map against a ground-truth class map.
+
+    Attributes
+    ----------
+    rows : list of dict
+        One row per compared class: ``class_name``, ``gt_label``, ``pred_label`` (0: the
+        prediction has no such class), ``iou``, ``dice``, ``gt_pixels``, ``pred_pixels``,
+        ``intersection``.
+    summary : dict
+        ``miou`` and ``mdice`` (means over the rows), ``accuracy`` (share of scored pixels
+        whose class agrees, background included) and ``scored_pixels``.
+    pairs : dict
+        ``{pred label: gt label}`` used to compare the two maps.
+    """
+
+    rows: list[dict]
+    summary: dict
+    pairs: dict[int, int]
+
+    def table(self):
+        """A pandas DataFrame: one row per class and a last row ``"all"``."""
+        import pandas as pd
+
+        last = {"class_name": "all", "gt_label": -1, "pred_label": -1, "iou": self.summary["miou"],
+                "dice": self.summary["mdice"]}
+        return pd.DataFrame([*self.rows, last])
+
+    def to_csv(self, path) -> None:
+        """Write :meth:`table` to ``path`` as CSV."""
+        self.table().to_csv(path, index=False)
+
+
+def semantic_evaluation(
+    pred,
+    gt,
+    *,
+    pred_background: int = 0,
+    gt_background: int = 0,
+    gt_ignore: int | None = None,
+    pred_names: Mapping[int, str] | None = None,
+    gt_names: Mapping[int, str] | None = None,
+) -> SemanticReport:
+    """Compare two class maps (one class label per pixel) class by class.
+
+    Parameters
+    ----------
+    pred, gt : ndarray
+        Class maps of the same shape (e.g. a semantic prediction whose labels are
+        ``class id + 1``, and a ground truth whose labels are 0 and 1).
+    pred_background, gt_background : int
+        The label that means background in each map; background is not a scored class
+        (it counts in ``accuracy``).
+    gt_ignore : int, optional
+        A ground-truth label whose pixels are left out of every score.
+    pred_names, gt_names : mapping, optional
+        ``{label: class name}`` of each map.
+
+    Returns
+    -------
+    SemanticReport
+
+    Notes
+    -----
+    The foreground labels of the two maps are paired: by class name when both maps name
+    their classes (case-insensitive); else, when each map has exactly one foreground
+    label, those two; else equal labels. Every ground-truth class gets a row (IoU 0 when
+    the prediction has no partner for it); prediction classes without a partner get a
+    row with IoU 0 too (they are false positives).
+    """
+    p = check_label_image(pred, "prediction")
+    g = check_label_image(gt, "ground truth")
+    check_same_shape(p, g)
+    keep = np.ones(g.shape, dtype=bool) if gt_ignore is None else g != gt_ignore
+    p, g = p[keep], g[keep]
+    p_labels = [int(v) for v in np.unique(p) if v != pred_background]
+    g_labels = [int(v) for v in np.unique(g) if v != gt_background]
+    for label in gt_names or {}:  # a named true class absent from this image still gets a row
+        if int(label) not in (gt_background, gt_ignore) and int(label) not in g_labels:
+            g_labels.append(int(label))
+    pn = {int(k): str(v).strip().lower() for k, v in (pred_names or {}).items()}
+    gn = {int(k): str(v).strip().lower() for k, v in (gt_names or {}).items()}
+    pairs: dict[int, int] = {}
+    if pn and gn:
+        by_name = {gn[gl]: gl for gl in g_labels if gl in gn}
+        pairs = {pl: by_name[pn[pl]] for pl in p_labels if pn.get(pl) in by_name}
+    elif len(p_labels) == 1 and len(g_labels) == 1:
+        pairs = {p_labels[0]: g_labels[0]}
+    else:
+        pairs = {pl: pl for pl in p_labels if pl in g_labels}
+    p_bg, g_bg = p == pred_background, g == gt_background
+    rows = []
+    shown_names = {**{int(k): str(v) for k, v in (gt_names or {}).items()}}
+    for gl in sorted(g_labels):
+        partner = [pl for pl, x in pairs.items() if x == gl]
+        pm = np.isin(p, partner) if partner else np.zeros(p.shape, dtype=bool)
+        gm = g == gl
+        name = shown_names.get(gl) or next(((pred_names or {}).get(pl) for pl in partner), None) or str(gl)
+        rows.append(_class_row(str(name), gl, partner[0] if partner else 0, pm, gm))
+    for pl in sorted(set(p_labels) - set(pairs)):
+        name = str((pred_names or {}).get(pl, pl))
+        rows.append(_class_row(name, 0, pl, p == pl, np.zeros(p.shape, dtype=bool)))
+    mapped = np.full(p.shape, -1, dtype=np.int64)
+    for pl, gl in pairs.items():
+        mapped[p == pl] = gl
+    agree = (mapped == g) | (p_bg & g_bg)
+    summary = {
+        "miou": float(np.mean([r["iou"] for r in rows])) if rows else 1.0,
+        "mdice": float(np.mean([r["dice"] for r in rows])) if rows else 1.0,
+        "accuracy": float(agree.mean()) if agree.size else 1.0,
+        "scored_pixels": int(agree.size),
+    }
+    return SemanticReport(rows, summary, pairs)
+
+
+def _class_row(name: str, gt_label: int, pred_label: int, pm: np.ndarray, gm: np.ndarray) -> dict:
+    a, b = int(pm.sum()), int(gm.sum())
+    i = int((pm & gm).sum())
+    return {
+        "class_name": name, "gt_label": int(gt_label), "pred_label": int(pred_label),
+        "iou": i / (a + b - i) if a + b - i else 1.0, "dice": 2 * i / (a + b) if a + b else 1.0,
+        "gt_pixels": b, "pred_pixels": a, "intersection": i,
+    }

@@ -286,10 +286,13 @@ def object_polygon(labels: np.ndarray, label_id: int, box: tuple[slice, slice]) 
 
 
 def polygon_line(class_index: int, poly: np.ndarray, shape: tuple[int, int]) -> str:
+    """``class x1 y1 ...`` with the vertices (pixel indices) normalised, six decimals."""
     h, w = shape
     coords = np.empty(poly.shape, dtype=np.float64)
-    coords[:, 0] = poly[:, 0] / w
-    coords[:, 1] = poly[:, 1] / h
+    # half a unit of the last digit up: the written value is never below column / width, so
+    # ultralytics' int32 truncation and this reader's rounding both give the pixel back
+    coords[:, 0] = poly[:, 0] / w + 5e-7
+    coords[:, 1] = poly[:, 1] / h + 5e-7
     flat = coords.ravel().tolist()
     return f"{class_index} " + " ".join(["%.6f"] * len(flat)) % tuple(flat)
 

@@ -25,15 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
 
 from napari_segsuite.core.device import DEVICE_CHOICES
 from napari_segsuite.core.errors import InputError, SegSuiteError
 from napari_segsuite.core.labels import LABEL_DTYPE
 from napari_segsuite.core.progress import Progress
+from napari_segsuite.layers import full_resolution
 from napari_segsuite.models.registry import REGISTRY, entries_for
 from napari_segsuite.models.store import ModelStore
-from napari_segsuite.widgets.worker import JobRunner
+from napari_segsuite.widgets.scaffold import Dock, JobPanel
 
 LOCAL = "__local__"
 TRAINED_PREFIX = "trained/"
@@ -169,8 +170,15 @@ class ModelPicker(Container):
         return f"Local: {path.name}"
 
 
-class SegmentationWidget(Container):
-    """Base of the four dock widgets.
+class SegmentationWidget(Dock):
+    """Base of the segmentation docks.
+
+    Top-down: the Image, the Model, the primary action (Run) with Cancel, progress and
+    status at full width, :attr:`results` (legends, tables), then option groups: "Options"
+    (:attr:`task_options`, open) and "Model folder and device" (collapsed). Subclasses add
+    fields to :attr:`task_options`, results to :attr:`results`, and further groups with
+    :meth:`~napari_segsuite.widgets.scaffold.Dock.add_group`; they end their ``__init__``
+    with :meth:`~napari_segsuite.widgets.scaffold.Dock.finish_layout`.
 
     Parameters
     ----------
@@ -185,64 +193,51 @@ class SegmentationWidget(Container):
     batch_task: str | None = None
 
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer)
         self.store = ModelStore()
-        self.image = ComboBox(label="Image", choices=self._image_choices, nullable=True)
+        self.job_panel = JobPanel(self.viewer, on_done=self._after_job)
+        self.image = self.job_panel.image
         self.models = ModelPicker(self.model_tasks, self.store, self.model_families)
+        self.models.margins = (0, 0, 0, 0)
         self.device = ComboBox(label="Device", choices=list(DEVICE_CHOICES), value="auto")
         self.task_options = Container(labels=True)
+        self.task_options.margins = (0, 0, 0, 0)
         self.scope = ComboBox(
             label="Run on", choices=list(SCOPES), value=CURRENT_PLANE,
             tooltip="The plane the viewer shows, every plane of the chosen image, or every open image "
                     "(one output layer per image)",
         )
-        self.run_button = PushButton(text="Run")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.progress = ProgressBar(label="Progress", value=0, min=0, max=100)
-        self.message = Label(value="")
-        self.message.native.setWordWrap(True)
-        self.extend([
-            self.image, self.models, self.device, self.task_options,
-            Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
-            self.progress, self.message,
-        ])
-        self.jobs = JobRunner(on_progress=self._on_progress, on_done=self._on_done)
+        self.run_button = self.job_panel.add_action("Run")
+        self.cancel_button = self.job_panel.cancel_button
+        self.progress = self.job_panel.progress
+        self.message = self.job_panel.message
+        self.jobs = self.job_panel.jobs
+        self.inputs = Container(labels=True, widgets=[self.image])
+        self.inputs.margins = (0, 0, 0, 0)
+        self.models.remove(self.models.cache)
+        self.body.extend([self.inputs, self.models, self.job_panel.controls, self.results])
+        self.options_group = self.add_group("Options", [self.task_options], collapsed=False, labels=False)
+        self.model_group = self.add_group("Model folder and device", [self.models.cache, self.device])
         self._runner = None
         self._runner_key = None
         self.run_button.changed.connect(self.run)
-        self.cancel_button.changed.connect(self.jobs.cancel)
         self.models.download.changed.connect(self.download_model)
-        events = self.viewer.layers.events
-        for ev in (events.inserted, events.removed, events.reordered):
-            ev.connect(self._refresh_layers)
-        self._select_active_image()
+        self.finish_layout()
 
     # -- layers -----------------------------------------------------------------
     def _image_choices(self, _widget=None):
-        from napari.layers import Image
-
-        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+        return self.job_panel._image_choices()
 
     def _refresh_layers(self, event=None) -> None:
         self.reset_choices()
-        if self.image.value is None:
-            self._select_active_image()
+        self.job_panel._on_layers_changed()
 
     def _select_active_image(self) -> None:
-        from napari.layers import Image
-
-        self.image.reset_choices()
-        active = self.viewer.layers.selection.active
-        if isinstance(active, Image):
-            self.image.value = active
+        self.job_panel.follow_active_layer()
 
     def selected_image(self):
         """The chosen Image layer (raises a user-facing error when none)."""
-        layer = self.image.value
-        if layer is None or layer not in self.viewer.layers:
-            raise InputError("Open an image and choose it in the Image box first.")
-        return layer
+        return self.job_panel.selected_image()
 
     # -- models -------------------------------------------------------------------
     def model_key(self) -> tuple[str, str]:
@@ -334,7 +329,7 @@ class SegmentationWidget(Container):
         unique_ids = self.batch_unique_ids(params)
         inputs = []
         for layer in images:
-            data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+            data = full_resolution(layer)
             rgb = bool(getattr(layer, "rgb", False))
             spatial = tuple(data.shape[:-1]) if rgb else tuple(data.shape)
             if len(spatial) < 2 or min(spatial[-2:]) < 1:
@@ -422,36 +417,26 @@ class SegmentationWidget(Container):
         try:
             job_factory, on_result = self.make_batch_job() if self.uses_batch() else self.make_job()
         except SegSuiteError as exc:
-            from napari.utils.notifications import show_error
-
-            show_error(str(exc))
-            self.message.value = str(exc)
+            self._report(exc)
             return
         self._start(job_factory, on_result, f"{self.task.capitalize()} segmentation")
 
+    def _report(self, exc: BaseException) -> None:
+        self.job_panel.report(exc)
+
     def _start(self, job_factory, on_result, description: str) -> None:
-        self.run_button.enabled = False
         self.models.download.enabled = False
-        self.cancel_button.enabled = True
-        self.progress.value = 0
-        self.message.value = description + "…"
-        self.jobs.start(job_factory, on_result, description)
+        self.job_panel.start(job_factory, on_result, description)
 
     def _on_progress(self, item: Progress) -> None:
-        if item.message:
-            self.message.value = item.message
-        self.progress.value = int(100 * item.fraction) if item.fraction is not None else 0
+        self.job_panel.on_progress(item)
+
+    def _after_job(self, how: str) -> None:
+        self.models.download.enabled = True
+        self._on_done(how)
 
     def _on_done(self, how: str) -> None:
-        self.run_button.enabled = True
-        self.models.download.enabled = True
-        self.cancel_button.enabled = False
-        if how == "returned":
-            self.progress.value = 100
-        elif how == "aborted":
-            self.message.value = "Cancelled; nothing was changed."
-        elif how == "errored" and self.jobs.last_error is not None:
-            self.message.value = str(self.jobs.last_error)
+        """A job ended (after the panel re-enabled its buttons). Subclasses extend."""
 
     def smoke(self) -> None:
         """What the headless smoke mode runs in this widget (features extend it)."""

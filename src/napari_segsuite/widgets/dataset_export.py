@@ -309,5 +309,5 @@ def add_export_button(dock) -> PushButton:
         dock.export_panel = open_export_dock(dock.viewer, dock.export_panel)
 
     button.changed.connect(show)
-    dock.append(button)
+    getattr(dock, "results", dock).append(button)  # a scrolling dock keeps its results in ``results``
     return button

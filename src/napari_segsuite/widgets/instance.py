@@ -19,6 +19,7 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, LineEdi
 
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.progress import Progress
+from napari_segsuite.layers import full_resolution
 from napari_segsuite.widgets.base import (
     ALL_PLANES,
     CURRENT_PLANE,
@@ -33,7 +34,7 @@ BOXES_SUFFIX = "instance boxes"
 
 def all_planes(layer, sel) -> list:
     """Every plane of ``layer`` along the axes that ``sel`` fixes (the stack axes)."""
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    data = full_resolution(layer)
     fixed = [a for a, i in enumerate(sel.index) if not isinstance(i, slice)]
     out = []
     for combo in itertools.product(*(range(data.shape[a]) for a in fixed)):
@@ -84,11 +85,11 @@ class InstanceWidget(SegmentationWidget):
         self.box_source = ComboBox(label="Boxes from Shapes", choices=self._shapes_choices, nullable=True)
         self.box_source.tooltip = "Segment the rectangles of a Shapes layer with SAM instead of running a detector"
         self.boxes_output = CheckBox(text="Boxes Shapes layer", value=False)
-        self.task_options.extend([
-            self.conf, self.iou, self.mask_threshold, self.classes, self.text_threshold, self.max_det, self.imgsz,
-            self.tile_size, self.overlap, self.planes, self.refine, self.sam_model, self.box_source,
-            self.boxes_output,
-        ])
+        self.task_options.extend([self.conf, self.iou, self.mask_threshold, self.classes, self.text_threshold, self.planes])
+        self.sam_group = self.add_group("SAM masks and boxes", [
+            self.refine, self.sam_model, self.box_source, self.boxes_output], index=self.body.index(self.options_group) + 1)
+        self.more_group = self.add_group("Detections and tiles", [
+            self.max_det, self.imgsz, self.tile_size, self.overlap], index=self.body.index(self.options_group) + 2)
         self.refine.changed.connect(self._toggle_sam)
         self.box_source.changed.connect(self._toggle_sam)
         from napari_segsuite.widgets.instance_training import add_training_sections
@@ -98,6 +99,7 @@ class InstanceWidget(SegmentationWidget):
         self._sam_key = None
         self.box_source.value = None
         self.export_dataset_button = add_export_button(self)
+        self.finish_layout()
 
     # -- options ------------------------------------------------------------------
     def _shapes_choices(self, _widget=None):
@@ -202,7 +204,7 @@ class InstanceWidget(SegmentationWidget):
         image_layer = self.selected_image()
         _plane, sel = current_plane(self.viewer, image_layer)
         sels = all_planes(image_layer, sel) if self.planes.value == ALL else [sel]
-        data = image_layer.data[0] if getattr(image_layer, "multiscale", False) else image_layer.data
+        data = full_resolution(image_layer)
         params = self.params()
         params.check()
         classes_text = str(self.classes.value).strip()

@@ -1,4 +1,4 @@
-"""The "Panoptic Segmentation" dock widget, with an "Evaluate" section.
+"""The "Panoptic Segmentation" dock widget.
 
 Run: the plane of the chosen image at the viewer's position goes through a
 Mask2Former panoptic checkpoint (:mod:`napari_segsuite.tasks.panoptic`) in a
@@ -15,46 +15,33 @@ worker; the result is written on the GUI thread as
 (:meth:`~napari_segsuite.widgets.base.SegmentationWidget.make_batch_job`); segment ids then
 continue over the planes of a stack (except ``class * divisor + k`` ids).
 
-Evaluate: compares a prediction Labels layer with a ground-truth Labels layer
-(:func:`napari_segsuite.core.metrics.evaluate`; whole layers, all planes of a stack),
-shows the per-class table,
-optionally adds layers with the false positives and the misses, and exports the
-table as CSV. Classes of each layer come from its ``features`` (``class_id``
-column), else from its ``label_divisor`` (in ``metadata["segsuite"]``), else
-the scores are class-agnostic; prediction scores come from a ``score`` column.
+*Evaluate against ground truth…* opens the "Evaluate Segmentation" dock
+(:mod:`napari_segsuite.widgets.evaluation`) with the last result as the prediction.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from magicgui.widgets import (
-    CheckBox,
     ComboBox,
-    Container,
-    FileEdit,
     FloatSpinBox,
-    Label,
     LineEdit,
     PushButton,
     SpinBox,
-    Table,
 )
 
-from napari_segsuite.core.errors import InputError, SegSuiteError
-from napari_segsuite.core.progress import Progress
-from napari_segsuite.layers import aligned_layer_kwargs
+from napari_segsuite.core.errors import InputError
 from napari_segsuite.widgets.base import LOCAL, SegmentationWidget
+from napari_segsuite.widgets.evaluation import SHOWN_COLUMNS, layer_classes
+
+__all__ = ["OUTPUTS", "SHOWN_COLUMNS", "PanopticWidget", "layer_classes", "parse_class_list"]
 
 OUTPUTS = {
     "one": "One layer (segment ids)",
     "divisor": "One layer, id = class * divisor + k",
     "split": "Semantic + instance layers",
 }
-#: Columns shown in the evaluation table (the CSV has them all).
-SHOWN_COLUMNS = ("class_name", "n_gt", "n_pred", "tp", "fp", "fn", "precision", "recall", "f1",
-                 "ap50", "ap", "pq", "sq", "rq", "iou", "dice")
 
 
 def parse_class_list(text: str, class_names: dict[int, str]) -> tuple[int, ...] | None:
@@ -88,30 +75,6 @@ def parse_class_list(text: str, class_names: dict[int, str]) -> tuple[int, ...] 
     return tuple(out)
 
 
-def layer_classes(layer) -> tuple[dict | None, dict | None, dict]:
-    """(classes, scores, class names) of a Labels layer, from its features or its label_divisor."""
-    feats = getattr(layer, "features", None)
-    classes = scores = None
-    names: dict[int, str] = {}
-    if feats is not None and len(feats) and "index" in feats.columns:
-        ids = feats["index"].astype(np.int64)
-        if "class_id" in feats.columns:
-            ok = feats["class_id"].notna()
-            classes = dict(zip(ids[ok].tolist(), feats["class_id"][ok].astype(int).tolist(), strict=True))
-            if "class_name" in feats.columns:
-                names = dict(zip(feats["class_id"][ok].astype(int).tolist(), feats["class_name"][ok].astype(str).tolist(), strict=True))
-        if "score" in feats.columns:
-            ok = feats["score"].notna()
-            scores = dict(zip(ids[ok].tolist(), feats["score"][ok].astype(float).tolist(), strict=True))
-    if classes is None:
-        meta = getattr(layer, "metadata", {}).get("segsuite", {})
-        divisor = meta.get("label_divisor") or (meta.get("parameters") or {}).get("label_divisor")
-        if divisor:
-            data = np.asarray(layer.data)
-            classes = {int(i): int(i) // int(divisor) for i in np.unique(data) if i}
-    return classes, scores, names
-
-
 class PanopticWidget(SegmentationWidget):
     """Things get instance ids, stuff gets class regions (Mask2Former)."""
 
@@ -137,6 +100,7 @@ class PanopticWidget(SegmentationWidget):
                                   self.output, self.divisor, self.scope])
         self._build_evaluation()
         self._smoke_dir = None
+        self.finish_layout()
 
     # -- running ------------------------------------------------------------------
     def params(self):
@@ -223,9 +187,7 @@ class PanopticWidget(SegmentationWidget):
         else:
             layers = [write_plane(self.viewer, image, sel, result.labels, task="panoptic",
                                   provenance=provenance, extra_features=result.features())]
-        self.reset_choices()
-        if self.pred_layer.value is None or self.pred_layer.value not in self.viewer.layers:
-            self.pred_layer.value = layers[-1]
+        self.last_layers = layers
         n_things = int(result.table["is_thing"].sum()) if len(result.table) else 0
         self.message.value = (
             f"{len(result.table)} segments ({n_things} things, {len(result.table) - n_things} stuff) "
@@ -235,136 +197,30 @@ class PanopticWidget(SegmentationWidget):
 
     # -- evaluation -------------------------------------------------------------------
     def _build_evaluation(self) -> None:
-        self.show_evaluation = CheckBox(text="Evaluate against ground truth", value=False)
-        self.pred_layer = ComboBox(label="Prediction", choices=self._labels_choices, nullable=True)
-        self.gt_layer = ComboBox(label="Ground truth", choices=self._labels_choices, nullable=True)
-        self.ignore_classes = CheckBox(text="Ignore classes (class-agnostic scores)", value=False)
-        self.error_layers = CheckBox(text="Show false positives and misses as layers", value=True)
-        self.evaluate_button = PushButton(text="Evaluate")
-        self.eval_summary = Label(value="")
-        self.eval_summary.native.setWordWrap(True)
-        self.eval_table = Table()
-        self.eval_table.read_only = True
-        self.csv_path = FileEdit(label="CSV file", mode="w", filter="*.csv", value="evaluation.csv")
-        self.export_button = PushButton(text="Export CSV", enabled=False)
-        self.evaluation = Container(
-            labels=True, visible=False,
-            widgets=[self.pred_layer, self.gt_layer, self.ignore_classes, self.error_layers, self.evaluate_button,
-                     self.eval_summary, self.eval_table, self.csv_path, self.export_button],
-        )
-        self.extend([self.show_evaluation, self.evaluation])
-        self.show_evaluation.changed.connect(lambda v: setattr(self.evaluation, "visible", bool(v)))
-        self.evaluate_button.changed.connect(self.evaluate)
-        self.export_button.changed.connect(self.export_csv)
-        self.last_evaluation = None
+        self.evaluate_button = PushButton(text="Evaluate against ground truth…",
+                                          tooltip="Open the 'Evaluate Segmentation' dock on the last result")
+        self.results.append(self.evaluate_button)
+        self.evaluate_button.changed.connect(self.open_evaluation)
+        self.last_layers: list = []
 
-    def _labels_choices(self, _widget=None):
-        from napari.layers import Labels
+    def open_evaluation(self):
+        """Open (or show) the "Evaluate Segmentation" dock with the last result as prediction."""
+        from napari_segsuite.widgets.evaluation import EvaluationWidget
 
-        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Labels)]
-
-    def make_evaluation_job(self):
-        """Read both layers (GUI thread); return the job and the result handler."""
-        from napari_segsuite.core.metrics import check_label_image, check_same_shape, evaluate
-
-        pred_layer, gt_layer = self.pred_layer.value, self.gt_layer.value
-        if pred_layer is None or gt_layer is None:
-            raise InputError("Choose a prediction and a ground-truth Labels layer to evaluate.")
-        pred = check_label_image(np.asarray(pred_layer.data), f"labels of '{pred_layer.name}'")
-        gt = check_label_image(np.asarray(gt_layer.data), f"labels of '{gt_layer.name}'")
-        try:
-            check_same_shape(pred, gt)
-        except InputError as exc:
-            raise InputError(f"'{pred_layer.name}' and '{gt_layer.name}': {exc}") from None
-        pred_classes, pred_scores, names = layer_classes(pred_layer)
-        gt_classes, _, gt_names = layer_classes(gt_layer)
-        names = {**gt_names, **names}
-        if self.ignore_classes.value or (pred_classes is None) != (gt_classes is None):
-            # asked for, or one side has classes and the other not: compare class-agnostically
-            pred_classes = gt_classes = None
-            names = {}
-        show_errors = bool(self.error_layers.value)
-
-        def job():
-            yield Progress(0, 1, "Evaluating")
-            return evaluate(pred, gt, pred_classes=pred_classes, gt_classes=gt_classes,
-                            pred_scores=pred_scores, class_names=names)
-
-        def on_result(result) -> None:
-            self.show_evaluation_result(result, pred_layer, gt_layer, pred, gt, show_errors)
-
-        return job, on_result
-
-    def evaluate(self) -> None:
-        """Compare the chosen prediction and ground-truth layers (in a worker)."""
-        try:
-            job, on_result = self.make_evaluation_job()
-        except SegSuiteError as exc:
-            from napari.utils.notifications import show_error
-
-            show_error(str(exc))
-            self.message.value = str(exc)
-            self.eval_summary.value = str(exc)
-            return
-        self._start(job, on_result, "Evaluation")
-
-    def show_evaluation_result(self, result, pred_layer, gt_layer, pred, gt, show_errors: bool) -> None:
-        """Fill the table and the summary; add the error layers (GUI thread)."""
-        self.last_evaluation = result
-        table = result.table()
-        shown = table[[c for c in SHOWN_COLUMNS if c in table.columns]].copy()
-        for col in shown.columns:
-            if shown[col].dtype.kind == "f":
-                shown[col] = shown[col].round(4)
-        self.eval_table.value = shown
-        s = result.summary
-        self.eval_summary.value = (
-            f"PQ {s['pq']:.3f} (SQ {s['sq']:.3f} x RQ {s['rq']:.3f}); AP50 {s['ap50']:.3f}, "
-            f"AP {s['ap']:.3f}; F1@0.5 {s['f1']:.3f} (P {s['precision']:.3f}, R {s['recall']:.3f}); "
-            f"mIoU {s['iou']:.3f}. {s['tp']} matched, {s['fp']} spurious, {s['fn']} missed."
-        )
-        self.message.value = "Evaluation done."
-        self.export_button.enabled = True
-        if show_errors:
-            self._error_layer(pred_layer, pred, result.matching.spurious, "false positives")
-            self._error_layer(gt_layer, gt, result.matching.missed, "misses")
-
-    def _error_layer(self, source, data: np.ndarray, ids: list[int], what: str):
-        from napari.layers import Labels
-
-        name = f"{source.name} [{what}]"
-        values = np.where(np.isin(data, np.asarray(ids, dtype=data.dtype)), data, 0) if ids else np.zeros_like(data)
-        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Labels) \
-                and self.viewer.layers[name].data.shape == values.shape:
-            layer = self.viewer.layers[name]
-            layer.data = values
-        else:
-            if name in self.viewer.layers:
-                del self.viewer.layers[name]
-            layer = self.viewer.add_labels(values, name=name, opacity=0.8, **aligned_layer_kwargs(source))
-        layer.metadata = {**layer.metadata, "segsuite": {"task": "evaluation", "shows": what, "ids": list(ids)}}
-        return layer
-
-    def export_csv(self) -> Path | None:
-        """Write the last evaluation's table (and ``<name>_objects.csv``) to the chosen file."""
-        from napari.utils.notifications import show_error, show_info
-
-        if self.last_evaluation is None:
-            show_error("Evaluate first; there is nothing to export yet.")
-            return None
-        path = Path(str(self.csv_path.value))
-        if path.suffix.lower() != ".csv":
-            path = path.with_suffix(".csv")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.last_evaluation.to_csv(path)
-            self.last_evaluation.objects_table().to_csv(path.with_name(path.stem + "_objects.csv"), index=False)
-        except OSError as exc:
-            show_error(f"Could not write {path}: {exc}")
-            return None
-        show_info(f"Saved the evaluation to {path}")
-        self.message.value = f"Saved {path.name} and {path.stem}_objects.csv in {path.parent}."
-        return path
+        widget = None
+        window = getattr(self.viewer, "window", None)
+        if window is not None and getattr(window, "_qt_window", None) is not None:
+            try:
+                dock, widget = window.add_plugin_dock_widget("napari-segsuite", "Evaluate Segmentation")
+                dock.show()
+                dock.raise_()
+            except (KeyError, ValueError):  # the plugin is not registered (e.g. a script)
+                widget = None
+        if widget is None:
+            widget = EvaluationWidget(self.viewer)
+        if self.last_layers and self.last_layers[-1] in self.viewer.layers:
+            widget.show_prediction(self.last_layers[-1])
+        return widget
 
     # -- smoke ----------------------------------------------------------------------
     def smoke(self, timeout: float = 300.0) -> None:

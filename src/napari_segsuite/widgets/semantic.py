@@ -24,6 +24,7 @@ from magicgui.widgets import CheckBox, Container, Label, SpinBox
 
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.progress import subjob
+from napari_segsuite.layers import full_resolution
 from napari_segsuite.widgets.base import (
     ALL_IMAGES,
     ALL_PLANES,
@@ -31,13 +32,9 @@ from napari_segsuite.widgets.base import (
     LOCAL,
     SegmentationWidget,
 )
+from napari_segsuite.widgets.scaffold import header
 
 __all__ = ["ALL_IMAGES", "ALL_PLANES", "CURRENT_PLANE", "Legend", "SemanticWidget", "plane_selections"]
-
-
-def _base_data(layer):
-    data = layer.data
-    return data[0] if getattr(layer, "multiscale", False) else data
 
 
 def plane_selections(viewer, layer, all_planes: bool):
@@ -51,7 +48,7 @@ def plane_selections(viewer, layer, all_planes: bool):
     from napari_segsuite.layers import PlaneSelection, plane_axes
 
     rgb = bool(getattr(layer, "rgb", False))
-    data = _base_data(layer)
+    data = full_resolution(layer)
     spatial = tuple(data.shape[:-1]) if rgb else tuple(data.shape)
     axes = plane_axes(viewer, layer)
     point = layer.world_to_data(viewer.dims.point)
@@ -169,21 +166,17 @@ class SemanticWidget(SegmentationWidget):
         self.with_confidence = CheckBox(value=False, text="Confidence layer")
         self.legend = Legend()
         self.task_options.extend([self.tile_size, self.overlap, self.planes, self.with_confidence])
-        self.append(Label(value="Classes"))
-        self.append(self.legend)
+        self.results.extend([header("Classes"), self.legend])
         self._add_unet_section()
+        self.finish_layout()
 
     def _add_unet_section(self) -> None:
-        """The U-Net trained from painted strokes, as a collapsible section of this widget."""
-        from superqt import QCollapsible
-
+        """The U-Net trained from painted strokes, as a collapsed group of this dock (same image)."""
         from napari_segsuite.widgets.unet_training import UnetTrainingPanel
 
-        self.unet = UnetTrainingPanel(self.viewer)
-        section = QCollapsible("U-Net: train from painted strokes")
-        section.addWidget(self.unet.native)
-        self.native.layout().addWidget(section)
-        self.unet_section = section
+        self.unet = UnetTrainingPanel(self.viewer, image=self.image)
+        self.unet_section = self.add_group("U-Net: train from painted strokes", [self.unet], labels=False,
+                                           index=self.body.index(self.options_group) + 1)
 
     # -- running ------------------------------------------------------------------
     def uses_batch(self) -> bool:
@@ -230,7 +223,7 @@ class SemanticWidget(SegmentationWidget):
         layer = self.selected_image()
         self.models.spec  # noqa: B018 - raises a user-facing error when no local file is chosen
         sels = plane_selections(self.viewer, layer, self.planes.value == ALL_PLANES)
-        data = _base_data(layer)
+        data = full_resolution(layer)
         first = data[sels[0].index]
         check_image(first, min_side=MIN_SIDE)
         tile = resolve_tile_size(sels[0].shape, int(self.tile_size.value) or 0)

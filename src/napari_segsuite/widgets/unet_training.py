@@ -2,14 +2,15 @@
 
 A thin magicgui container around :mod:`napari_segsuite.tasks.unet_training`:
 it reads the image plane(s) and the strokes Labels layer on the GUI thread,
-runs training or prediction as a job in a worker (:class:`JobRunner`), draws
+runs training or prediction as a job in a worker (the shared
+:class:`~napari_segsuite.widgets.scaffold.JobPanel`), draws
 the loss curve live from the job's progress reports, and writes results with
 :func:`napari_segsuite.layers.write_plane` on the GUI thread. Cancel during
 training keeps the best model so far (the job's :class:`TrainingState` lives
 here); Cancel during prediction writes nothing.
 
-The Semantic widget embeds this panel as a tab; it also works on its own
-(``UnetTrainingPanel(viewer)``).
+The Semantic dock embeds this panel as a collapsed group that shares the dock's Image box;
+it also works on its own (``UnetTrainingPanel(viewer)``, with its own Image box).
 """
 
 from __future__ import annotations
@@ -26,17 +27,14 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSpinBox,
-    Label,
     LineEdit,
-    ProgressBar,
     PushButton,
     SpinBox,
 )
 
 from napari_segsuite.core.errors import InputError, SegSuiteError
 from napari_segsuite.core.progress import Progress
-from napari_segsuite.layers import METADATA_KEY, PlaneSelection, current_plane
-from napari_segsuite.widgets.worker import JobRunner
+from napari_segsuite.layers import METADATA_KEY, PlaneSelection, current_plane, full_resolution
 
 TASK = "unet"
 CURRENT, ALL = "current plane", "all planes with strokes"
@@ -112,13 +110,16 @@ class UnetTrainingPanel(Container):
     napari_viewer : napari.Viewer
     """
 
-    def __init__(self, napari_viewer):
-        super().__init__(labels=True)
+    def __init__(self, napari_viewer, image: ComboBox | None = None):
+        super().__init__(labels=False)
         from napari_segsuite.tasks.unet_training import TrainingOptions
+        from napari_segsuite.widgets.scaffold import JobPanel
 
         defaults = TrainingOptions()
+        self.margins = (0, 0, 0, 0)
         self.viewer = napari_viewer
-        self.image = ComboBox(label="Image", choices=self._image_choices, nullable=True)
+        self.job_panel = JobPanel(napari_viewer, image=image, on_progress=self._on_curve, on_done=self._on_done)
+        self.image = self.job_panel.image
         self.strokes = ComboBox(label="Strokes", choices=self._labels_choices, nullable=True,
                                 tooltip="Labels layer: 0 = not labelled, 1, 2, ... = classes")
         self.class_names = LineEdit(label="Class names", value="background, coin",
@@ -128,12 +129,13 @@ class UnetTrainingPanel(Container):
         self.patch_size = SpinBox(label="Patch size", value=defaults.patch_size, min=32, max=1024, step=32)
         self.learning_rate = FloatSpinBox(label="Learning rate", value=defaults.learning_rate, min=1e-5,
                                           max=1.0, step=1e-4)
-        self.train_button = PushButton(text="Train")
-        self.continue_button = PushButton(text="Continue training", enabled=False)
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.progress = ProgressBar(label="Progress", value=0, min=0, max=100)
-        self.message = Label(value="Paint strokes (1, 2, ...) in a Labels layer, then Train.")
-        self.message.native.setWordWrap(True)
+        self.train_button = self.job_panel.add_action("Train")
+        self.continue_button = self.job_panel.add_action("Continue training", enabled=False)
+        self.cancel_button = self.job_panel.cancel_button
+        self.progress = self.job_panel.progress
+        self.message = self.job_panel.message
+        self.message.value = "Paint strokes (1, 2, ...) in a Labels layer, then Train."
+        self.jobs = self.job_panel.jobs
         self.predict_on = ComboBox(label="Predict", choices=[PREDICT_CURRENT, PREDICT_ALL], value=PREDICT_CURRENT)
         self.probability = CheckBox(text="Probability layer", value=False)
         self.predict_button = PushButton(text="Predict", enabled=False)
@@ -141,27 +143,28 @@ class UnetTrainingPanel(Container):
         self.save_button = PushButton(text="Save", enabled=False)
         self.load_button = PushButton(text="Load")
         self.curve = LossCurve()
-        self.extend([
-            self.image, self.strokes, self.class_names, self.train_on, self.steps, self.patch_size,
-            self.learning_rate,
-            Container(widgets=[self.train_button, self.continue_button, self.cancel_button],
-                      layout="horizontal", labels=False),
-            self.progress, self.message,
-            Container(widgets=[self.predict_on, self.probability, self.predict_button],
-                      layout="horizontal", labels=False),
+        own_image = [self.image] if self.job_panel.owns_image else []
+        self.inputs = Container(labels=True, widgets=[*own_image, self.strokes, self.class_names])
+        self.training_options = Container(labels=True, widgets=[
+            self.train_on, self.steps, self.patch_size, self.learning_rate])
+        self.predict_row = Container(widgets=[self.predict_on, self.probability, self.predict_button],
+                                     layout="horizontal", labels=False)
+        self.storage = Container(labels=True, widgets=[
             self.folder,
             Container(widgets=[self.save_button, self.load_button], layout="horizontal", labels=False),
         ])
+        for c in (self.inputs, self.training_options, self.predict_row, self.storage):
+            c.margins = (0, 0, 0, 0)
+        self.extend([self.inputs, self.job_panel.controls])
         self.native.layout().addWidget(self.curve.canvas)
+        self.extend([self.predict_row, self.training_options, self.storage])
         #: Further TrainingOptions fields for scripts and tests (e.g. {"val_every": 5}).
         self.extra_options: dict = {}
         self.model = None  # the current TrainedUnet
         self.state = None  # TrainingState of the running or last training
         self._kind = ""  # "train" or "predict" while a job runs
-        self.jobs = JobRunner(on_progress=self._on_progress, on_done=self._on_done)
         self.train_button.changed.connect(lambda: self.train(False))
         self.continue_button.changed.connect(lambda: self.train(True))
-        self.cancel_button.changed.connect(self.jobs.cancel)
         self.predict_button.changed.connect(self.predict)
         self.save_button.changed.connect(self.save)
         self.load_button.changed.connect(self.load)
@@ -172,11 +175,6 @@ class UnetTrainingPanel(Container):
         self._refresh_layers()
 
     # -- layers -------------------------------------------------------------------
-    def _image_choices(self, _widget=None):
-        from napari.layers import Image
-
-        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
-
     def _labels_choices(self, _widget=None):
         from napari.layers import Labels
 
@@ -185,9 +183,7 @@ class UnetTrainingPanel(Container):
 
     def _refresh_layers(self, event=None) -> None:
         self.reset_choices()
-        images = [c for c in self.image.choices if c is not None]
-        if self.image.value is None and images:
-            self.image.value = images[0]
+        self.job_panel._on_layers_changed()
         strokes = [c for c in self.strokes.choices if c is not None]
         if self.strokes.value is None and strokes:
             self.strokes.value = strokes[0]
@@ -226,7 +222,7 @@ class UnetTrainingPanel(Container):
         if which in (CURRENT, PREDICT_CURRENT) or len(sel.layer_shape) == 2:
             return [(plane, sel, True)]
         other = [a for a in range(len(sel.layer_shape)) if a not in sel.axes]
-        data = image.data[0] if getattr(image, "multiscale", False) else image.data
+        data = full_resolution(image)
         out = []
         if strokes is not None:
             has = np.any(np.asarray(strokes.data) != 0, axis=tuple(sel.axes))
@@ -421,20 +417,13 @@ class UnetTrainingPanel(Container):
 
     # -- running ------------------------------------------------------------------------
     def _error(self, exc: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
-        show_error(str(exc))
-        self.message.value = str(exc)
+        self.job_panel.report(exc)
 
     def _start(self, kind: str, job_factory, on_result, description: str) -> None:
         self._kind = kind
-        for button in (self.train_button, self.continue_button, self.predict_button, self.load_button,
-                       self.save_button):
+        for button in (self.predict_button, self.load_button, self.save_button):
             button.enabled = False
-        self.cancel_button.enabled = True
-        self.progress.value = 0
-        self.message.value = description + "…"
-        self.jobs.start(job_factory, on_result, description)
+        self.job_panel.start(job_factory, on_result, description)
 
     @property
     def busy(self) -> bool:
@@ -442,21 +431,17 @@ class UnetTrainingPanel(Container):
         return self.jobs.busy or not self.train_button.enabled
 
     def _on_progress(self, item: Progress) -> None:
-        if item.message:
-            self.message.value = item.message
-        self.progress.value = int(100 * item.fraction) if item.fraction is not None else 0
+        self.job_panel.on_progress(item)
+
+    def _on_curve(self, item: Progress) -> None:
         if self._kind == "train" and isinstance(item.partial, dict):
             row = item.partial
             self.curve.add(row, draw="val_loss" in row or int(row["step"]) % 5 == 0)
 
     def _on_done(self, how: str) -> None:
         kind, self._kind = self._kind, ""
-        self.train_button.enabled = True
         self.load_button.enabled = True
-        self.cancel_button.enabled = False
-        if how == "returned":
-            self.progress.value = 100
-        elif how == "aborted" and kind == "train":
+        if how == "aborted" and kind == "train":
             state = self.state
             best = state.best_model() if state is not None else None
             if best is not None:
@@ -470,8 +455,6 @@ class UnetTrainingPanel(Container):
                 self.message.value = f"Cancelled before the first validation; no new model.{kept}"
         elif how == "aborted":
             self.message.value = "Prediction cancelled; no layer was changed."
-        elif how == "errored" and self.jobs.last_error is not None:
-            self.message.value = str(self.jobs.last_error)
         has_model = self.model is not None
         for button in (self.continue_button, self.predict_button, self.save_button):
             button.enabled = has_model

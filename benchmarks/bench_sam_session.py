@@ -1,0 +1,190 @@
+"""The SAM dock as a user drives it: a scripted annotation session and the first click on a new image.
+
+``python benchmarks/run.py sam_session`` (needs a display; ``./dev bench sam_session`` brings Xvfb):
+
+- **Session**: a 1920x1080 napari window on the coins sample, the SAM dock with a tiny SAM
+  (:func:`napari_segsuite.testing.tiny_sam.build_tiny_sam`), 10 coins annotated with real
+  mouse events on the canvas (``QTest`` on ``viewer.window._qt_viewer.canvas.native``, data
+  coordinates mapped through the camera): a click on the coin (every second coin also a
+  negative right-click beside it), then Shift-C. Reports the user actions per object, the
+  clicks and commits lost (none allowed) and the seconds per object.
+- **First click on a new image, vit_b** (segment_anything's real architecture, random
+  weights): in a fresh dock, a click on a new 1024x1024 image loads the model, encodes the
+  plane and shows the first mask; the time from the click to the preview, against loading
+  the same checkpoint plus a bare ``SamPredictor.set_image`` (and ``predict``) in this
+  process; then a click on a second new image with the model loaded, against a bare
+  ``set_image``. A 10 ms heartbeat timer measures the longest event-loop gap meanwhile.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+try:
+    from run import benchmark
+except ImportError:  # imported outside benchmarks/run.py
+    def benchmark(name):
+        """No registry outside run.py."""
+        return lambda f: f
+
+
+SCREEN = (1920, 1080)
+
+
+def _viewer():
+    import napari
+
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.showNormal()
+    viewer.window._qt_window.setGeometry(0, 0, *SCREEN)
+    return viewer
+
+
+def _dock(viewer, model_path: Path):
+    from napari_segsuite.widgets.base import LOCAL
+    from napari_segsuite.widgets.sam_prompt import SamPromptWidget
+
+    dock = SamPromptWidget(viewer)
+    viewer.window.add_dock_widget(dock, name="SAM Prompt Segmentation")
+    dock.models.model.value = LOCAL
+    dock.models.local.value = str(model_path)
+    dock.device.value = "cpu"
+    dock.autosave_dir.value = str(model_path.parent / "autosave")
+    return dock
+
+
+def session_rows(n_objects: int = 10) -> list[dict]:
+    """The scripted session on the coins sample with a tiny SAM."""
+    from skimage import data
+
+    from napari_segsuite.testing.canvas import _process, annotate_objects, coin_centres, wait_until
+    from napari_segsuite.testing.tiny_sam import build_tiny_sam
+
+    tmp = Path(tempfile.mkdtemp())
+    viewer = _viewer()
+    image = viewer.add_image(data.coins(), name="coins")
+    dock = _dock(viewer, build_tiny_sam(tmp / "tiny_sam.pth"))
+    wait_until(lambda: viewer.window._qt_viewer.canvas.native.isVisible(), 10, "the canvas")
+    _process(1.0)  # the window and its docks settle
+    viewer.reset_view()
+    _process(0.5)
+    log = annotate_objects(viewer, dock, image, coin_centres(n_objects))
+    viewer.close()
+    if log.problems:
+        raise RuntimeError("; ".join(log.problems))
+    return [
+        {"measure": "session: objects annotated (coins, tiny SAM)", "value": log.objects, "goal": "10"},
+        {"measure": "  user actions per object (clicks + commit key), mean", "value": float(np.mean(log.actions)),
+         "goal": "report"},
+        {"measure": "  user actions per object, max", "value": max(log.actions), "goal": "report"},
+        {"measure": "  clicks / points added", "value": f"{log.clicks} / {log.points_added}", "goal": "equal"},
+        {"measure": "  commits / labels added", "value": f"{log.objects} / {log.labels_added}", "goal": "equal"},
+        {"measure": "  lost clicks or commits", "value": log.lost, "goal": "0"},
+        {"measure": "  seconds per object (script, incl. previews), median", "value": float(np.median(log.seconds)),
+         "goal": "report"},
+    ]
+
+
+def _vit_b(folder: Path) -> Path:
+    import torch
+    from segment_anything import sam_model_registry
+
+    path = folder / "sam_vit_b_random.pth"
+    torch.manual_seed(0)
+    torch.save(sam_model_registry["vit_b"]().state_dict(), path)
+    return path
+
+
+def first_click_rows(repeats: int) -> list[dict]:
+    """First mask on a new 1024x1024 image with vit_b, through the dock, with the event-loop gaps."""
+    import torch
+    from qtpy.QtCore import QTimer
+    from segment_anything import SamPredictor, sam_model_registry
+
+    from napari_segsuite.models.offline import guard_llvm_clash
+    from napari_segsuite.testing.canvas import _process, click, wait_until
+
+    guard_llvm_clash()
+    tmp = Path(tempfile.mkdtemp())
+    ckpt = _vit_b(tmp)
+    rng = np.random.default_rng(0)
+    point = (400.0, 600.0)
+    rows = []
+    cold, cold_ref, warm, warm_ref, gaps_cold, gaps_warm = [], [], [], [], [], []
+    for k in range(repeats):
+        # the reference: load the checkpoint as a user script would, then a bare set_image + predict
+        img = rng.integers(0, 255, (1024, 1024), dtype=np.uint8)
+        rgb = np.repeat(img[..., None], 3, axis=-1)
+        t = time.perf_counter()
+        model = sam_model_registry["vit_b"]()
+        model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+        model.eval()
+        predictor = SamPredictor(model)
+        predictor.set_image(rgb)
+        predictor.predict(point_coords=np.array([point[::-1]]), point_labels=np.array([1]))
+        cold_ref.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        predictor.set_image(np.roll(rgb, 5, axis=0))
+        predictor.predict(point_coords=np.array([point[::-1]]), point_labels=np.array([1]))
+        warm_ref.append(time.perf_counter() - t)
+        del predictor, model
+
+        viewer = _viewer()
+        layer = viewer.add_image(np.roll(img, 11 + k, axis=1), name="new")
+        dock = _dock(viewer, ckpt)
+        canvas = viewer.window._qt_viewer.canvas.native
+        wait_until(canvas.isVisible, 10, "the canvas")
+        _process(1.0)
+        viewer.reset_view()
+        _process(0.5)
+
+        def shown(dock=dock) -> bool:
+            return bool(dock.preview.objects) and not dock.preview_busy
+
+        for seconds, gaps, target in ((cold, gaps_cold, layer), (warm, gaps_warm, None)):
+            if target is None:  # a second new image, the model loaded
+                target = viewer.add_image(np.roll(img, 300 + k, axis=0), name="another")
+                dock.image.value = target
+                dock.prompts.focus_points()
+            beats = [time.perf_counter()]
+            timer = QTimer()
+            timer.setInterval(10)
+            timer.timeout.connect(lambda beats=beats: beats.append(time.perf_counter()))
+            timer.start()
+            t = time.perf_counter()
+            click(viewer, target, point)
+            wait_until(shown, 900, "the first mask")
+            seconds.append(time.perf_counter() - t)
+            timer.stop()
+            gaps.append(float(np.max(np.diff(beats))))
+        viewer.close()
+    rows.append({"measure": "first mask, new 1024x1024 image, vit_b, model not loaded (click to preview)",
+                 "value": 1000 * float(np.median(cold)), "goal": "report"})
+    rows.append({"measure": "  load checkpoint + bare SamPredictor.set_image + predict",
+                 "value": 1000 * float(np.median(cold_ref)), "goal": ""})
+    rows.append({"measure": "  ratio", "value": float(np.median(cold)) / float(np.median(cold_ref)), "goal": "<= 1.1"})
+    rows.append({"measure": "first mask, new 1024x1024 image, vit_b loaded (click to preview)",
+                 "value": 1000 * float(np.median(warm)), "goal": "report"})
+    rows.append({"measure": "  bare SamPredictor.set_image + predict", "value": 1000 * float(np.median(warm_ref)),
+                 "goal": ""})
+    rows.append({"measure": "  ratio", "value": float(np.median(warm)) / float(np.median(warm_ref)), "goal": "<= 1.1"})
+    rows.append({"measure": "longest event-loop gap, first click (load + encode)", "value": 1000 * max(gaps_cold),
+                 "goal": "< 100 ms"})
+    rows.append({"measure": "longest event-loop gap, click on a new image (encode)", "value": 1000 * max(gaps_warm),
+                 "goal": "< 100 ms"})
+    return rows
+
+
+@benchmark("sam_session")
+def sam_session(repeats: int) -> list[dict]:
+    """The scripted annotation session and the first click on a new image (vit_b)."""
+    import os
+
+    rows = session_rows()
+    if os.environ.get("SEGSUITE_BENCH_SAM_QUICK") != "1":
+        rows += first_click_rows(max(1, min(repeats, 3)))
+    return rows

@@ -1,0 +1,487 @@
+"""The SAM dock's "Prompts" section: prompt layers, polarity, the live preview, candidates.
+
+Prompts live in two layers next to the dock's image, created as soon as an image is chosen:
+
+- ``<image> [sam points]``: a Points layer; each point has a ``positive`` feature (green
+  positive, red negative). A left click adds a positive point (a negative one while
+  "New points are negative" is ticked, flipped with **Shift-N**); a right click or a
+  Ctrl-click adds a negative point in one gesture.
+- ``<image> [sam boxes]``: a Shapes layer; every rectangle is its own object, all boxes
+  are predicted as one batch; points inside a box refine it; ellipses and polygons act as
+  their box plus a mask prompt (SAM).
+
+After each prompt change (debounced) the objects appear in ``<image> [sam preview]``. The
+first prompt on a plane that is not encoded yet encodes it, with progress in the dock; on
+an encoded plane the prompts are decoded on one persistent thread (only the newest
+request; a result that arrives after newer prompts is dropped). Neighbouring planes can be
+prefetched on a low-priority thread. The candidates of a single object are on buttons
+1/2/3 (**Alt-1/2/3**); the shown one is checked.
+
+Choosing another image in the Image box, or activating another image's layer, moves the
+prompts and the preview to that image (its own prompt layers; the preview is cleared).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+from magicgui.widgets import CheckBox, Label, PushButton, SpinBox
+
+from napari_segsuite.core.errors import InputError, SegSuiteError
+from napari_segsuite.layers import (
+    aligned_layer_kwargs,
+    current_plane,
+    full_resolution,
+    output_layer_name,
+    points_on_plane,
+    shapes_on_plane,
+)
+from napari_segsuite.tasks.sam_preview import objects_from_prompts, predict_objects
+from napari_segsuite.widgets.sam_sections import SamSection
+from napari_segsuite.widgets.scaffold import form, row
+
+POSITIVE = "positive"
+DEBOUNCE_MS = 120
+COLORS = {True: "lime", False: "red"}
+#: Mouse buttons and modifiers that add a negative point in one gesture.
+NEGATIVE_GESTURES = "right-click or Ctrl-click"
+PROMPT_SUFFIXES = ("sam points", "sam boxes", "sam preview")
+
+
+class PromptSection(SamSection):
+    """Prompt layers of the dock's image, polarity, the preview and its candidates."""
+
+    title = "Prompts"
+
+    def __init__(self, dock):
+        super().__init__(dock)
+        from qtpy.QtCore import QTimer
+
+        from napari_segsuite.core.threads import ServiceThread
+
+        self.hint = Label(value=(
+            f"Click: positive point · {NEGATIVE_GESTURES}: negative\n"
+            "Shift-C: commit · Shift-X: clear · Shift-N: flip polarity"
+        ))
+        self.candidate_buttons = [PushButton(text=f"{i + 1}", enabled=False) for i in range(3)]
+        for b in self.candidate_buttons:
+            b.native.setCheckable(True)
+        self.candidates = row(*self.candidate_buttons)
+        self.negative = CheckBox(text="New points are negative (Shift-N)", value=False)
+        self.multimask = CheckBox(text="Three candidates", value=True)
+        self.refine_id = SpinBox(label="Refine label", value=0, min=0, max=2**31 - 1,
+                                 tooltip="0: a new object; else this label is the mask prompt and is replaced")
+        self.extend([self.hint, self.candidates, form(self.negative, self.multimask, self.refine_id)])
+        self.points_layer = None
+        self.boxes_layer = None
+        self.preview_layer = None
+        self._image_for_prompts = None
+        self._sel = None
+        self._pending = False
+        self._in_flight = 0
+        self._closed = False
+        self._bridge_obj = None
+        self.last_preview_error: BaseException | None = None
+        self.prefetched: list[str] = []
+        #: one long-lived thread decodes the prompts (newest request only): a warm OpenMP team
+        self.prompt_thread = ServiceThread("segsuite-sam-prompts", keep="latest")
+        #: neighbouring planes are encoded on a low-priority thread that pauses while prompts decode
+        self.prefetch_thread = ServiceThread("segsuite-sam-prefetch", keep="all", nice=19)
+        self._timer = QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(DEBOUNCE_MS)
+        self._timer.timeout.connect(self.request_preview)
+        for i, button in enumerate(self.candidate_buttons):
+            button.changed.connect(lambda _=None, i=i: self.select_candidate(i))
+        self.negative.changed.connect(self._sync_polarity)
+        self.multimask.changed.connect(self.schedule_preview)
+        self.viewer.dims.events.current_step.connect(self.schedule_preview)
+
+    @property
+    def preview(self):
+        """The dock's :class:`~napari_segsuite.tasks.sam_preview.PreviewController`."""
+        return self.dock.preview
+
+    def key_bindings(self):
+        """Shift-N flips the polarity of new points; Alt-1/2/3 pick a candidate."""
+        return {
+            "Shift-N": lambda v: setattr(self.negative, "value", not self.negative.value),
+            "Alt-1": lambda v: self.select_candidate(0),
+            "Alt-2": lambda v: self.select_candidate(1),
+            "Alt-3": lambda v: self.select_candidate(2),
+        }
+
+    # -- prompt layers ------------------------------------------------------------------------
+    def image_changed(self, image) -> None:
+        """Move the prompts and the preview to ``image`` (its own prompt layers)."""
+        from napari.layers import Image
+
+        if image is None or image is self._image_for_prompts:
+            return
+        self.preview.clear()
+        self._render_preview()
+        # the points layer takes the focus, unless the user just activated an image layer itself
+        self.attach(image, activate=not isinstance(self.viewer.layers.selection.active, Image))
+
+    def ensure_prompt_layers(self):
+        """Create (or find) the points, boxes and preview layers of the dock's image; returns (points, boxes)."""
+        image = self.dock.selected_image()
+        if self._image_for_prompts is not image or self.points_layer not in self.viewer.layers:
+            self.attach(image)
+        return self.points_layer, self.boxes_layer
+
+    def attach(self, image, activate: bool = True) -> None:
+        """Use ``image``'s prompt layers (created when missing); the points layer becomes active."""
+        from napari.layers import Labels, Points, Shapes
+
+        self._detach()
+        previous = self.viewer.layers.selection.active
+        self._image_for_prompts = image
+        kwargs = aligned_layer_kwargs(image)  # prompts share the image transform: data coords agree
+        ndim = image.ndim
+        data = full_resolution(image)
+        size = max(4.0, 0.01 * max(data.shape[image.ndim - 2: image.ndim]))
+        name = output_layer_name(image, "sam points")
+        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Points):
+            points = self.viewer.layers[name]
+        else:
+            points = Points(np.zeros((0, ndim)), ndim=ndim, name=name,
+                            features={POSITIVE: np.zeros(0, dtype=bool)}, size=size, **kwargs)
+            self.viewer.add_layer(points)
+        name = output_layer_name(image, "sam boxes")
+        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Shapes):
+            boxes = self.viewer.layers[name]
+        else:
+            boxes = Shapes(ndim=ndim, name=name, edge_color="yellow", face_color="transparent", **kwargs)
+            self.viewer.add_layer(boxes)
+        name = output_layer_name(image, "sam preview")
+        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Labels):
+            preview = self.viewer.layers[name]
+        else:
+            _, sel = current_plane(self.viewer, image)
+            preview = Labels(np.zeros(sel.layer_shape, dtype=np.uint8), name=name, opacity=0.5,
+                             metadata={"segsuite": {"task": "sam preview", "role": "prompt"}}, **kwargs)
+            self.viewer.add_layer(preview)
+        self.points_layer, self.boxes_layer, self.preview_layer = points, boxes, preview
+        self._sync_polarity()
+        points.events.data.connect(self._on_points_changed)
+        boxes.events.data.connect(self.schedule_preview)
+        if self._negative_gesture not in points.mouse_drag_callbacks:
+            points.mouse_drag_callbacks.insert(0, self._negative_gesture)
+        if activate:
+            self.focus_points()
+        elif previous is not None and previous in self.viewer.layers:
+            self.viewer.layers.selection.active = previous  # adding layers made the last one active
+
+    def _detach(self) -> None:
+        for layer, slot in ((self.points_layer, self._on_points_changed), (self.boxes_layer, self.schedule_preview)):
+            if layer is not None:
+                with contextlib.suppress(Exception):
+                    layer.events.data.disconnect(slot)
+        if self.points_layer is not None and self._negative_gesture in self.points_layer.mouse_drag_callbacks:
+            self.points_layer.mouse_drag_callbacks.remove(self._negative_gesture)
+
+    def focus_points(self) -> None:
+        """Make the points layer the active layer, in add mode (the next click adds a point)."""
+        layer = self.points_layer
+        if layer is None or layer not in self.viewer.layers:
+            return
+        self.viewer.layers.selection.active = layer
+        layer.mode = "add"
+
+    def _negative_gesture(self, layer, event):
+        """Before napari's add-point handler: a right click or Ctrl-click adds a negative point."""
+        negative = event.button == 2 or "Control" in {getattr(m, "name", str(m)) for m in event.modifiers}
+        layer.feature_defaults = {POSITIVE: not (negative or self.negative.value)}
+        yield
+
+    def _sync_polarity(self, _=None) -> None:
+        if self.points_layer is not None:
+            self.points_layer.feature_defaults = {POSITIVE: not self.negative.value}
+            self._color_points()
+
+    def reset_polarity(self) -> None:
+        """New points are positive again."""
+        self.negative.value = False
+        self._sync_polarity()
+
+    def _color_points(self) -> None:
+        layer = self.points_layer
+        if layer is None or len(layer.data) == 0 or len(layer.features) != len(layer.data):
+            return
+        layer.face_color = [COLORS[bool(p)] for p in layer.features[POSITIVE]]
+
+    def _on_points_changed(self, event=None) -> None:
+        action = str(getattr(event, "action", "") or "")
+        if action.endswith(("ing", "ING")):  # napari's "adding"/"removing"/"changing": the data is not final yet
+            return
+        self._color_points()
+        self.schedule_preview()
+
+    # -- prompts -> preview -------------------------------------------------------------------
+    def schedule_preview(self, event=None) -> None:
+        """Ask for a new preview after the prompts settle (debounced)."""
+        self.preview.new_prompts()
+        self._timer.start()
+
+    def gather_prompts(self):
+        """Read the prompts on the current plane (GUI thread). Returns (image, plane, sel, objects)."""
+        image = self.dock.selected_image()
+        plane, sel = current_plane(self.viewer, image)
+        coords = np.zeros((0, 2))
+        labels = np.zeros(0, dtype=int)
+        if self.points_layer is not None and self.points_layer in self.viewer.layers:
+            coords, which = points_on_plane(self.viewer, self.points_layer, image, sel)
+            labels = np.asarray(self.points_layer.features[POSITIVE], dtype=bool)[which].astype(int)
+        shapes = []
+        if self.boxes_layer is not None and self.boxes_layer in self.viewer.layers:
+            shapes = shapes_on_plane(self.viewer, self.boxes_layer, image, sel)
+        objects = objects_from_prompts(coords, labels, shapes, sel.shape)
+        refine = int(self.refine_id.value)
+        if refine and len(objects) == 1 and "mask" not in objects[0]:
+            target = self.dock.find_target(image, sel, create=False)
+            if target is not None:
+                prior = np.asarray(target.data[sel.labels_index]) == refine
+                if not prior.any():
+                    raise InputError(f"Label {refine} is not on this plane; set 'Refine label' to 0 or pick it.")
+                objects[0]["mask"] = prior
+        return image, plane, sel, objects
+
+    def request_preview(self) -> None:
+        """Predict the objects of the current prompts; show them in the preview.
+
+        On a plane whose embedding is cached, the prompts go to the persistent prompt
+        thread (only the newest request is decoded; the result comes back through a Qt
+        signal). Otherwise a job with progress and Cancel loads the model and encodes the
+        plane first (the first click on a new plane).
+        """
+        dock = self.dock
+        if dock.jobs.busy:
+            self._pending = True
+            return
+        if self.points_layer is None or dock.image.value not in self.viewer.layers:
+            return  # an automatic trigger with nothing to prompt (e.g. layers being removed)
+        try:
+            image, plane, sel, objects = self.gather_prompts()
+            dock.models.spec  # noqa: B018 - raises a user-facing error when no local file is chosen
+        except SegSuiteError as exc:
+            dock.report(exc)
+            return
+        if not objects:
+            self.preview.clear()
+            self._show(sel)
+            return
+        generation = self.preview.generation
+        multimask = bool(self.multimask.value) and len(objects) == 1
+        token = dock.plane_token(image, sel.index)
+        source = dock.preview_source(image, sel)
+        key = dock.cached_key(token)
+        if key is not None:
+            self._submit_decode(key, objects, multimask, generation, sel, source)
+            return
+
+        def job():
+            session = yield from dock.session_job(plane, token)
+            with session.use(session.image_key):
+                return predict_objects(session, objects, multimask)
+
+        def on_result(results) -> None:
+            if self.preview.offer(results, source, generation):
+                self._show(sel)
+            self.start_prefetch()
+
+        dock.start_job(job, on_result, "Encoding the plane" if dock.session is not None else "Loading SAM")
+
+    def _bridge(self):
+        if self._bridge_obj is None:
+            self._bridge_obj = _make_bridge()
+            self._bridge_obj.delivered.connect(self._on_decoded)
+        return self._bridge_obj
+
+    def _submit_decode(self, key: str, objects: list[dict], multimask: bool, generation: int, sel, source) -> None:
+        session = self.dock.session
+        bridge = self._bridge()
+
+        def work():
+            with session.use(key):
+                return predict_objects(session, objects, multimask)
+
+        def done(outcome) -> None:  # on the prompt thread (or here, for a dropped request)
+            bridge.delivered.emit((outcome, generation, sel, source))
+
+        self._in_flight += 1
+        self.prompt_thread.submit(work, done)
+
+    def _on_decoded(self, item) -> None:
+        """A prompt-thread result, on the GUI thread: show it unless newer prompts exist."""
+        outcome, generation, sel, source = item
+        self._in_flight -= 1
+        if self._closed or outcome.dropped:
+            return
+        if outcome.error is not None:
+            exc = outcome.error
+            if not isinstance(exc, SegSuiteError):
+                import logging
+
+                logging.getLogger(__name__).error("Prompt decoding failed", exc_info=exc)
+            self.last_preview_error = exc
+            self.dock.report(exc)
+            return
+        if self.preview.offer(outcome.value, source, generation):
+            self._show(sel)
+        self.start_prefetch()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a preview is being computed or waits to be shown."""
+        return self.dock.jobs.busy or self._in_flight > 0 or self._timer.isActive() or self._pending
+
+    def job_done(self) -> None:
+        """A dock job ended: a preview asked for meanwhile is computed now."""
+        if self._pending:
+            self._pending = False
+            self.schedule_preview()
+
+    def _show(self, sel) -> None:
+        self._sel = sel
+        self._update_candidates()
+        self._render_preview()
+
+    def _update_candidates(self) -> None:
+        scores, choice = self.preview.scores(), self.preview.choice
+        for i, button in enumerate(self.candidate_buttons):
+            on = i < len(scores)
+            button.enabled = on
+            button.text = f"{i + 1}: {scores[i]:.2f}" if on else f"{i + 1}"
+            button.native.setChecked(on and i == choice)
+            font = button.native.font()
+            font.setBold(on and i == choice)
+            button.native.setFont(font)
+
+    def _render_preview(self) -> None:
+        layer = self.preview_layer
+        if layer is None or layer not in self.viewer.layers:
+            return
+        if self._sel is None or tuple(layer.data.shape) != tuple(self._sel.layer_shape):
+            if layer.data.any():
+                layer.data[...] = 0
+                layer.refresh()
+            return
+        plane = np.zeros(self._sel.shape, dtype=layer.data.dtype)
+        for k, mask in enumerate(self.preview.masks()):
+            plane[mask] = min(k + 1, 255)
+        layer.data[...] = 0
+        layer.data[self._sel.labels_index] = plane
+        layer.refresh()
+        objects = self.preview.objects
+        if objects:
+            best = objects[0]
+            self.dock.message.value = (
+                f"{len(objects)} object(s); candidate {best['choice'] + 1} "
+                f"(IoU {best['scores'][best['choice']]:.2f}). Shift-C commits."
+            )
+
+    def select_candidate(self, index: int) -> None:
+        """Show candidate ``index`` (0, 1, 2) of a single object."""
+        if self.preview.select(index):
+            self._update_candidates()
+            self._render_preview()
+        else:
+            self._update_candidates()
+
+    def clear(self) -> None:
+        """Remove all prompts and the preview."""
+        self.preview.clear()
+        for layer in (self.points_layer, self.boxes_layer):
+            if layer is not None and len(layer.data):
+                if layer is self.boxes_layer:
+                    layer.data = []
+                else:
+                    layer.data = np.zeros((0, layer.ndim))
+        self.preview.clear()  # the layer events above asked for a preview of no prompts
+        self._show(self._sel)
+
+    # -- prefetch -----------------------------------------------------------------------------
+    def neighbour_planes(self, tokens: bool = False) -> list:
+        """The planes before and after the current one along the innermost slider (GUI thread).
+
+        With ``tokens=True``, ``(token, plane)`` pairs (see the dock's ``plane_token``).
+        """
+        image = self.dock.selected_image()
+        _, sel = current_plane(self.viewer, image)
+        data = full_resolution(image)
+        planes = []
+        for axis, i in enumerate(sel.index[: len(sel.layer_shape)]):
+            if isinstance(i, slice):
+                continue
+            for j in (i + 1, i - 1):
+                if 0 <= j < data.shape[axis]:
+                    idx = list(sel.index)
+                    idx[axis] = j
+                    plane = np.asarray(data[tuple(idx)])
+                    planes.append((self.dock.plane_token(image, tuple(idx)), plane) if tokens else plane)
+            break  # the innermost slider only (z, or t for 2D+t)
+        return planes
+
+    def start_prefetch(self) -> None:
+        """Encode the neighbouring planes on the low-priority prefetch thread, one at a time.
+
+        The encoder runs beside the prompt decoder (separate predictors, no shared state)
+        at the lowest CPU priority, and pauses between its blocks while prompts are
+        decoded; each plane is encoded once and then answers from the cache.
+        """
+        session = self.dock.session
+        if not self.dock.prefetch.value or session is None or self._closed:
+            return
+        if self.prefetch_thread.busy:
+            return
+        try:
+            todo = [(t, p) for t, p in self.neighbour_planes(tokens=True) if session.key_for_token(t) is None]
+        except SegSuiteError:
+            return
+        if not todo:
+            return
+        thread = self.prefetch_thread
+
+        def work():
+            from napari_segsuite.core.progress import run_sync
+
+            for token, plane in todo:
+                if thread.closed:
+                    return
+                key = run_sync(session.encode_job(plane, background=True, stop=lambda: thread.closed))
+                session.remember_token(token, key)
+                self.prefetched.append(key)
+
+        thread.submit(work)
+
+    def shutdown(self) -> None:
+        """Stop the prompt and prefetch threads. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(RuntimeError):  # at exit Qt may have deleted the timer already
+            self._timer.stop()
+        self.prompt_thread.close(timeout=10)
+        self.prefetch_thread.close(timeout=10)
+
+
+def _bridge_class():
+    from qtpy.QtCore import QObject, Signal
+
+    global _BRIDGE
+    if _BRIDGE is None:
+        class Bridge(QObject):
+            delivered = Signal(object)
+
+        _BRIDGE = Bridge
+    return _BRIDGE
+
+
+_BRIDGE = None
+
+
+def _make_bridge():
+    """A QObject whose ``delivered`` signal carries prompt-thread results to the GUI thread (lazy Qt import)."""
+    return _bridge_class()()
