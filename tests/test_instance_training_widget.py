@@ -36,6 +36,12 @@ def _click(button) -> None:
     QTest.mouseClick(button.native, Qt.LeftButton)
 
 
+def _click_header(group) -> None:
+    """Open a collapsed group the way a user does: a click on its header."""
+    if not group.expanded:
+        QTest.mouseClick(group.toggle_button, Qt.LeftButton)
+
+
 def test_annotations_come_from_every_plane_with_their_images_and_classes(scene):
     layers = [scene.layers["cells [labels]"], scene.layers["more [labels]"]]
     images, labels, classes, summary = gather_annotations(scene, layers)
@@ -49,6 +55,8 @@ def test_train_in_the_dock_then_pick_the_model_and_segment(scene, qtbot, tmp_pat
     widget = InstanceWidget(scene)
     widget.models.cache.value = str(tmp_path)  # the dock's model folder
     panel = widget.training
+    _click_header(widget.training_group)
+    assert widget.training_group.expanded
     assert panel.store is widget.store  # the panel saves into the dock's model folder
     panel.labels_layers.value = [scene.layers["cells [labels]"], scene.layers["more [labels]"]]
     panel.family.value = {v: v for _, v in FAMILY_CHOICES}["yolo"]
@@ -89,6 +97,7 @@ def test_cancel_in_the_dock_keeps_the_best_model(scene, qtbot, tmp_path):
     widget = InstanceWidget(scene)
     widget.models.cache.value = str(tmp_path)
     panel = widget.training
+    _click_header(widget.training_group)
     panel.labels_layers.value = [scene.layers["cells [labels]"], scene.layers["more [labels]"]]
     panel.epochs.value, panel.imgsz.value = 20, 64
     panel.extra_options = {"batch": 2}
@@ -104,6 +113,7 @@ def test_cancel_in_the_dock_keeps_the_best_model(scene, qtbot, tmp_path):
 def test_bad_layers_are_reported_without_starting(scene, qtbot, notes):
     widget = InstanceWidget(scene)
     panel = widget.training
+    _click_header(widget.training_group)
     panel.labels_layers.value = []
     _click(panel.start_button)
     assert not panel.busy and "Choose one or more Labels layers" in panel.message.value
@@ -128,6 +138,8 @@ def test_finetune_sam_in_the_dock_and_pick_it_in_the_sam_dock(scene, qtbot, tmp_
     sam_dock = SamPromptWidget(scene)
     sam_dock.models.cache.value = str(tmp_path)
     panel = widget.sam_finetune
+    _click_header(widget.sam_finetune_group)
+    assert widget.sam_finetune_group.expanded
     panel.labels_layers.value = [scene.layers["more [labels]"]]
     panel.sam.model.value = LOCAL
     panel.sam.local.value = str(tiny_sam_path)

@@ -487,14 +487,11 @@ class SamFinetunePanel(_TrainingPanelBase):
 
 
 def add_training_sections(widget) -> None:
-    """Add the two training panels to a dock widget as collapsible sections (``widget.training``,
-    ``widget.sam_finetune``), sharing its model store."""
-    from superqt import QCollapsible
-
+    """Add the two training panels to a dock as collapsed groups (``widget.training``,
+    ``widget.sam_finetune``; their groups ``widget.training_group``, ``widget.sam_finetune_group``),
+    sharing the dock's model store."""
     widget.training = InstanceTrainingPanel(widget.viewer, store=widget.store)
     widget.sam_finetune = SamFinetunePanel(widget.viewer, store=widget.store)
-    for title, panel in (("Train a model on your labels", widget.training),
-                         ("Fine-tune SAM on your labels", widget.sam_finetune)):
-        section = QCollapsible(title)
-        section.addWidget(panel.native)
-        widget.native.layout().addWidget(section)
+    widget.training_group = widget.add_group("Train a model on your labels", [widget.training], labels=False)
+    widget.sam_finetune_group = widget.add_group("Fine-tune SAM on your labels", [widget.sam_finetune],
+                                                 labels=False)
