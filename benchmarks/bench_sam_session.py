@@ -14,6 +14,16 @@
   the same checkpoint plus a bare ``SamPredictor.set_image`` (and ``predict``) in this
   process; then a click on a second new image with the model loaded, against a bare
   ``set_image``. A 10 ms heartbeat timer measures the longest event-loop gap meanwhile.
+
+Measured 2026-12-01, ``benchmarks/run.py sam_session --repeats 1`` on the 2-core dev VM under a
+load average of ~15 (five other developers' test runs): session 10 objects, 2.5 user actions
+per object (max 3), 15/15 clicks added a point, 10/10 commits added a label, 0 lost, 3.6 s per
+object. vit_b first mask, model not loaded: 109.4 s against 138.6 s for load + bare
+``set_image`` + ``predict`` (0.79x); model loaded: 92.6 s against 112.6 s (0.82x). Longest
+event-loop gaps 625 ms (first click, model load + encode) and 985 ms (encode only): over the
+100 ms goal under this load, where the GUI thread also waits for the CPU; not measured quiet
+in this session (an earlier quiet run of ``bench_sam`` gave 17 ms for the encoder in a worker).
+The ratios under this load are noise-dominated (the reference ran first, on a busier machine).
 """
 
 from __future__ import annotations
@@ -61,15 +71,17 @@ def session_rows(n_objects: int = 10) -> list[dict]:
     """The scripted session on the coins sample with a tiny SAM."""
     from skimage import data
 
-    from napari_segsuite.testing.canvas import annotate_objects, coin_centres, wait_until
+    from napari_segsuite.testing.canvas import _process, annotate_objects, coin_centres, wait_until
     from napari_segsuite.testing.tiny_sam import build_tiny_sam
 
     tmp = Path(tempfile.mkdtemp())
     viewer = _viewer()
     image = viewer.add_image(data.coins(), name="coins")
     dock = _dock(viewer, build_tiny_sam(tmp / "tiny_sam.pth"))
-    viewer.reset_view()
     wait_until(lambda: viewer.window._qt_viewer.canvas.native.isVisible(), 10, "the canvas")
+    _process(1.0)  # the window and its docks settle
+    viewer.reset_view()
+    _process(0.5)
     log = annotate_objects(viewer, dock, image, coin_centres(n_objects))
     viewer.close()
     if log.problems:
@@ -104,7 +116,7 @@ def first_click_rows(repeats: int) -> list[dict]:
     from segment_anything import SamPredictor, sam_model_registry
 
     from napari_segsuite.models.offline import guard_llvm_clash
-    from napari_segsuite.testing.canvas import click, wait_until
+    from napari_segsuite.testing.canvas import _process, click, wait_until
 
     guard_llvm_clash()
     tmp = Path(tempfile.mkdtemp())
@@ -134,9 +146,11 @@ def first_click_rows(repeats: int) -> list[dict]:
         viewer = _viewer()
         layer = viewer.add_image(np.roll(img, 11 + k, axis=1), name="new")
         dock = _dock(viewer, ckpt)
-        viewer.reset_view()
         canvas = viewer.window._qt_viewer.canvas.native
         wait_until(canvas.isVisible, 10, "the canvas")
+        _process(1.0)
+        viewer.reset_view()
+        _process(0.5)
 
         def shown(dock=dock) -> bool:
             return bool(dock.preview.objects) and not dock.preview_busy
