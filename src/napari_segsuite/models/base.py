@@ -88,13 +88,26 @@ class Runner:
         self.class_names = class_names or {}
         self.processor = processor
         self.info = dict(info or {})
+        #: The training record of a model trained in napari-segsuite (history, data, options).
+        self.training: dict = {}
 
     # -- loading ------------------------------------------------------------
     @classmethod
     def load(cls, source: ModelSource, device: str = "auto") -> Runner:
         """Load ``source`` on ``device`` ("auto", "cpu", "cuda", "mps")."""
         guard_llvm_clash()
-        return cls._load(source, resolve_device(device))
+        runner = cls._load(source, resolve_device(device))
+        if source.class_names:
+            runner.class_names = {int(k): str(v) for k, v in source.class_names.items()}
+        if source.card:
+            runner.info["trained"] = {k: source.card.get(k) for k in ("name", "sha256")}
+            runner.info.update({k: v for k, v in (source.card.get("info") or {}).items() if k != "training"})
+            runner.training = dict((source.card.get("info") or {}).get("training") or {})
+            runner.apply_card(source.card)
+        return runner
+
+    def apply_card(self, card: dict) -> None:
+        """Settings a trained model's card asks for (e.g. its input size); nothing by default."""
 
     @classmethod
     def _load(cls, source: ModelSource, device: str) -> Runner:

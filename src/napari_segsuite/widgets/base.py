@@ -19,6 +19,7 @@ one row per label in ``features`` and the model, parameters and planes in
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,19 @@ from napari_segsuite.models.store import ModelStore
 from napari_segsuite.widgets.scaffold import Dock, JobPanel
 
 LOCAL = "__local__"
+TRAINED_PREFIX = "trained/"
+_PICKERS: weakref.WeakSet = weakref.WeakSet()
+
+
+def refresh_model_pickers() -> None:
+    """Re-read every open model picker's choices (after a model was trained into a model folder)."""
+    for picker in list(_PICKERS):
+        try:
+            picker.refresh()
+        except RuntimeError:  # its Qt widget is gone
+            _PICKERS.discard(picker)
+
+
 CURRENT_PLANE, ALL_PLANES, ALL_IMAGES = "current plane", "all planes", "all open images"
 SCOPES = (CURRENT_PLANE, ALL_PLANES, ALL_IMAGES)
 
@@ -61,6 +75,7 @@ class ModelPicker(Container):
         self.cache.changed.connect(self._on_cache)
         self.local_dir.changed.connect(self._toggle_folder)
         self._update()
+        _PICKERS.add(self)
 
     def _entries(self):
         seen, out = set(), []
@@ -76,8 +91,21 @@ class ModelPicker(Container):
         for e in self._entries():
             mark = "" if self.store.is_available(e) else " (not downloaded)"
             items.append((f"{e.title}{mark}", e.name))
+        for card in self._trained():
+            names = ", ".join(card.class_names.values())
+            items.append((f"{card.name} (trained{': ' + names if names else ''})", TRAINED_PREFIX + card.name))
         items.append(("Local file or folder…", LOCAL))
         return items
+
+    def _trained(self):
+        """Models trained into this model folder that do one of the picker's tasks."""
+        seen, out = set(), []
+        for task in self.tasks:
+            for card in self.store.trained_models(task):
+                if card.name not in seen and (self.families is None or card.family in self.families):
+                    seen.add(card.name)
+                    out.append(card)
+        return out
 
     def _toggle_folder(self) -> None:
         folder = self.local.mode.value != "d"
@@ -113,6 +141,9 @@ class ModelPicker(Container):
         self.download.visible = False
         if is_local:
             self.status.value = self._local_status()
+            return
+        if str(self.model.value).startswith(TRAINED_PREFIX):
+            self.status.value = f"Trained here; in {self.store.cache_dir / self.model.value}"
             return
         entry = REGISTRY[self.model.value]
         if self.store.is_available(entry):
