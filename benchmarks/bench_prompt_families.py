@@ -27,8 +27,9 @@ Measured 2026-12-01 on the 2-core dev VM while five other sessions ran tests (lo
 machine's (EdgeTAM's encoder alone: 0.6 s quiet); compare the rows of one run.
 ``sam3_concepts --repeats 1`` (840.4 M parameters, load 14.7): first concept on a new plane
 358.1 s, a second concept on the same plane 44.9 s (0.125x: text encoder + decoder, one vision
-pass in all), the first concept again 38.1 s (decoder only). The SAM 3 tracker row (ViT-L/14
-at 1008 px) did not finish within the session under that load.
+pass in all), the first concept again 38.1 s (decoder only). SAM 3 tracker (458.3 M, ViT-L/14
+at 1008 px), ``SEGSUITE_BENCH_FAMILIES=sam3_tracker ... --repeats 1`` (no warm-up, load 11.0):
+270.7 s to the first mask.
 The machine is shared: report the load average with the numbers and compare
 rows of one run.
 """
