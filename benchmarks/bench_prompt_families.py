@@ -24,9 +24,12 @@ Measured 2026-12-01 on the 2-core dev VM while five other sessions ran tests (lo
 15-18), ``SEGSUITE_BENCH_FAMILIES=edgetam,sam2.1_hiera_tiny,sam_vit_b ... prompt_families
 --repeats 2``: EdgeTAM (9.1 M) 26.7 s, SAM 2.1 Hiera-tiny (31.4 M) 32.3 s, SAM vit_b (93.7 M)
 161.9 s to the first mask (medians of 2). Under that load the absolute times are 5-30x a quiet
-machine's (EdgeTAM's encoder alone: 0.6 s quiet); compare the rows of one run. The SAM 3
-tracker and ``sam3_concepts`` rows (ViT-L/14 at 1008 px, 840 M parameters for concepts) did
-not finish within the session under that load.
+machine's (EdgeTAM's encoder alone: 0.6 s quiet); compare the rows of one run.
+``sam3_concepts --repeats 1`` (840.4 M parameters, load 14.7): first concept on a new plane
+358.1 s, a second concept on the same plane 44.9 s (0.125x: text encoder + decoder, one vision
+pass in all), the first concept again 38.1 s (decoder only). SAM 3 tracker (458.3 M, ViT-L/14
+at 1008 px), ``SEGSUITE_BENCH_FAMILIES=sam3_tracker ... --repeats 1`` (no warm-up, load 11.0):
+270.7 s to the first mask.
 The machine is shared: report the load average with the numbers and compare
 rows of one run.
 """
