@@ -174,3 +174,10 @@ def test_track_concepts_bad_input(folders, tmp_path):
     image_only = build_tiny_sam3(tmp_path / "sam3_image")
     with pytest.raises(api.InputError, match="video weights"):
         api.track_concepts(stack, str(image_only), classes="cell", device="cpu")
+
+
+def test_the_sam3_tracker_entry_reaches_the_concept_model_of_its_folder(folders):
+    tracker = api.load_model(folders["sam3_video"], "cpu", family="sam3_tracker")
+    concepts = tracker.concept_runner()
+    assert concepts.family == "sam3" and concepts.takes_exemplars and tracker.concept_runner() is concepts
+    assert api.load_model(folders["sam3_tracker"], "cpu").concept_runner() is None  # a tracker-only folder

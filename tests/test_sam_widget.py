@@ -160,11 +160,10 @@ def test_autosave_and_restore(setup, qtbot, tmp_path):
     points.add(_world(image, 0, 30, 30))
     _idle(qtbot, widget)
     widget.commit()
-    widget._autosave_thread.join()
     target = viewer.layers["cells [sam]"]
-    saved = np.load(widget.last_autosave)
-    np.testing.assert_array_equal(saved, target.data)
-    assert widget.last_autosave.parent == tmp_path / "autosave"
+    entry = widget.autosaver.last_entry
+    assert entry is not None and entry.parent.parent == tmp_path / "autosave"
+    saved = np.array(target.data, copy=True)
     target.data_setitem(np.nonzero(target.data), 0)
     widget.restore_autosave()
     np.testing.assert_array_equal(target.data, saved)

@@ -134,6 +134,8 @@ def test_stack_all_planes_and_current_plane(make_napari_viewer, qtbot, models, r
     widget.planes.value = CURRENT_PLANE
     viewer.dims.set_point(0, 3.0 * 2)  # world z of plane 2
     _run(qtbot, widget)
+    assert widget.edit_question.open  # zeroing the layer was a hand edit: the run asks first
+    widget.edit_question.overwrite_button.native.click()
     assert labels.data[0].max() == 0 and labels.data[1].max() == 0 and labels.data[2].min() >= 1
 
 

@@ -57,6 +57,7 @@ __all__ = [
     "download_model",
     "evaluate",
     "export_dataset",
+    "finetune_sam",
     "fuse_semantic_instance",
     "get_entry",
     "import_dataset",
@@ -75,6 +76,7 @@ __all__ = [
     "segment_panoptic",
     "segment_semantic",
     "track_concepts",
+    "train_instances",
     "train_unet",
 ]
 
@@ -464,9 +466,10 @@ def detect_then_segment(
 
     session = sam if isinstance(sam, SamSession) else SamSession(sam, device=device, store=store)
     if isinstance(detector, np.ndarray | list | tuple):
+        from napari_segsuite.core.prompts import as_boxes
         from napari_segsuite.tasks.instance import detections_from_boxes
 
-        boxes = np.asarray(detector, dtype=float).reshape(-1, 4)
+        boxes = as_boxes(detector)
         if np.asarray(image).ndim not in (2, 3):
             raise InputError("Boxes can be given for a single plane only.")
         dets = detections_from_boxes(boxes, shape=np.asarray(image).shape[:2])
@@ -825,3 +828,116 @@ def track_concepts(volume, model, *, classes, start_index: int = 0, conf: float 
     concepts = check_concepts(classes)
     runner = load_model(model, device, store=store)
     return run_sync(track_concepts_job(runner, volume, concepts, start_index=start_index, conf=conf), progress)
+
+
+# -- training instance models and fine-tuning SAM on the user's annotations ---------------
+
+
+def train_instances(
+    images,
+    labels,
+    *,
+    label_classes=None,
+    class_names=None,
+    family: str = "yolo",
+    init_model=None,
+    epochs: int | None = None,
+    out=None,
+    progress=None,
+    store: ModelStore | None = None,
+    state=None,
+    **options,
+) -> Runner:
+    """Train a YOLO-seg or Mask R-CNN model on label images and save it in the model folder.
+
+    Parameters
+    ----------
+    images : ndarray or list of ndarray
+        Planes (H, W) / (H, W, C), stacks of planes, or a list of them.
+    labels : ndarray or list of ndarray
+        Label images (0 background, one id per object) of the images' spatial shapes.
+    label_classes : mapping or list of mappings, optional
+        ``{label id: class}`` (class id or name), for all images or one per plane.
+        None: one class (``class_names`` may name it).
+    class_names : mapping or list, optional
+        Class id -> name; every named class needs objects.
+    family : {"yolo", "maskrcnn"}
+        YOLO-seg through ultralytics' trainer (from ``yolo11n-seg.yaml``, nothing
+        downloaded) or Mask R-CNN ResNet-50 FPN through torchvision (from scratch:
+        ``weights=None, weights_backbone=None``).
+    init_model : str, path or Runner, optional
+        Continue from this model (a trained model's name, a checkpoint, a runner).
+    epochs : int, optional
+        Passes over the training images (100 for YOLO, 30 for Mask R-CNN by default).
+    out : path, optional
+        Folder for the trained model (default ``<model folder>/trained/<name>``;
+        an existing non-empty folder is refused unless ``overwrite=True``).
+    progress : callable, optional
+        Called with every :class:`Progress`; ``partial`` holds the history row
+        (``train_loss`` per step, ``val_ap50`` / ``val_ap`` per validation).
+    store : ModelStore, optional
+        The model folder.
+    state : InstanceTrainingState, optional
+        Its ``stop`` event ends training early, keeping the best model so far.
+    **options
+        :class:`~napari_segsuite.tasks.instance_training.InstanceTrainingOptions`:
+        ``imgsz``, ``batch``, ``learning_rate``, ``val_fraction``, ``val_every``,
+        ``arch``, ``device``, ``seed``, ``name``, ``overwrite``, ``workers``.
+
+    Returns
+    -------
+    Runner
+        The saved model with the best held-out mask AP50 (what :func:`segment_instances`
+        takes); ``.class_names`` from the annotations, ``.training`` the record.
+    """
+    from napari_segsuite.tasks.instance_training import train_instances as _train
+
+    return _train(images, labels, label_classes=label_classes, class_names=class_names, family=family,
+                  init_model=init_model, out=out, store=store, state=state, progress=progress,
+                  epochs=epochs, **options)
+
+
+def finetune_sam(
+    images,
+    labels,
+    model,
+    *,
+    steps: int = 200,
+    out=None,
+    progress=None,
+    store: ModelStore | None = None,
+    state=None,
+    **options,
+) -> Runner:
+    """Fine-tune a SAM model's mask decoder and prompt encoder on the objects of label images.
+
+    Parameters
+    ----------
+    images, labels
+        As for :func:`train_instances` (classes are not used).
+    model : str, path or Runner
+        A Segment Anything checkpoint (registry name, file, trained name, runner).
+    steps : int
+        Optimiser steps (a few objects of one image each).
+    out : path, optional
+        A ``.pth`` file, or a folder; default ``<model folder>/trained/<name>``.
+    progress : callable, optional
+        Called with every :class:`Progress` (``partial``: ``train_loss``, ``val_iou``).
+    store : ModelStore, optional
+    state : SamFinetuneState, optional
+        Its ``stop`` event ends fine-tuning early, keeping the best weights so far.
+    **options
+        :class:`~napari_segsuite.tasks.sam_finetune.SamFinetuneOptions`: ``objects_per_step``,
+        ``learning_rate``, ``corrective_p``, ``val_fraction``, ``val_every``,
+        ``train_prompt_encoder``, ``device``, ``seed``, ``name``, ``overwrite``.
+
+    Returns
+    -------
+    Runner
+        The fine-tuned SAM, loaded from its SAM-format checkpoint (usable by
+        :class:`SamSession`, :func:`sam_automatic` and the SAM dock).
+    """
+    from napari_segsuite.tasks.sam_finetune import finetune_sam as _finetune
+
+    return _finetune(images, labels, model, out=out, store=store, state=state, progress=progress, steps=steps,
+                     **options)

@@ -31,5 +31,9 @@ class DeviceError(SegSuiteError, RuntimeError):
     """The requested compute device is not available."""
 
 
+class AutosaveError(SegSuiteError, OSError):
+    """Committed labels could not be written to (or read from) the autosave journal."""
+
+
 class DatasetError(SegSuiteError, ValueError):
     """A dataset cannot be written where asked, or a file is not a dataset this plugin reads."""

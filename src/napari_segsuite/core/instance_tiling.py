@@ -174,6 +174,17 @@ def merge_tiled(detections: list[Detection], tiles: list[Tile], min_agreement: f
     object seen whole by one tile and cut by the other, or cut by both,
     agrees there). Groups (transitively) are merged with :func:`_union`.
 
+    Only detections that reach into a strip shared by two tiles can be merged,
+    so each is filed under the tile pairs whose shared strip its window meets,
+    by class; pairs are compared only within one such bucket, only when their
+    windows meet inside the strip, and only over that meeting rectangle.
+    Time is O(n·s + P·a): n detections, s the tiles sharing a strip with one
+    tile (at most 8 on a grid), P the same-class pairs from neighbouring tiles
+    whose windows meet inside a shared strip, a their meeting area (bounded by
+    the strip width times the object size). With a bounded number of objects
+    per strip area P grows linearly with n, and so does the time; 7,500
+    detections on 25 tiles merge in seconds, not minutes.
+
     Parameters
     ----------
     detections : list of Detection
@@ -197,22 +208,46 @@ def merge_tiled(detections: list[Detection], tiles: list[Tile], min_agreement: f
             i = parent[i]
         return i
 
+    shared: dict[tuple[int, int], Tile] = {}
+    neighbours: dict[int, list[int]] = {t: [] for t in range(len(tiles))}
+    for t in range(len(tiles)):
+        for u in range(t + 1, len(tiles)):
+            rect = tiles[t].intersect(tiles[u])
+            if rect is not None:
+                shared[t, u] = rect
+                neighbours[t].append(u)
+                neighbours[u].append(t)
+    # (tile pair, class) -> {tile: [detection indices whose window meets the shared strip]}
+    buckets: dict[tuple[int, int, int], dict[int, list[int]]] = {}
     windows = [Tile(*d.window) for d in detections]
-    for i in range(n):
-        di = detections[i]
-        for j in range(i + 1, n):
-            dj = detections[j]
-            if di.tile == dj.tile or di.class_id != dj.class_id:
+    for i, d in enumerate(detections):
+        for u in neighbours.get(d.tile, ()):
+            pair = (min(d.tile, u), max(d.tile, u))
+            if windows[i].intersect(shared[pair]) is not None:
+                buckets.setdefault((*pair, d.class_id), {}).setdefault(d.tile, []).append(i)
+    for (t, u, _), members in buckets.items():
+        left, right = members.get(t, []), members.get(u, [])
+        if not left or not right:
+            continue
+        rect = shared[t, u]
+        counts = {i: int(detections[i].region(rect).sum()) for i in (*left, *right)}
+        rw = np.array([detections[j].window for j in right])
+        for i in left:
+            if counts[i] == 0:
                 continue
-            shared = tiles[di.tile].intersect(tiles[dj.tile])
-            if shared is None or windows[i].intersect(windows[j]) is None:
-                continue
-            a, b = di.region(shared), dj.region(shared)
-            sa, sb = int(a.sum()), int(b.sum())
-            if sa == 0 or sb == 0:
-                continue
-            if (a & b).sum() >= min_agreement * min(sa, sb):
-                parent[find(i)] = find(j)
+            r0, c0, r1, c1 = detections[i].window
+            meet = (rw[:, 0] < r1) & (rw[:, 2] > r0) & (rw[:, 1] < c1) & (rw[:, 3] > c0)
+            for k in np.flatnonzero(meet):
+                j = right[int(k)]
+                if counts[j] == 0 or find(i) == find(j):
+                    continue
+                inter = windows[i].intersect(windows[j])
+                inter = inter.intersect(rect) if inter is not None else None
+                if inter is None:
+                    continue
+                both = int((detections[i].region(inter) & detections[j].region(inter)).sum())
+                if both >= min_agreement * min(counts[i], counts[j]):
+                    parent[find(i)] = find(j)
     groups: dict[int, list[Detection]] = {}
     for i in range(n):
         groups.setdefault(find(i), []).append(detections[i])

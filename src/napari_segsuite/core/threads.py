@@ -234,10 +234,102 @@ def keep_thread_heaps_warm() -> bool:
 
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()
+#: threads of :func:`call_in_background` calls still running
+_BACKGROUND: weakref.WeakSet = weakref.WeakSet()
+
+
+#: seconds :func:`_close_all` waits, in all, for running calls at exit
+EXIT_GRACE = 2.0
 
 
 @atexit.register
 def _close_all() -> None:
-    """End every service thread before the interpreter finalises (a thread inside torch then could crash it)."""
-    for service in list(_LIVE):
-        service.close(timeout=2.0)
+    """End every service thread before the interpreter finalises (a thread inside torch then could crash it).
+
+    Waiting calls are dropped; running ones get :data:`EXIT_GRACE` seconds in all to end.
+    """
+    import time
+
+    services = list(_LIVE)
+    for service in services:
+        service.close(timeout=0)
+    end = time.monotonic() + EXIT_GRACE
+    ended = True
+    for service in services:
+        ended &= service.close(timeout=max(0.0, end - time.monotonic()))
+    for thread in list(_BACKGROUND):
+        thread.join(max(0.0, end - time.monotonic()))
+        ended &= not thread.is_alive()
+    if not ended and os.environ.get("NAPARI_SEGSUITE_HARD_EXIT", "1") != "0":
+        _exit_now()
+
+
+def _exit_now() -> None:
+    """End the process at once: a thread is still inside a library call at exit.
+
+    Finalising the interpreter under a running torch/ultralytics call aborts the
+    process ("terminate called without an active exception", exit 134) or waits
+    for the call. Streams and logging are flushed first; the exit status is 0
+    (the application was quitting normally). ``NAPARI_SEGSUITE_HARD_EXIT=0`` turns this off.
+    """
+    import logging as _logging
+
+    log.warning("A segsuite job was still running at exit; ending the process without waiting for it.")
+    _logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed or broken stream: nothing more to write
+            pass
+    os._exit(0)
+
+
+def call_in_background(func: Callable[[], Any], message: str = "Working", *, poll: float = 0.05):
+    """A job that runs ``func()`` on its own daemon thread and yields while waiting.
+
+    Used for work that has no yield points of its own (loading a model: library
+    imports, reading weights). The calling job stays responsive: each yield is
+    where Cancel takes effect, so Cancel and closing the viewer return at once;
+    the abandoned call finishes on its daemon thread (which never keeps the
+    process alive) and its result or error is dropped.
+
+    Parameters
+    ----------
+    func : callable
+        The call to make.
+    message : str
+        The progress message yielded while waiting.
+    poll : float
+        Seconds between yields.
+
+    Yields
+    ------
+    Progress
+        An indeterminate progress item every ``poll`` seconds.
+
+    Returns
+    -------
+    Any
+        ``func()``'s value (its exception is raised in the job).
+    """
+    from napari_segsuite.core.progress import Progress
+
+    box: dict = {}
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            box["value"] = func()
+        except BaseException as exc:  # re-raised in the job; dropped when the job was abandoned
+            box["error"] = exc
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=target, name=f"segsuite-{message[:40]}", daemon=True)
+    _BACKGROUND.add(thread)
+    thread.start()
+    while not done.wait(poll):
+        yield Progress(0, None, message)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from napari_segsuite.core.device import resolve_device
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.vocabulary import Family, Task
-from napari_segsuite.models.offline import guard_llvm_clash, offline
+from napari_segsuite.models.offline import guard_llvm_clash, model_import_lock, offline
 from napari_segsuite.models.store import ModelSource, ModelStore, default_store
 
 if TYPE_CHECKING:
@@ -98,13 +98,26 @@ class Runner:
         self.class_names = class_names or {}
         self.processor = processor
         self.info = dict(info or {})
+        #: The training record of a model trained in napari-segsuite (history, data, options).
+        self.training: dict = {}
 
     # -- loading ------------------------------------------------------------
     @classmethod
     def load(cls, source: ModelSource, device: str = "auto") -> Runner:
         """Load ``source`` on ``device`` ("auto", "cpu", "cuda", "mps"), with the libraries offline."""
-        with offline():
-            return cls._load(source, resolve_device(device))
+        with offline(), model_import_lock():  # lazy library imports are not thread-safe (see model_import_lock)
+            runner = cls._load(source, resolve_device(device))
+        if source.class_names:
+            runner.class_names = {int(k): str(v) for k, v in source.class_names.items()}
+        if source.card:
+            runner.info["trained"] = {k: source.card.get(k) for k in ("name", "sha256")}
+            runner.info.update({k: v for k, v in (source.card.get("info") or {}).items() if k != "training"})
+            runner.training = dict((source.card.get("info") or {}).get("training") or {})
+            runner.apply_card(source.card)
+        return runner
+
+    def apply_card(self, card: dict) -> None:
+        """Settings a trained model's card asks for (e.g. its input size); nothing by default."""
 
     @classmethod
     def _load(cls, source: ModelSource, device: str) -> Runner:
@@ -234,4 +247,6 @@ def load_model(
         return spec
     guard_llvm_clash()
     source = spec if isinstance(spec, ModelSource) else (store or default_store()).resolve(spec, family=family)
-    return runner_class(source.family).load(source, device)
+    with model_import_lock():
+        cls = runner_class(source.family)
+    return cls.load(source, device)

@@ -31,6 +31,23 @@ _LOCK = threading.RLock()
 _DEPTH = 0
 _SAVED: dict = {}
 
+#: Held while a model library is imported or a model is built (:func:`model_import_lock`).
+_IMPORT_LOCK = threading.RLock()
+
+
+def model_import_lock() -> threading.RLock:
+    """The one lock around importing model libraries and building models from them.
+
+    transformers resolves its classes lazily (``transformers.Mask2FormerConfig``
+    imports a submodule on first access) and that resolution is not safe across
+    threads: two docks loading at once made the second see a half-imported
+    module ("module 'transformers' has no attribute 'Mask2FormerConfig'").
+    Every model load (:meth:`napari_segsuite.models.base.Runner.load`) holds
+    this re-entrant lock, so loads in several workers run one after the other
+    while their predictions still run in parallel.
+    """
+    return _IMPORT_LOCK
+
 
 def _hub_constants():
     import sys
@@ -82,7 +99,7 @@ def offline():
 
 def import_transformers():
     """Import transformers with the hub switched to offline mode."""
-    with offline():
+    with offline(), _IMPORT_LOCK:
         import transformers
 
     return transformers
@@ -90,7 +107,7 @@ def import_transformers():
 
 def import_ultralytics():
     """Import ultralytics with its offline switch and quiet logging."""
-    with offline():
+    with offline(), _IMPORT_LOCK:
         import ultralytics
 
     return ultralytics

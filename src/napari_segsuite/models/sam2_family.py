@@ -138,6 +138,16 @@ class Sam3TrackerRunner(_Sam2LikeRunner):
     HINT = " Pick the facebook/sam3 folder or a save_pretrained folder of Sam3TrackerModel."
     _default_processor = staticmethod(default_sam3_tracker_processor)
 
+    def concept_runner(self):
+        """SAM 3's concept model from the same ``facebook/sam3`` folder (loaded once), or None."""
+        if self.info.get("model_type") != "sam3_video":
+            return None
+        if getattr(self, "_concepts", None) is None:
+            from napari_segsuite.models.base import load_model
+
+            self._concepts = load_model(self.source.path, self.device, family="sam3")
+        return self._concepts
+
 
 class EdgeTamRunner(_Sam2LikeRunner):
     """EdgeTAM: an on-device SAM 2 (RepViT backbone), the fastest prompt model on a CPU."""

@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from napari_segsuite.core.errors import CheckpointError, DownloadError, ModelNotAvailableError
@@ -69,6 +69,10 @@ class ModelSource:
     trusted : bool
         Whether loading may run pickle code (verified registry file, or a local
         file the user chose themselves).
+    class_names : dict of int to str, optional
+        Class names that replace the weights' own (a trained model's card).
+    card : dict, optional
+        A trained model's ``segsuite_model.json`` (see :mod:`napari_segsuite.models.trained`).
     """
 
     path: Path
@@ -77,6 +81,8 @@ class ModelSource:
     entry: ModelEntry | None = None
     sha256: str | None = None
     trusted: bool = False
+    class_names: dict | None = field(default=None, compare=False, hash=False)
+    card: dict | None = field(default=None, compare=False, hash=False)
 
     def provenance(self) -> dict:
         """Plain-data description for ``layer.metadata``."""
@@ -86,7 +92,7 @@ class ModelSource:
             "path": str(self.path),
             "registry": self.entry is not None,
             "sha256": self.sha256,
-            "source": self.entry.url or self.entry.hf_repo if self.entry else "local",
+            "source": self.entry.url or self.entry.hf_repo if self.entry else ("trained" if self.card else "local"),
         }
 
 
@@ -178,6 +184,9 @@ class ModelStore:
             return self._resolve_entry(REGISTRY[text])
         path = Path(text).expanduser()
         if not path.exists():
+            trained = self._resolve_trained_name(text)
+            if trained is not None:
+                return trained
             hint = ""
             if isinstance(spec, str) and os.sep not in text and "." not in text:
                 import difflib
@@ -187,10 +196,31 @@ class ModelStore:
             raise ModelNotAvailableError(
                 f"No model file or folder at {path}, and {text!r} is not a registry model name.{hint}"
             )
+        from napari_segsuite.models.trained import resolve_trained
+
+        trained = resolve_trained(path)
+        if trained is not None:
+            return trained
         from napari_segsuite.models.detect import detect_family
 
         fam = family or detect_family(path)
         return ModelSource(path=path, family=fam, name=path.name, trusted=True)
+
+    def _resolve_trained_name(self, text: str) -> ModelSource | None:
+        """A trained model of this model folder named ``text`` or ``trained/<text>`` (None if none)."""
+        from napari_segsuite.models.trained import TRAINED_DIR, resolve_trained, trained_root
+
+        name = text.split("/", 1)[1] if text.startswith(TRAINED_DIR + "/") else text
+        if not name or "/" in name or os.sep in name or name.startswith("."):
+            return None
+        folder = trained_root(self.cache_dir) / name
+        return resolve_trained(folder) if folder.is_dir() else None
+
+    def trained_models(self, task: str | None = None):
+        """Trained models in this model folder (see :func:`napari_segsuite.models.trained.list_trained`)."""
+        from napari_segsuite.models.trained import list_trained
+
+        return list_trained(self.cache_dir, task)
 
     def _resolve_entry(self, entry: ModelEntry) -> ModelSource:
         path = self.path_for(entry)

@@ -263,6 +263,14 @@ class TorchvisionRunner(Runner):
             class_names=class_names_for(info["arch"], info["num_classes"]), info=info,
         )
 
+    def apply_card(self, card: dict) -> None:
+        """Use the input size a trained Mask R-CNN was trained at (torchvision's ``min_size``/``max_size``)."""
+        info = card.get("info") or {}
+        transform = getattr(self.model, "transform", None)
+        if transform is not None and info.get("min_size"):
+            transform.min_size = (int(info["min_size"]),)
+            transform.max_size = int(info.get("max_size") or info["min_size"])
+
     @property
     def arch(self) -> str:
         """The torchvision architecture name, e.g. ``"deeplabv3_resnet50"``."""

@@ -153,10 +153,12 @@ def propagate_job(
     dict of int to ndarray
         Plane index -> boolean mask.
     """
-    mask = np.asarray(mask, dtype=bool)
+    from napari_segsuite.core.prompts import as_mask
+
     n = len(volume)
     if not 0 <= start_index < n:
         raise InputError(f"The start plane {start_index} is outside the stack of {n} planes.")
+    mask = as_mask(mask, np.shape(volume[start_index])[:2], what="start mask")
     if not mask.any():
         raise InputError("The object has no pixels on the start plane; commit or pick a label there first.")
     steps = _steps(direction)

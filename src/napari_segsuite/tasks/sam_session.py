@@ -25,6 +25,7 @@ import numpy as np
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.image import image_signature, prepare_rgb_uint8
 from napari_segsuite.core.progress import Progress, run_sync
+from napari_segsuite.core.prompts import as_box, as_boxes, as_mask, as_point_labels, as_points
 from napari_segsuite.models.prompt import Embedding, LazyMasks
 
 __all__ = ["Embedding", "EncodingStopped", "LazyMasks", "SamSession"]
@@ -273,20 +274,20 @@ class SamSession:
         current, shape = self._prompted_image()
         h, w = shape
         coords = labels = None
-        if points is not None and len(points):
-            pts = np.asarray(points, dtype=float).reshape(-1, 2)
+        pts = None if points is None else as_points(points)
+        if pts is None and point_labels is not None and np.size(point_labels):
+            raise InputError("point_labels were given without points.")
+        if pts is not None and len(pts):
             outside = (pts[:, 0] < 0) | (pts[:, 0] > h - 1) | (pts[:, 1] < 0) | (pts[:, 1] > w - 1)
             if outside.any():
                 raise InputError(
                     f"{int(outside.sum())} point(s) lie outside the {h}x{w} image; move them onto the image."
                 )
             coords = pts[:, ::-1].copy()
-            labels = np.ones(len(pts), dtype=int) if point_labels is None else np.asarray(point_labels, dtype=int)
-            if labels.shape != (len(pts),) or not np.isin(labels, (0, 1)).all():
-                raise InputError("point_labels must hold one 0 (negative) or 1 (positive) per point.")
+            labels = as_point_labels(point_labels, len(pts))
         sam_box = None
         if box is not None:
-            r0, c0, r1, c1 = (float(v) for v in np.asarray(box, dtype=float).ravel()[:4])
+            r0, c0, r1, c1 = (float(v) for v in as_box(box))
             r0, r1 = sorted((max(0.0, r0), min(h - 1.0, r1)))
             c0, c1 = sorted((max(0.0, c0), min(w - 1.0, c1)))
             if r1 - r0 < 1 or c1 - c0 < 1:
@@ -312,9 +313,7 @@ class SamSession:
             return self._mask_prompt(self.current, self.image_shape, mask)
 
     def _mask_prompt(self, current: Embedding, shape, mask: np.ndarray) -> np.ndarray:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != shape:
-            raise InputError(f"The mask prompt has shape {mask.shape}, the image {shape}.")
+        mask = as_mask(mask, shape)
         return self.prompt_model.mask_prompt(current, mask)
 
     # -- batches of boxes ---------------------------------------------------------------
@@ -337,7 +336,7 @@ class SamSession:
         """
         current, shape = self._prompted_image()
         h, w = shape
-        rc = np.asarray(boxes, dtype=float).reshape(-1, 4)
+        rc = as_boxes(boxes)
         if len(rc) == 0:
             return np.zeros((0, h, w), dtype=bool), np.zeros(0, dtype=np.float32)
         r0 = np.clip(np.minimum(rc[:, 0], rc[:, 2]), 0, h - 1)

@@ -19,6 +19,7 @@ one row per label in ``features`` and the model, parameters and planes in
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,23 @@ from napari_segsuite.core.vocabulary import Scope
 from napari_segsuite.layers import full_resolution
 from napari_segsuite.models.registry import REGISTRY, entries_for
 from napari_segsuite.models.store import ModelStore
+from napari_segsuite.widgets.edit_question import EditQuestion
 from napari_segsuite.widgets.scaffold import Dock, JobPanel
 
 LOCAL = "__local__"
+TRAINED_PREFIX = "trained/"
+_PICKERS: weakref.WeakSet = weakref.WeakSet()
+
+
+def refresh_model_pickers() -> None:
+    """Re-read every open model picker's choices (after a model was trained into a model folder)."""
+    for picker in list(_PICKERS):
+        try:
+            picker.refresh()
+        except RuntimeError:  # its Qt widget is gone
+            _PICKERS.discard(picker)
+
+
 CURRENT_PLANE, ALL_PLANES, ALL_IMAGES = Scope.CURRENT_PLANE, Scope.ALL_PLANES, Scope.ALL_IMAGES
 SCOPES = Scope.values()
 
@@ -62,6 +77,7 @@ class ModelPicker(Container):
         self.cache.changed.connect(self._on_cache)
         self.local_dir.changed.connect(self._toggle_folder)
         self._update()
+        _PICKERS.add(self)
 
     def _entries(self):
         seen, out = set(), []
@@ -77,8 +93,21 @@ class ModelPicker(Container):
         for e in self._entries():
             mark = "" if self.store.is_available(e) else " (not downloaded)"
             items.append((f"{e.title}{mark}", e.name))
+        for card in self._trained():
+            names = ", ".join(card.class_names.values())
+            items.append((f"{card.name} (trained{': ' + names if names else ''})", TRAINED_PREFIX + card.name))
         items.append(("Local file or folder…", LOCAL))
         return items
+
+    def _trained(self):
+        """Models trained into this model folder that do one of the picker's tasks."""
+        seen, out = set(), []
+        for task in self.tasks:
+            for card in self.store.trained_models(task):
+                if card.name not in seen and (self.families is None or card.family in self.families):
+                    seen.add(card.name)
+                    out.append(card)
+        return out
 
     def _toggle_folder(self) -> None:
         folder = self.local.mode.value != "d"
@@ -114,6 +143,9 @@ class ModelPicker(Container):
         self.download.visible = False
         if is_local:
             self.status.value = self._local_status()
+            return
+        if str(self.model.value).startswith(TRAINED_PREFIX):
+            self.status.value = f"Trained here; in {self.store.cache_dir / self.model.value}"
             return
         entry = REGISTRY[self.model.value]
         if self.store.is_available(entry):
@@ -182,10 +214,13 @@ class SegmentationWidget(Dock):
         self.progress = self.job_panel.progress
         self.message = self.job_panel.message
         self.jobs = self.job_panel.jobs
+        self.jobs.stop_with(self.native)
+        #: asked when a result would replace hand edits (see :meth:`_guarded`)
+        self.edit_question = EditQuestion()
         self.inputs = Container(labels=True, widgets=[self.image])
         self.inputs.margins = (0, 0, 0, 0)
         self.models.remove(self.models.cache)
-        self.body.extend([self.inputs, self.models, self.job_panel.controls, self.results])
+        self.body.extend([self.inputs, self.models, self.job_panel.controls, self.edit_question, self.results])
         self.options_group = self.add_group("Options", [self.task_options], collapsed=False, labels=False)
         self.model_group = self.add_group("Model folder and device", [self.models.cache, self.device])
         self._runner = None
@@ -221,8 +256,12 @@ class SegmentationWidget(Dock):
         key = self.model_key()
         if self._runner is not None and self._runner_key == key:
             return self._runner
+        from napari_segsuite.core.threads import call_in_background
+
         yield Progress(0, None, f"Loading {Path(key[0]).name}")
-        runner = load_model(key[0], key[1], store=self.store)
+        store = self.store
+        runner = yield from call_in_background(lambda: load_model(key[0], key[1], store=store),
+                                               f"Loading {Path(key[0]).name}")
         for task in self.model_tasks[:1]:
             runner.require(task)
         self._runner, self._runner_key = runner, key
@@ -323,7 +362,10 @@ class SegmentationWidget(Dock):
             return runner, resolved, results
 
         def on_result(value) -> None:
+            from napari_segsuite.layers import guard_edited, output_layer_name
+
             runner, resolved, results = value
+            guard_edited(self.viewer, [output_layer_name(layer, self.task) for layer, _, _ in results])
             written = [self.write_batch_result(layer, labels, table, runner, resolved, scope)
                        for layer, labels, table in results]
             n_labels = sum(len(layer.features) for layer in written)
@@ -346,9 +388,15 @@ class SegmentationWidget(Dock):
         """
         from napari.layers import Labels
 
-        from napari_segsuite.layers import METADATA_KEY, aligned_layer_kwargs, output_layer_name
+        from napari_segsuite.layers import (
+            METADATA_KEY,
+            aligned_layer_kwargs,
+            mark_written,
+            output_layer_name,
+            resolve_output_name,
+        )
 
-        name = output_layer_name(image_layer, self.task)
+        name = resolve_output_name(self.viewer, output_layer_name(image_layer, self.task))
         labels = np.asarray(labels, dtype=LABEL_DTYPE)
         layer = self.viewer.layers[name] if name in self.viewer.layers else None
         if layer is not None and not isinstance(layer, Labels):
@@ -376,6 +424,7 @@ class SegmentationWidget(Dock):
             meta["planes"] = dict.fromkeys(keys, record)
             meta["last"] = record
         layer.metadata = {**layer.metadata, METADATA_KEY: meta}
+        mark_written(layer)
         self.after_batch_write(layer)
         return layer
 
@@ -391,10 +440,46 @@ class SegmentationWidget(Dock):
             return
         self._start(job_factory, on_result, f"{self.task.capitalize()} segmentation")
 
+    def _guarded(self, on_result):
+        """``on_result`` run under the "ask" edit policy: hand-edited output layers raise a question.
+
+        The result is held until the question in the dock is answered: "overwrite" and
+        "new" write it (over the edits, or into ``"<name> (new)"``), "cancel" drops it.
+        """
+        from napari_segsuite.layers import LayerEditedError, edit_policy
+
+        def write(value, choice: str = "ask") -> None:
+            with edit_policy(choice):
+                on_result(value)
+
+        def guarded(value) -> None:
+            try:
+                write(value)
+            except LayerEditedError as exc:
+                self.message.value = str(exc)
+
+                def answered(choice: str) -> None:
+                    if choice == "cancel":
+                        self.message.value = "Not written: the edited layer(s) keep their pixels."
+                        return
+                    try:
+                        write(value, choice)
+                    except SegSuiteError as err:
+                        self._show_error(err)
+
+                self.edit_question.ask(str(exc), answered)
+
+        return guarded
+
+    def _show_error(self, exc: SegSuiteError) -> None:
+        self.job_panel.report(exc)
+
     def _report(self, exc: BaseException) -> None:
         self.job_panel.report(exc)
 
     def _start(self, job_factory, on_result, description: str) -> None:
+        self.edit_question.drop()
+        on_result = self._guarded(on_result)
         self.models.download.enabled = False
         self.job_panel.start(job_factory, on_result, description)
 

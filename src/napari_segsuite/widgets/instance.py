@@ -93,6 +93,9 @@ class InstanceWidget(SegmentationWidget):
             self.max_det, self.imgsz, self.tile_size, self.overlap], index=self.body.index(self.options_group) + 2)
         self.refine.changed.connect(self._toggle_sam)
         self.box_source.changed.connect(self._toggle_sam)
+        from napari_segsuite.widgets.instance_training import add_training_sections
+
+        add_training_sections(self)  # train YOLO-seg / Mask R-CNN, fine-tune SAM (collapsible)
         self._sam = None
         self._sam_key = None
         self.box_source.value = None

@@ -175,6 +175,10 @@ class PanopticWidget(SegmentationWidget):
         provenance = {"model": runner.provenance(), "parameters": result.parameters,
                       "label_divisor": result.label_divisor}
         if mode == "split":
+            from napari_segsuite.layers import guard_edited
+
+            guard_edited(self.viewer, [output_layer_name(image, "panoptic semantic"),
+                                       output_layer_name(image, "panoptic instance")])
             instances, feats = result.instance_labels()
             layers = [
                 write_plane(self.viewer, image, sel, result.semantic_labels(), task="panoptic",

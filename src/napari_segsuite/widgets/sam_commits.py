@@ -15,15 +15,15 @@ committed objects shows id, area and plane; picking one highlights it (and moves
 plane), *Delete* removes it (one undo step), *Re-prompt* makes it the refined label so the
 next prompts replace it.
 
-Committed labels are autosaved (``.npy`` next to the image file, or in the chosen
-folder) and come back with *Restore autosave*.
+Committed labels go to an append-only autosave journal (next to the image file, or in
+the chosen folder; :mod:`napari_segsuite.widgets.sam_autosave`): every commit, undo, redo,
+delete and restore appends the pixels it changed. A deleted target layer is rebuilt from
+the journal before the next commit (ids continue); *Restore autosave* replays it, only for
+the very pixels it was written for. A failing autosave is shown in the dock; the commit stands.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,8 +92,10 @@ class CommitSection(SamSection):
             row(self.commit_button, self.clear_button), row(self.undo_button, self.redo_button, self.next_id),
             self.objects, row(self.delete_button, self.reprompt_button), self.target_group,
         ])
-        self.last_autosave: Path | None = None
-        self._autosave_thread: threading.Thread | None = None
+        from napari_segsuite.widgets.sam_autosave import SamAutosave
+
+        #: the append-only autosave journal of committed labels
+        self.autosaver = SamAutosave()
         self.committed: list[Committed] = []
         self.undo_steps: list[Step] = []
         self.redo_steps: list[Step] = []
@@ -146,8 +148,9 @@ class CommitSection(SamSection):
             image = dock.selected_image()
             _, sel = current_plane(self.viewer, image)
             preview.check_commit(dock.preview_source(image, sel))
+            restored = self._recover_deleted_target(image, sel)
             target = self.find_target(image, sel, create=True)
-            old = np.asarray(target.data[sel.labels_index])
+            old = np.array(target.data[sel.labels_index], copy=True)  # a copy: the journal needs the pixels before
             plan = preview.plan_commit(
                 old, next_free_id(target.data), overwrite=bool(self.overwrite.value),
                 refine=int(dock.prompts.refine_id.value), model=dock.session.runner.name,
@@ -160,7 +163,7 @@ class CommitSection(SamSection):
             dock.message.value = "The object has no free pixels left (tick 'overwrite' to replace labels)."
             return
         write_plane(
-            self.viewer, image, sel, plan.labels, task="prompt", target=target,
+            self.viewer, image, sel, plan.labels, task="prompt", target=target, guard_edits=False,
             provenance={"model": dock.session.runner.provenance(), "last_ids": plan.written},
             extra_features=plan.features,
         )
@@ -174,8 +177,9 @@ class CommitSection(SamSection):
         dock.prompts.reset_polarity()
         dock.prompts.focus_points()
         self.refresh(target)
-        dock.message.value = f"Committed label(s) {ids} to '{target.name}'. Next id: {next_free_id(target.data)}."
-        self.autosave(target, image)
+        dock.message.value = (f"{restored + ' ' if restored else ''}Committed label(s) {ids} to '{target.name}'. "
+                              f"Next id: {next_free_id(target.data)}.")
+        self._journal_change(image, target, sel.labels_index, old, plan.labels, "commit")
 
     def clear(self) -> None:
         """Remove all prompts and the preview."""
@@ -199,13 +203,15 @@ class CommitSection(SamSection):
             return
         step = source.pop()
         layer = step.layer
+        before = np.array(layer.data, copy=True)
         (layer.redo if redo else layer.undo)()
         dest.append(step)
         self._update_history_buttons()
         self.refresh(layer)
         self.dock.message.value = f"{'Redid' if redo else 'Undid'} the {step.text} in '{layer.name}'."
         try:
-            self.autosave(layer, self.dock.selected_image())
+            self._journal_change(self.dock.selected_image(), layer, (), before, np.asarray(layer.data),
+                                 "redo" if redo else "undo")
         except SegSuiteError:
             pass
 
@@ -280,12 +286,17 @@ class CommitSection(SamSection):
         if c is None or target is None or target not in self.viewer.layers:
             self.dock.message.value = "Pick a committed object first."
             return
-        plane = np.asarray(target.data[c.plane_index])
+        plane = np.array(target.data[c.plane_index], copy=True)
         where = np.nonzero(plane == c.label)
         if where[0].size:
             target.data_setitem(_expand_index(c.plane_index, where), np.zeros(where[0].size, plane.dtype))
             _update_features(target, c.plane_index, None)
             self.record_step(target, f"delete of label {c.label}")
+            try:
+                self._journal_change(self.dock.selected_image(), target, c.plane_index, plane,
+                                     np.asarray(target.data[c.plane_index]), "delete")
+            except SegSuiteError:
+                pass
         target.show_selected_label = False
         self.refresh(target)
         self.dock.message.value = f"Deleted label {c.label} from plane {c.plane_key}."
@@ -302,45 +313,63 @@ class CommitSection(SamSection):
         self.dock.prompts.focus_points()
         self.dock.message.value = f"Prompt label {c.label} again; Shift-C replaces it."
 
-    # -- autosave ------------------------------------------------------------------------------
-    def autosave_path(self, target, image) -> Path:
-        """Where the target layer is autosaved: next to the image file, or in the chosen folder."""
+    # -- autosave journal ----------------------------------------------------------------------
+    def autosave_folder(self, image) -> Path:
+        """Where journals are kept: the chosen folder, else next to the image file, else the model folder's autosave/."""
         chosen = str(self.autosave_dir.value)
         if chosen not in ("", "."):
-            folder = Path(chosen)
-        elif getattr(image.source, "path", None):
-            folder = Path(image.source.path).parent
-        else:
-            folder = self.dock.store.cache_dir / "autosave"
-        safe = re.sub(r"[^\w.-]+", "_", target.name).strip("_")
-        return folder / f"{safe}.segsuite-autosave.npy"
+            return Path(chosen)
+        if getattr(image.source, "path", None):
+            return Path(image.source.path).parent
+        return self.dock.store.cache_dir / "autosave"
 
-    def autosave(self, target, image) -> None:
-        """Save the target layer's data in a background thread (atomic rename)."""
-        path = self.autosave_path(target, image)
-        data = np.array(target.data, copy=True)
+    def journal_for(self, image, target):
+        """The autosave journal of ``target``'s labels for ``image``'s pixels."""
+        token = self.dock.plane_token(image, ())
+        return self.autosaver.journal(self.autosave_folder(image), image, token[:2], target)
 
-        def save() -> None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.name + ".part")
-                with open(tmp, "wb") as f:
-                    np.save(f, data)
-                os.replace(tmp, path)
-            except OSError as exc:  # reported, never fatal: the labels are still in the layer
-                import logging
+    def _journal_change(self, image, target, index: tuple, old, new, kind: str) -> None:
+        """Append the pixels that changed (``old`` -> ``new`` at ``index``); show a failure in the dock."""
+        from napari.utils.notifications import show_error
 
-                logging.getLogger(__name__).warning("Autosave to %s failed: %s", path, exc)
+        from napari_segsuite.layers import _expand_index
 
-        if self._autosave_thread is not None:
-            self._autosave_thread.join()
-        self._autosave_thread = threading.Thread(target=save, daemon=True)
-        self._autosave_thread.start()
-        self.last_autosave = path
+        changed = np.nonzero(np.asarray(old) != np.asarray(new))
+        coords = _expand_index(index, changed) if index else changed
+        error = self.autosaver.record(self.journal_for(image, target), coords, np.asarray(new)[changed], kind)
+        if error is not None:
+            self.dock.message.value = f"{self.dock.message.value} AUTOSAVE FAILED: {error}"
+            show_error(f"Autosave failed: {error}")
+
+    def _recover_deleted_target(self, image, sel) -> str:
+        """Rebuild the default target layer from the journal when it is gone; returns a note or ''."""
+        from napari_segsuite.core.errors import AutosaveError
+
+        chosen = self.target.value
+        if chosen is not None and chosen in self.viewer.layers:
+            return ""
+        if self.target_name(image) in self.viewer.layers:
+            return ""
+        target = self.find_target(image, sel, create=True)
+        journal = self.journal_for(image, target)
+        if not journal.exists():
+            return ""
+        try:
+            n = self.autosaver.restore(journal, target)
+        except AutosaveError as exc:
+            return f"The autosave could not be replayed ({exc})."
+        ids = int(np.unique(np.asarray(target.data)).size - 1)
+        return f"'{target.name}' was rebuilt from the autosave journal ({ids} object(s), {n} pixels)."
 
     def restore_autosave(self) -> None:
-        """Load the autosaved labels into the target layer (one undo step)."""
+        """Replay the image's autosave journal into the target layer (one undo step).
+
+        Only a journal written for these very pixels is used; one for another image of
+        the same name is reported and left alone.
+        """
         from napari.utils.notifications import show_error, show_info
+
+        from napari_segsuite.core.errors import AutosaveError
 
         try:
             image = self.dock.selected_image()
@@ -349,23 +378,25 @@ class CommitSection(SamSection):
         except SegSuiteError as exc:
             show_error(str(exc))
             return
-        path = self.autosave_path(target, image)
-        if not path.is_file():
-            show_info(f"No autosave at {path}.")
+        journal = self.journal_for(image, target)
+        if not journal.exists():
+            others = journal.others()
+            msg = (f"The autosave {others[0]} belongs to another image named '{image.name}' (other pixels); "
+                   "not restored." if others else f"No autosave for '{image.name}' in {journal.folder}.")
+            self.dock.message.value = msg
+            (show_error if others else show_info)(msg)
             return
-        saved = np.load(path)
-        if saved.shape != target.data.shape:
-            show_error(f"The autosave at {path} has shape {saved.shape}, the layer {target.data.shape}; not restored.")
+        try:
+            n = self.autosaver.restore(journal, target)
+        except AutosaveError as exc:
+            self.dock.message.value = str(exc)
+            show_error(str(exc))
             return
-        changed = np.nonzero(np.asarray(target.data) != saved)
-        if changed[0].size:
-            target.data_setitem(changed, saved[changed])
+        if n:
             self.record_step(target, "restore of the autosave")
         self.refresh(target)
-        self.dock.message.value = f"Restored {changed[0].size} pixels from {path}."
+        self.dock.message.value = f"Restored {n} pixels from {journal.path}."
 
     def shutdown(self) -> None:
-        """Wait for a running autosave."""
-        if self._autosave_thread is not None:
-            self._autosave_thread.join(timeout=10)
+        """Nothing to wait for: journal entries are written synchronously at each commit."""
 

@@ -22,6 +22,12 @@ from napari_segsuite.widgets.sam_sections import SamSection
 from napari_segsuite.widgets.scaffold import form
 
 
+def concept_model(runner):
+    """The SAM 3 concept model behind a session's runner (the ``sam3_tracker`` entry shares its folder)."""
+    get = getattr(runner, "concept_runner", None)
+    return (get() or runner) if get is not None else runner
+
+
 class FindSection(SamSection):
     """Find every instance of a concept with SAM 3."""
 
@@ -73,7 +79,7 @@ class FindSection(SamSection):
             from napari_segsuite.core.image import prepare_rgb_uint8
 
             session = yield from dock.session_job(plane)
-            runner = session.runner
+            runner = concept_model(session.runner)
             if not getattr(runner, "takes_exemplars", False):
                 raise InputError(
                     f"Find needs SAM 3 as the model (the facebook/sam3 folder); '{runner.name}' takes clicks and "
@@ -125,7 +131,8 @@ class FindSection(SamSection):
         def job():
             session = yield from dock.session_job(plane)
             volume = np.stack([planes[i] for i in range(len(planes))])
-            return (yield from track_concepts_job(session.runner, volume, concepts, start_index=start, conf=conf))
+            runner = concept_model(session.runner)
+            return (yield from track_concepts_job(runner, volume, concepts, start_index=start, conf=conf))
 
         def on_result(result) -> None:
             from napari_segsuite.layers import _expand_index, _update_features

@@ -193,10 +193,15 @@ class SamPromptWidget(SegmentationWidget):
 
         key = self.session_key()
         if self.session is None or self._session_key != key:
+            from napari_segsuite.core.threads import call_in_background
+
             yield Progress(0, None, f"Loading {Path(key[0]).name}")
             folder = str(self.embedding_dir.value)
-            self.session = SamSession(key[0], key[1], store=self.store,
-                                      disk_cache=folder if folder not in ("", ".") else None)
+            store = self.store
+            # loading has no yield points: on its own thread, so that Cancel and closing return at once
+            self.session = yield from call_in_background(
+                lambda: SamSession(key[0], key[1], store=store, disk_cache=folder if folder not in ("", ".") else None),
+                f"Loading {Path(key[0]).name}")
             self._session_key = key
         yield from self.session.set_image_job(plane, token)
         return self.session
@@ -334,8 +339,8 @@ _FORWARDED = {
                 "request_preview", "schedule_preview", "gather_prompts", "select_candidate", "start_prefetch",
                 "neighbour_planes", "_timer", "last_preview_error", "clear"),
     "commits": ("target", "overwrite", "commit", "commit_button", "clear_button", "undo_button", "redo_button",
-                "autosave_dir", "restore_button", "last_autosave", "_autosave_thread", "autosave",
-                "autosave_path", "restore_autosave"),
+                "autosave_dir", "restore_button", "autosaver", "autosave_folder", "journal_for",
+                "restore_autosave"),
     "everything": ("auto_button", "auto_params", "segment_everything", "automatic_params", "last_auto_layer"),
     "finder": ("find_text", "find_exemplars", "find_conf", "find_button", "find", "track_button",
                "track_concept"),

@@ -207,10 +207,17 @@ class PromptSection(SamSection):
         self._sync_polarity()
 
     def _color_points(self) -> None:
+        """Green positive, red negative points; set only when a colour is wrong (flat cost per click)."""
+        from napari.utils.colormaps.standardize_color import transform_color
+
         layer = self.points_layer
         if layer is None or len(layer.data) == 0 or len(layer.features) != len(layer.data):
             return
-        layer.face_color = [COLORS[bool(p)] for p in layer.features[POSITIVE]]
+        positive = np.asarray(layer.features[POSITIVE], dtype=bool)
+        expected = np.where(positive[:, None], transform_color(COLORS[True]), transform_color(COLORS[False]))
+        face = np.asarray(layer.face_color)
+        if face.shape != expected.shape or not np.allclose(face, expected):
+            layer.face_color = [COLORS[bool(p)] for p in positive]
 
     def _on_points_changed(self, event=None) -> None:
         action = str(getattr(event, "action", "") or "")

@@ -10,11 +10,19 @@ next yield, before any layer is touched (layers are written only in the
 ``returned`` handler, on the GUI thread). An exception in the job reaches the
 user as a napari notification with its message, and the ``on_done`` callback
 re-enables the widget.
+
+Shutdown: closing a dock (its ``native`` widget destroyed, see
+:meth:`JobRunner.stop_with`) or quitting the application
+(``QApplication.aboutToQuit``) cancels every running job, so no job outlives
+the window that shows it; work without yield points of its own (model loading)
+runs through :func:`napari_segsuite.core.threads.call_in_background`, so the
+cancel takes effect at once.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -22,6 +30,30 @@ from napari_segsuite.core.progress import Progress
 from napari_segsuite.core.vocabulary import Outcome
 
 log = logging.getLogger(__name__)
+
+#: every JobRunner alive, cancelled together when the application quits
+_RUNNERS: weakref.WeakSet = weakref.WeakSet()
+_QUIT_HOOKED = False
+
+
+def cancel_all_jobs() -> int:
+    """Cancel the jobs of every :class:`JobRunner`; returns how many were running."""
+    running = [r for r in list(_RUNNERS) if r.busy]
+    for runner in running:
+        runner.shutdown()
+    return len(running)
+
+
+def _hook_application_quit() -> None:
+    global _QUIT_HOOKED
+    if _QUIT_HOOKED:
+        return
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    if app is not None:
+        app.aboutToQuit.connect(cancel_all_jobs)
+        _QUIT_HOOKED = True
 
 
 class JobRunner:
@@ -50,6 +82,10 @@ class JobRunner:
         #: main window all along; where OpenGL is software-rendered (no GPU, remote desktops,
         #: Xvfb) that took a third of the CPU from a SAM encoder in the worker.
         self.napari_progress = True
+        #: set by :meth:`shutdown`: no result is written and no message shown afterwards
+        self.closed = False
+        self._job_thread = None
+        _RUNNERS.add(self)
 
     @property
     def busy(self) -> bool:
@@ -73,11 +109,12 @@ class JobRunner:
 
         if self.busy:
             raise RuntimeError("A job is already running; cancel it first.")
+        if self.closed:
+            raise RuntimeError("This widget was closed; no new job can start.")
+        _hook_application_quit()
         self.last_error = None
 
-        def job():
-            return (yield from job_factory())
-
+        job = self._relay(job_factory)
         worker = create_worker(job, _start_thread=False, _connect={"errored": self._on_error})
         self._pbar = progress(total=0, desc=description) if self.napari_progress else None
         worker.yielded.connect(self._on_yielded)
@@ -91,6 +128,90 @@ class JobRunner:
         """Ask the running job to stop at its next yield."""
         if self.worker is not None:
             self.worker.quit()
+
+    def _relay(self, job_factory):
+        """The worker's generator: relays the job, which runs on this runner's own job thread.
+
+        The job generator is driven on a persistent daemon :class:`ServiceThread`
+        (one per runner, so its OpenMP team stays warm between jobs); the
+        worker only passes its progress on and wakes every 50 ms. Cancel and
+        closing therefore end the worker at once, even while the job sits in
+        one long library call (a model's first prediction importing
+        ``torch._dynamo`` took seconds): the job itself stops at its next
+        yield, its result dropped, and the next job waits for it on the job thread.
+        """
+        import queue
+        import threading
+
+        from napari_segsuite.core.threads import ServiceThread
+
+        if self._job_thread is None:
+            self._job_thread = ServiceThread("segsuite-job", keep="all")
+        items: queue.SimpleQueue = queue.SimpleQueue()
+        stop = threading.Event()
+
+        def drive() -> None:
+            gen = job_factory()
+            try:
+                item = next(gen)
+                while True:
+                    items.put(("yield", item))
+                    if stop.is_set():
+                        gen.close()
+                        items.put(("stopped", None))
+                        return
+                    item = next(gen)
+            except StopIteration as end:
+                items.put(("return", end.value))
+            except BaseException as exc:  # delivered to the worker, which reports it
+                items.put(("error", exc))
+
+        def relay():
+            self._job_thread.submit(drive)
+            try:
+                while True:
+                    try:
+                        kind, value = items.get(timeout=0.05)
+                    except queue.Empty:
+                        yield None  # where the worker's quit takes effect
+                        continue
+                    if kind == "yield":
+                        yield value
+                    elif kind == "return":
+                        return value
+                    elif kind == "error":
+                        raise value
+                    else:
+                        return None
+            finally:
+                stop.set()
+
+        return relay
+
+    def shutdown(self) -> None:
+        """Cancel the running job for good: its result is dropped and nothing is written.
+
+        Called when the dock or the viewer closes. The job stops at its next
+        yield; model loading yields every 50 ms (it runs on a daemon thread).
+        """
+        self.closed = True
+        worker = self.worker
+        if worker is not None:
+            worker.quit()
+            if self._pbar is not None:
+                self._pbar.close()
+                self._pbar = None
+
+    def stop_with(self, qwidget) -> None:
+        """Shut the jobs down when ``qwidget`` (a dock's native widget) is destroyed."""
+        ref = weakref.ref(self)
+
+        def stop(*_):
+            runner = ref()
+            if runner is not None:
+                runner.shutdown()
+
+        qwidget.destroyed.connect(stop)
 
     def wait(self, timeout: float, what: str = "The job") -> None:
         """Process Qt events until the job has ended (headless runs and smoke checks).
@@ -115,7 +236,7 @@ class JobRunner:
 
     # -- handlers (GUI thread) --------------------------------------------------
     def _on_yielded(self, item) -> None:
-        if not isinstance(item, Progress) or self.worker is None:
+        if not isinstance(item, Progress) or self.worker is None or self.closed:
             return  # a late report from a job that already ended
         # The widget first: updating napari's progress bar can process events,
         # during which the job may end.
@@ -139,6 +260,9 @@ class JobRunner:
             self.on_done(how)
 
     def _on_returned(self, value, on_result) -> None:
+        if self.closed:  # the dock or viewer closed meanwhile: its layers are not written
+            self.worker = None
+            return
         try:
             on_result(value)
         except Exception as exc:  # writing the result failed: tell the user, keep the widget usable
@@ -154,6 +278,9 @@ class JobRunner:
     def _on_aborted(self) -> None:
         from napari.utils.notifications import show_info
 
+        if self.closed:
+            self.worker = None
+            return
         show_info("Cancelled; no layer was changed.")
         self._finish(Outcome.ABORTED)
 
@@ -163,6 +290,10 @@ class JobRunner:
         from napari_segsuite.core.errors import SegSuiteError
 
         self.last_error = exc
+        if self.closed:  # closing ended the job; what it ran into afterwards is no news
+            log.debug("A job of a closed widget ended with %r", exc)
+            self.worker = None
+            return
         if isinstance(exc, SegSuiteError):
             log.info("Job failed: %s", exc)
             show_error(str(exc))
