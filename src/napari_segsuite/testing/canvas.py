@@ -1,7 +1,7 @@
 """Real mouse and key events on a napari canvas, and a scripted SAM annotation session.
 
 :func:`canvas_position` maps a layer's data coordinates through the layer transform and
-the camera to canvas pixels; :func:`click` and :func:`key` send ``QTest`` events to
+the camera to canvas pixels; :func:`click`, :func:`drag` and :func:`key` send ``QTest`` events to
 ``viewer.window._qt_viewer.canvas.native``, so napari's own mouse bindings (add mode of a
 Points layer, pan/zoom) and key bindings handle them as they handle a user's.
 
@@ -61,6 +61,28 @@ def click(viewer, layer, data_coords, *, button: str = "left", modifiers: tuple[
     QTest.mouseClick(canvas, buttons[button], mods, QPoint(x, y))
     _process()
     return x, y
+
+
+def drag(viewer, layer, start, end, *, modifiers: tuple[str, ...] = (), steps: int = 6) -> None:
+    """A left-button drag on the canvas from ``start`` to ``end`` (data coordinates of ``layer``)."""
+    from qtpy.QtCore import QPoint, Qt
+    from qtpy.QtTest import QTest
+
+    mods = Qt.KeyboardModifier.NoModifier
+    for m in modifiers:
+        mods |= {"ctrl": Qt.KeyboardModifier.ControlModifier, "shift": Qt.KeyboardModifier.ShiftModifier,
+                 "alt": Qt.KeyboardModifier.AltModifier}[m]
+    (x0, y0), (x1, y1) = canvas_position(viewer, layer, start), canvas_position(viewer, layer, end)
+    canvas = viewer.window._qt_viewer.canvas.native
+    QTest.mouseMove(canvas, QPoint(x0, y0))
+    _process()
+    QTest.mousePress(canvas, Qt.MouseButton.LeftButton, mods, QPoint(x0, y0))
+    _process()
+    for k in range(1, steps + 1):
+        QTest.mouseMove(canvas, QPoint(round(x0 + (x1 - x0) * k / steps), round(y0 + (y1 - y0) * k / steps)))
+        _process()
+    QTest.mouseRelease(canvas, Qt.MouseButton.LeftButton, mods, QPoint(x1, y1))
+    _process()
 
 
 def key(viewer, name: str, modifiers: tuple[str, ...] = ()) -> None:

@@ -1,7 +1,8 @@
 """The SAM dock's "Find a concept (SAM 3)" section.
 
 Every instance of a concept in words (e.g. "nucleus"), or of objects like the boxes drawn
-in the boxes layer (exemplars), is previewed by SAM 3 (the facebook/sam3 folder as the
+in the boxes layer (exemplars: a box is "more like this", a box drawn with a Ctrl-drag
+"not like this"), is previewed by SAM 3 (the facebook/sam3 folder as the
 model: its tracker answers clicks, its concept model answers Find). The instances become
 the previewed objects, each with its ``class_name``: review them, then Shift-C commits
 them all under new ids, like any prompt's object. *Track the concept through planes* runs
@@ -12,12 +13,13 @@ after the target layer's existing ids, in one undo step.
 from __future__ import annotations
 
 import numpy as np
-from magicgui.widgets import CheckBox, FloatSpinBox, LineEdit, PushButton
+from magicgui.widgets import CheckBox, FloatSpinBox, Label, LineEdit, PushButton
 
 from napari_segsuite.core.errors import InputError, SegSuiteError
 from napari_segsuite.core.labels import next_free_id
 from napari_segsuite.core.progress import Progress
 from napari_segsuite.layers import full_resolution, shapes_on_plane
+from napari_segsuite.widgets.sam_prompts import BOX_COLORS, NEGATIVE_BOX_GESTURE, box_polarity
 from napari_segsuite.widgets.sam_sections import SamSection
 from napari_segsuite.widgets.scaffold import form
 
@@ -38,7 +40,11 @@ class FindSection(SamSection):
         super().__init__(dock)
         self.find_text = LineEdit(label="Find", value="")
         self.find_text.tooltip = "A concept in words (e.g. 'nucleus'): SAM 3 previews every instance; Shift-C commits"
-        self.find_exemplars = CheckBox(text="Boxes are exemplars (more like these)", value=False)
+        self.find_exemplars = CheckBox(text="Boxes are exemplars", value=False)
+        self.find_hint = Label(value=(
+            f"Exemplars: draw a box: more like this ({BOX_COLORS[1]}) · "
+            f"{NEGATIVE_BOX_GESTURE}: not like this ({BOX_COLORS[0]})"
+        ))
         self.find_conf = FloatSpinBox(label="Find score", value=0.5, min=0.0, max=1.0, step=0.05)
         self.find_button = PushButton(text="Find all")
         self.track_button = PushButton(text="Track the concept through planes")
@@ -46,7 +52,7 @@ class FindSection(SamSection):
             "SAM 3 video: every instance of the Find concept, one id per object on every plane of the "
             "stack (along the innermost slider), into the target Labels layer in one undo step"
         )
-        self.extend([form(self.find_text, self.find_exemplars, self.find_conf), self.find_button,
+        self.extend([self.find_hint, form(self.find_text, self.find_exemplars, self.find_conf), self.find_button,
                      self.track_button])
         self.find_button.changed.connect(self.find)
         self.track_button.changed.connect(self.track_concept)
@@ -55,6 +61,7 @@ class FindSection(SamSection):
     def find(self) -> None:
         """Preview every instance of the Find concept (and/or the exemplar boxes) on the current plane."""
         from napari_segsuite.models.open_vocab_common import check_concepts
+        from napari_segsuite.models.sam3 import check_exemplars
 
         dock = self.dock
         if dock.refuse_when_busy():
@@ -63,13 +70,22 @@ class FindSection(SamSection):
         try:
             image, plane, sel = dock.job_plane()
             concepts = check_concepts(str(self.find_text.value))
-            exemplars = None
+            exemplars = exemplar_labels = None
             boxes_layer = prompts.boxes_layer
             if self.find_exemplars.value and boxes_layer is not None and boxes_layer in self.viewer.layers:
-                boxes = [s.box for s in shapes_on_plane(self.viewer, boxes_layer, image, sel)]
-                exemplars = np.asarray(boxes, dtype=float).reshape(-1, 4) if boxes else None
+                shapes = shapes_on_plane(self.viewer, boxes_layer, image, sel)
+                if shapes:
+                    polarity = box_polarity(boxes_layer)
+                    exemplars = np.asarray([s.box for s in shapes], dtype=float).reshape(-1, 4)
+                    exemplar_labels = np.asarray([polarity[s.index] for s in shapes], dtype=int)
+                    check_exemplars(exemplars, exemplar_labels, plane.shape[:2])
             if not concepts and exemplars is None:
                 raise InputError("Type a concept to find (e.g. 'nucleus'), or tick exemplars and draw boxes.")
+            if not concepts and not exemplar_labels.any():
+                raise InputError(
+                    "Every exemplar box is 'not like this': type a concept, or draw a box around an object "
+                    "like the ones to find."
+                )
         except SegSuiteError as exc:
             dock.report(exc)
             return
@@ -87,7 +103,7 @@ class FindSection(SamSection):
                 )
             yield Progress(0, None, "Finding " + (", ".join(concepts) or "objects like the boxes"))
             return runner.predict_instances(prepare_rgb_uint8(plane), conf=conf, concepts=concepts,
-                                            exemplars=exemplars)
+                                            exemplars=exemplars, exemplar_labels=exemplar_labels)
 
         def on_result(pred) -> None:
             order = np.argsort(-pred.scores, kind="stable")

@@ -342,7 +342,7 @@ _FORWARDED = {
                 "autosave_dir", "restore_button", "autosaver", "autosave_folder", "journal_for",
                 "restore_autosave"),
     "everything": ("auto_button", "auto_params", "segment_everything", "automatic_params", "last_auto_layer"),
-    "finder": ("find_text", "find_exemplars", "find_conf", "find_button", "find", "track_button",
+    "finder": ("find_text", "find_exemplars", "find_hint", "find_conf", "find_button", "find", "track_button",
                "track_concept"),
     "propagation": ("prop_direction", "prop_label", "prop_max", "prop_floor", "prop_button", "propagate",
                     "write_propagation"),

@@ -8,7 +8,9 @@ Prompts live in two layers next to the dock's image, created as soon as an image
   Ctrl-click adds a negative point in one gesture.
 - ``<image> [sam boxes]``: a Shapes layer; every rectangle is its own object, all boxes
   are predicted as one batch; points inside a box refine it; ellipses and polygons act as
-  their box plus a mask prompt (SAM).
+  their box plus a mask prompt (SAM). Each box has an ``exemplar`` feature for Find (SAM 3):
+  1 "more like this" (yellow), 0 "not like this" (red, drawn with a Ctrl-drag); a
+  "not like this" box is no object of its own.
 
 After each prompt change (debounced) the objects appear in ``<image> [sam preview]``. The
 first prompt on a plane that is not encoded yet encodes it, with progress in the dock; on
@@ -47,6 +49,19 @@ COLORS = {True: "lime", False: "red"}
 #: Mouse buttons and modifiers that add a negative point in one gesture.
 NEGATIVE_GESTURES = "right-click or Ctrl-click"
 PROMPT_SUFFIXES = ("sam points", "sam boxes", "sam preview")
+EXEMPLAR = "exemplar"
+BOX_COLORS = {1: "yellow", 0: "red"}
+#: The gesture that draws a "not like this" exemplar box.
+NEGATIVE_BOX_GESTURE = "Ctrl-drag"
+
+
+def box_polarity(layer) -> np.ndarray:
+    """The ``exemplar`` feature of every box of ``layer``: 1 "more like this", 0 "not like this"."""
+    n = len(layer.data)
+    features = layer.features
+    if EXEMPLAR not in features.columns or len(features) != n:
+        return np.ones(n, dtype=int)
+    return np.asarray(features[EXEMPLAR].fillna(1), dtype=int)
 
 
 class PromptSection(SamSection):
@@ -62,7 +77,8 @@ class PromptSection(SamSection):
 
         self.hint = Label(value=(
             f"Click: positive point · {NEGATIVE_GESTURES}: negative\n"
-            "Shift-C: commit · Shift-X: clear · Shift-N: flip polarity"
+            "Shift-C: commit · Shift-X: clear · Shift-N: flip polarity\n"
+            f"Box: object / exemplar · {NEGATIVE_BOX_GESTURE} a box: 'not like this' exemplar (Find)"
         ))
         self.candidate_buttons = [PushButton(text=f"{i + 1}", enabled=False) for i in range(3)]
         for b in self.candidate_buttons:
@@ -153,8 +169,12 @@ class PromptSection(SamSection):
         if name in self.viewer.layers and isinstance(self.viewer.layers[name], Shapes):
             boxes = self.viewer.layers[name]
         else:
-            boxes = Shapes(ndim=ndim, name=name, edge_color="yellow", face_color="transparent", **kwargs)
+            boxes = Shapes(ndim=ndim, name=name, edge_color=BOX_COLORS[1], face_color="transparent",
+                           features={EXEMPLAR: np.zeros(0, dtype=int)}, **kwargs)
             self.viewer.add_layer(boxes)
+        if EXEMPLAR not in boxes.features.columns:
+            boxes.features = boxes.features.assign(**{EXEMPLAR: np.ones(len(boxes.features), dtype=int)})
+        boxes.feature_defaults = {EXEMPLAR: 1}
         name = output_layer_name(image, "sam preview")
         if name in self.viewer.layers and isinstance(self.viewer.layers[name], Labels):
             preview = self.viewer.layers[name]
@@ -167,8 +187,11 @@ class PromptSection(SamSection):
         self._sync_polarity()
         points.events.data.connect(self._on_points_changed)
         boxes.events.data.connect(self.schedule_preview)
+        boxes.events.data.connect(self._on_boxes_changed)
         if self._negative_gesture not in points.mouse_drag_callbacks:
             points.mouse_drag_callbacks.insert(0, self._negative_gesture)
+        if self._box_gesture not in boxes.mouse_drag_callbacks:
+            boxes.mouse_drag_callbacks.insert(0, self._box_gesture)
         if activate:
             self.focus_points()
         elif previous is not None and previous in self.viewer.layers:
@@ -179,6 +202,11 @@ class PromptSection(SamSection):
             if layer is not None:
                 with contextlib.suppress(Exception):
                     layer.events.data.disconnect(slot)
+        if self.boxes_layer is not None:
+            with contextlib.suppress(Exception):
+                self.boxes_layer.events.data.disconnect(self._on_boxes_changed)
+            if self._box_gesture in self.boxes_layer.mouse_drag_callbacks:
+                self.boxes_layer.mouse_drag_callbacks.remove(self._box_gesture)
         if self.points_layer is not None and self._negative_gesture in self.points_layer.mouse_drag_callbacks:
             self.points_layer.mouse_drag_callbacks.remove(self._negative_gesture)
 
@@ -195,6 +223,27 @@ class PromptSection(SamSection):
         negative = event.button == 2 or "Control" in {getattr(m, "name", str(m)) for m in event.modifiers}
         layer.feature_defaults = {POSITIVE: not (negative or self.negative.value)}
         yield
+
+    @staticmethod
+    def _box_gesture(layer, event):
+        """Before napari's drawing handler: a box drawn with Ctrl held is a "not like this" exemplar."""
+        negative = "Control" in {getattr(m, "name", str(m)) for m in event.modifiers}
+        layer.feature_defaults = {EXEMPLAR: 0 if negative else 1}
+        yield
+
+    def _on_boxes_changed(self, event=None) -> None:
+        """Yellow "more like this", red "not like this" boxes; set only when a colour is wrong."""
+        from napari.utils.colormaps.standardize_color import transform_color
+
+        action = str(getattr(event, "action", "") or "")
+        layer = self.boxes_layer
+        if action.endswith(("ing", "ING")) or layer is None or len(layer.data) == 0:
+            return
+        polarity = box_polarity(layer)
+        expected = np.where(polarity[:, None] == 1, transform_color(BOX_COLORS[1]), transform_color(BOX_COLORS[0]))
+        edge = np.asarray(layer.edge_color)
+        if edge.shape != expected.shape or not np.allclose(edge, expected):
+            layer.edge_color = [BOX_COLORS[int(p)] for p in polarity]
 
     def _sync_polarity(self, _=None) -> None:
         if self.points_layer is not None:
@@ -243,7 +292,8 @@ class PromptSection(SamSection):
             labels = np.asarray(self.points_layer.features[POSITIVE], dtype=bool)[which].astype(int)
         shapes = []
         if self.boxes_layer is not None and self.boxes_layer in self.viewer.layers:
-            shapes = shapes_on_plane(self.viewer, self.boxes_layer, image, sel)
+            positive = box_polarity(self.boxes_layer)
+            shapes = [s for s in shapes_on_plane(self.viewer, self.boxes_layer, image, sel) if positive[s.index]]
         objects = objects_from_prompts(coords, labels, shapes, sel.shape)
         refine = int(self.refine_id.value)
         if refine and len(objects) == 1 and "mask" not in objects[0]:
