@@ -105,7 +105,7 @@ def test_prompt_change_costs_the_same_at_25_and_800_points(make_napari_viewer, q
         widget._timer.stop()
 
         def once():
-            widget._color_points()
+            widget.prompts._color_points()
             widget.gather_prompts()
 
         return _best_time(once, repeats=5)

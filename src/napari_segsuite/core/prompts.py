@@ -45,9 +45,9 @@ def as_point_labels(labels, n: int) -> np.ndarray:
         return np.ones(n, dtype=int)
     arr = _numbers(labels, "point labels")
     if arr.ndim != 1 or arr.shape[0] != n:
-        raise InputError(f"The point labels must hold one value per point ({n}); got shape {arr.shape}.")
+        raise InputError(f"The point labels (point_labels) must hold one value per point ({n}); got shape {arr.shape}.")
     if arr.dtype != bool and (not np.isfinite(arr).all() or not np.isin(arr, (0, 1)).all()):
-        raise InputError("The point labels must be 0 (negative) or 1 (positive).")
+        raise InputError("The point labels (point_labels) must be 0 (negative) or 1 (positive).")
     return arr.astype(int)
 
 
