@@ -8,6 +8,7 @@ in scripts and tests.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -86,3 +87,14 @@ def subjob(job: Job[T], offset: int = 0, total: int | None = None, prefix: str =
             message=prefix + item.message,
             partial=item.partial,
         )
+
+
+def json_row(row: dict) -> dict:
+    """A training-history row ready for JSON: floats rounded to 5 places, NaN/inf as None."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, float):
+            out[key] = round(value, 5) if math.isfinite(value) else None
+        else:
+            out[key] = value
+    return out

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from napari_segsuite.core.errors import InputError
-from napari_segsuite.core.progress import Progress, run_sync
+from napari_segsuite.core.progress import Progress, json_row, run_sync
 
 Family = Literal["yolo", "maskrcnn"]
 FAMILIES: tuple[str, ...] = ("yolo", "maskrcnn")
@@ -257,7 +257,7 @@ def train_instances_job(
             "train_images": len(train_idx), "val_images": len(val_idx), "split": note,
             "seconds": round(state.seconds, 2), "cpu_seconds": round(state.cpu_seconds, 2),
             "options": {k: v for k, v in vars(opts).items() if k not in ("overwrite",)},
-            "history": [_json_row(r) for r in state.history],
+            "history": [json_row(r) for r in state.history],
         }
         save_trained(
             folder, weights, family=card_family, tasks=("instance",), class_names=model_names,
@@ -272,16 +272,6 @@ def train_instances_job(
         msg += f" (held-out mask AP50 {state.best_ap50:.3f} at epoch {state.best_epoch})"
     yield Progress(1, 1, msg)
     return runner
-
-
-def _json_row(row: dict) -> dict:
-    out = {}
-    for key, value in row.items():
-        if isinstance(value, float):
-            out[key] = round(value, 5) if math.isfinite(value) else None
-        else:
-            out[key] = value
-    return out
 
 
 def train_instances(

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from napari_segsuite.core.errors import InputError
-from napari_segsuite.core.progress import Progress, run_sync
+from napari_segsuite.core.progress import Progress, json_row, run_sync
 from napari_segsuite.models.unet import logits_job
 
 UNLABELED_NAME = "unlabeled"
@@ -180,19 +180,9 @@ def _with_training_info(state: TrainingState) -> dict:
         "best_val_loss": None if not math.isfinite(state.best_val) else float(state.best_val),
         "labeled_pixels": int(state.labeled_pixels),
         "seconds": round(float(state.seconds), 2),
-        "history": [_json_row(r) for r in state.history],
+        "history": [json_row(r) for r in state.history],
     }
     return cfg
-
-
-def _json_row(row: dict) -> dict:
-    out = {}
-    for key, value in row.items():
-        if isinstance(value, float):
-            out[key] = round(value, 5) if math.isfinite(value) else None
-        else:
-            out[key] = value
-    return out
 
 
 class TrainedUnet:
