@@ -536,6 +536,8 @@ class SegmentationWidget(Dock):
         total = per * n
         run = {"store": store, "layer": target, "region": region, "pending": None}
         self._region_run = run
+        if store is not None:
+            self.jobs.abort_message = f"Cancelled; the chunks written so far stay in '{target.name}'."
 
         def job():
             runner = yield from self.load_model_job()
@@ -596,6 +598,7 @@ class SegmentationWidget(Dock):
         """After a Cancel or an error of an on-disk run: the chunks written stay; the region can
         be put back with Ctrl-Z on the layer when it was small enough to keep its old pixels."""
         run, self._region_run = self._region_run, None
+        self.jobs.abort_message = "Cancelled; no layer was changed."
         if run is None or run.get("store") is None or run.get("pending") is None or how == "returned":
             return
         sel, before = run["pending"]
