@@ -726,8 +726,9 @@ def labels_store_location(image_layer, name: str, folder=None):
     """Where the on-disk labels ``name`` of ``image_layer`` go, and a note when it is not the image.
 
     The ``labels/<name>`` group of the image's OME-Zarr when the image is a writable local
-    OME-Zarr; else ``<folder>/<image>.labels.zarr/labels/<name>`` (``folder``: the given one,
-    else ``$NAPARI_SEGSUITE_LABELS_DIR``, else the model folder's ``labels/``).
+    OME-Zarr; else ``<folder>/<image>.labels.zarr/labels/<name>`` (``folder``:
+    ``$NAPARI_SEGSUITE_LABELS_DIR`` when set, else the one given: the docks give the model
+    folder's ``labels/``).
 
     Returns
     -------
@@ -745,12 +746,9 @@ def labels_store_location(image_layer, name: str, folder=None):
         if os.access(probe, os.W_OK):
             return target / _safe(name), ""
         note = f"'{root}' is read-only, so the labels are kept in another folder: "
+    folder = os.environ.get(LABELS_DIR_ENV) or folder
     if folder is None:
-        folder = os.environ.get(LABELS_DIR_ENV)
-    if folder is None:
-        from napari_segsuite.models.store import ModelStore
-
-        folder = Path(ModelStore().cache_dir) / "labels"
+        raise InputError(f"No folder for the labels of '{image_layer.name}': set {LABELS_DIR_ENV}.")
     path = Path(folder) / f"{_safe(image_layer.name)}.labels.zarr" / "labels" / _safe(name)
     return path, (note + str(path)) if note else ""
 

@@ -490,11 +490,12 @@ class SegmentationWidget(Dock):
         The region (the whole plane, the field of view or the last rectangle of
         ``"<image> [region]"``) of the current plane, or of every plane with *all planes*, goes
         through the dock's batch task in chunks of
-        :data:`~napari_segsuite.tasks.regions.REGION_CHUNK` pixels (objects merged across
+        :data:`~napari_segsuite.batch.regions.REGION_CHUNK` pixels (objects merged across
         chunk borders). With labels on disk the chunks are written into the
         ``"<image> [<task>]"`` store as they come (plane by plane); otherwise the region's labels
         are written into the in-memory Labels layer at the end (one undo step).
         """
+        from napari_segsuite.batch.regions import REGION_CHUNK, n_chunks, segment_region_job
         from napari_segsuite.batch.tasks import get_task
         from napari_segsuite.core.label_store import UNDO_PIXELS
         from napari_segsuite.core.regions import LazyView, Region, check_fits_memory
@@ -505,7 +506,6 @@ class SegmentationWidget(Dock):
             output_layer_name,
             rectangle_region,
         )
-        from napari_segsuite.tasks.regions import REGION_CHUNK, n_chunks, segment_region_job
         from napari_segsuite.widgets.semantic import plane_selections
 
         layer = self.selected_image()
@@ -526,7 +526,8 @@ class SegmentationWidget(Dock):
         name = output_layer_name(layer, self.task)
         store, target, note, base_offset = None, None, "", 0
         if labels_on_disk(layer, int(self.on_disk_mpx.value) * 1_000_000):
-            target, store, note = ondisk_labels_layer(self.viewer, layer, sel0, name)
+            target, store, note = ondisk_labels_layer(self.viewer, layer, sel0, name,
+                                                      folder=Path(self.store.cache_dir) / "labels")
         else:
             what = f"The region ({region.shape[0]} x {region.shape[1]} pixels{f' x {n} planes' if n > 1 else ''})"
             check_fits_memory(region.size * n, 8, what)
