@@ -363,6 +363,12 @@ class SegmentationWidget(Dock):
             inputs.append((layer, data, rgb, int(np.prod(spatial[:-2], dtype=np.int64))))
         total = sum(n for *_, n in inputs)
         scope = self.scope.value
+        from napari_segsuite.core.regions import check_fits_memory
+
+        pixels = sum(n * int(np.prod(d.shape[-3:-1] if rgb else d.shape[-2:], dtype=np.int64))
+                     for _, d, rgb, n in inputs)
+        check_fits_memory(pixels, 8, f"The labels of {len(inputs)} image{'s' if len(inputs) != 1 else ''} "
+                                     f"({scope}, kept in memory)")
 
         def job():
             runner = yield from self.load_model_job()
