@@ -16,6 +16,13 @@
   that was edited since raises :class:`LayerEditedError` ("ask"), writes over it
   ("overwrite", the default outside the widgets) or goes to a new layer ("new").
 
+- Large images: :func:`field_of_view` and :func:`rectangle_region` give the region of a
+  plane to segment; :func:`ondisk_labels_layer` makes (or re-opens) a Labels layer backed by a
+  zarr pyramid (:class:`~napari_segsuite.core.label_store.LabelStore`, OME-Zarr labels),
+  :func:`record_on_disk_write` updates its features and provenance after a region was written,
+  :func:`undo_on_disk` undoes the last bounded write, and :func:`write_region` writes a region
+  into an in-memory Labels layer.
+
 Call these on the GUI thread only.
 """
 
