@@ -55,6 +55,8 @@ from napari_segsuite.testing.large_images import open_slide
 from napari_segsuite.widgets.base import FIELD_OF_VIEW, LOCAL, RECTANGLE, WHOLE_PLANE
 from napari_segsuite.widgets.instance import InstanceWidget
 from napari_segsuite.widgets.semantic import SemanticWidget
+import shutil
+shutil.rmtree({slide!r} + "/labels", ignore_errors=True)  # labels of earlier runs: start empty
 levels = open_slide({slide!r})
 viewer = napari.Viewer(show=True)
 viewer.window._qt_window.resize(1920, 1080)
@@ -137,9 +139,11 @@ def _slide(path: str, side: int) -> str:
 
 
 def _row(case: str, out: dict) -> dict:
-    return {"case": case, "seconds": out["seconds"], "Mpx": out["mpx"],
-            "s_per_Mpx": out["seconds"] / max(out["mpx"], 1e-9), "peak_mb": out["peak_mb"],
-            "rise_mb": out.get("rise_mb", float("nan"))}
+    row = {"case": case, "seconds": out["seconds"], "Mpx": out["mpx"],
+           "s_per_Mpx": out["seconds"] / max(out["mpx"], 1e-9), "peak_mb": out["peak_mb"],
+           "rise_mb": out.get("rise_mb", float("nan"))}
+    print(f"  {row}", flush=True)  # each row as it comes (the whole table prints at the end)
+    return row
 
 
 @benchmark("large_images")

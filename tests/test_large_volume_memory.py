@@ -74,6 +74,8 @@ SCRIPT = textwrap.dedent("""
         wait_until(lambda: not d.jobs.busy and d.run_button.enabled, 900, "the run")
         if d.jobs.last_error is not None:
             raise RuntimeError(str(d.jobs.last_error))
+        if "written to" not in d.message.value:
+            raise RuntimeError("nothing written: " + d.message.value)
         return d.message.value
 
     # Semantic: a rectangle drawn with the mouse, on all 64 planes (streamed plane by plane)

@@ -528,11 +528,12 @@ class SegmentationWidget(Dock):
         params = self.batch_params()
         sels = plane_selections(self.viewer, layer, self.scope.value == ALL_PLANES)
         sel0 = sels[0]
+        current = plane_selections(self.viewer, layer, False)[0]  # the region is read on the shown plane
         choice = self.region.value
         if choice == FIELD_OF_VIEW:
-            region = field_of_view(self.viewer, layer, sel0)
+            region = field_of_view(self.viewer, layer, current)
         elif choice == RECTANGLE:
-            region = rectangle_region(self.viewer, layer, sel0)
+            region = rectangle_region(self.viewer, layer, current)
         else:
             region = Region.whole(sel0.shape)
         data = full_resolution(layer)
