@@ -228,7 +228,8 @@ def test_labels_go_to_the_ome_zarr_labels_group(make_napari_viewer, qtbot, model
     group = json.loads((tmp_path / "img.zarr" / "labels" / "zarr.json").read_text())
     assert group["attributes"]["ome"]["labels"] == ["img_semantic"]
     attrs = json.loads((store.path / "zarr.json").read_text())["attributes"]
-    assert attrs["segsuite"]["last"]["region"] == [100, 600, 200, 700]
+    # corners on pixel centres 100 and 600: pixels 100..600 inclusive (napari's pixel i spans i +- 0.5)
+    assert attrs["segsuite"]["last"]["region"] == [100, 601, 200, 701]
     assert attrs["segsuite"]["last"]["model"]["name"] and attrs["ome"]["image-label"]
     # a new viewer re-opens the same labels from the store
     viewer.layers.remove(labels)
