@@ -62,6 +62,13 @@ from napari_segsuite.core.tiling import Tile, TileReader, tile_grid
 WINDOW_FACTOR = 1.25
 #: a window spanning prompts may hold at most this many encoder inputs' worth of pixels
 MAX_WINDOW_INPUTS = 16
+#: the viewer's embedding cache: at most this many embeddings (windows or whole planes) ...
+CACHE_EMBEDDINGS = 48
+#: ... holding at most this many bytes (a SAM ViT window: 4 MiB of features plus the decoder's
+#: kept image side once prompted)
+CACHE_BYTES = 768 << 20
+#: a commit of windowed objects writes at most this many pixels at once
+MAX_COMMIT_PIXELS = 64 * 1024 * 1024
 
 
 def needs_windows(shape: tuple[int, ...], input_size: int) -> bool:
@@ -97,6 +104,10 @@ class PlaneView:
         for axis, k in zip(self.kept, key, strict=False):
             full[axis] = k
         return np.asarray(self.data[tuple(full)])
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[tuple(slice(None) for _ in self.shape)]
+        return out if dtype is None else out.astype(dtype)
 
 
 @dataclasses.dataclass
