@@ -107,7 +107,7 @@ def test_a_click_on_a_large_slide_gives_a_full_resolution_mask_where_clicked(sli
 
 
 def test_bad_input_on_a_large_slide_gives_clear_messages(slide_viewer):
-    viewer, image, dock, levels, counter = slide_viewer
+    viewer, image, dock, _levels, _counter = slide_viewer
     _look_at(viewer, image, (40.0, 40.0), zoom=1.0)
     # a point off the image
     click(viewer, image, (-30.0, 40.0))
