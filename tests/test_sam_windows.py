@@ -206,3 +206,12 @@ def test_propagation_through_a_large_volume_in_windows(session, reference):
         assert m.shape[0] >= 256 and m.shape[1] >= 256
         h, w = m.shape
         assert r <= rows.min() + pr and rows.max() + pr < r + h and c <= cols.min() + pc and cols.max() + pc < c + w
+
+
+def test_a_window_larger_than_the_memory_available_is_refused(session, monkeypatch):
+    import napari_segsuite.core.regions as regions
+
+    monkeypatch.setattr(regions, "available_memory", lambda: 2 * 2**20)  # 2 MiB "free"
+    w = WindowedPrompts(session, _slide(), token="memory")
+    with pytest.raises(InputError, match="more than the memory available"):
+        w.plan([{"points": np.array([[10.0, 10.0], [900.0, 900.0]]), "labels": np.array([1, 1]), "box": None}])

@@ -91,12 +91,22 @@ def test_a_click_on_a_large_slide_gives_a_full_resolution_mask_where_clicked(sli
 
     runs = dock.session.encoder_runs
     key(viewer, "C", ("shift",))
+    # a zarr slide: the labels live on disk, in a pyramid like the image's, aligned with it
     target = viewer.layers["slide [sam]"]
+    assert target.multiscale and len(target.data) == len(levels)
+    np.testing.assert_allclose(target.scale, SCALE)
+    np.testing.assert_allclose(target.translate, TRANSLATE)
     full = np.zeros((SIZE, SIZE), bool)
     full[window.slices] = rmasks[obj["choice"]]
-    assert np.array_equal(np.asarray(target.data) == 1, full)
+    assert np.array_equal(np.asarray(target.data[0]) == 1, full)
+    assert np.array_equal(np.asarray(target.data[1]) == 1, full[::2, ::2])
     assert int(target.features.set_index("label").loc[1, "area"]) == int(full.sum())
     assert dock.commits.next_id.value == "Next id: 2"
+    # Undo takes the region back (the store keeps the last write's region)
+    dock.commits.undo()
+    assert not np.asarray(target.data[0]).any()
+    dock.commits.undo(redo=True)
+    assert np.array_equal(np.asarray(target.data[0]) == 1, full)
 
     # a second click in the same window: its embedding from the cache, no encoder run
     near = (where[0] + 20, where[1] - 15)

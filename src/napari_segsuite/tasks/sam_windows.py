@@ -62,6 +62,8 @@ from napari_segsuite.core.tiling import Tile, TileReader, tile_grid
 WINDOW_FACTOR = 1.25
 #: a window spanning prompts may hold at most this many encoder inputs' worth of pixels
 MAX_WINDOW_INPUTS = 16
+#: working memory of a window per pixel: its RGB, the float copy of the resize, the masks
+WINDOW_BYTES_PER_PIXEL = 24
 #: the viewer's embedding cache: at most this many embeddings (windows or whole planes) ...
 CACHE_EMBEDDINGS = 48
 #: ... holding at most this many bytes (a SAM ViT window: 4 MiB of features plus the decoder's
@@ -177,6 +179,15 @@ class WindowedPrompts:
         margin_r, margin_c = max(16, (r1 - r0) // 8), max(16, (c1 - c0) // 8)
         tile = Tile(max(0, r0 - margin_r), max(0, c0 - margin_c), min(h, r1 + margin_r), min(w, c1 + margin_c))
         pixels = (tile.r1 - tile.r0) * (tile.c1 - tile.c0)
+        from napari_segsuite.core.regions import MEMORY_SHARE, available_memory
+
+        need = pixels * WINDOW_BYTES_PER_PIXEL
+        if need > MEMORY_SHARE * available_memory():
+            raise InputError(
+                f"The prompts of one object span {tile.r1 - tile.r0:,} x {tile.c1 - tile.c0:,} pixels; a window that "
+                f"large needs about {need / 2**30:.1f} GiB, more than the memory available "
+                f"({available_memory() / 2**30:.1f} GiB). Prompt a smaller object, or draw a box around a part of it."
+            )
         if pixels > self.max_window_pixels:
             side = int(math.sqrt(self.max_window_pixels))
             raise InputError(
