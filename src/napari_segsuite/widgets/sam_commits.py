@@ -271,7 +271,7 @@ class CommitSection(SamSection):
         chosen = self.target.value
         name = self.target_name(image)
         if (chosen is None or chosen not in self.viewer.layers) and name not in self.viewer.layers \
-                and labels_on_disk(image):
+                and labels_on_disk(image, int(self.dock.on_disk_mpx.value) * 1_000_000):
             target, store, note = ondisk_labels_layer(self.viewer, image, sel, name,
                                                       folder=Path(self.dock.store.cache_dir) / "labels")
             if note:

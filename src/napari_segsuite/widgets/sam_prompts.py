@@ -519,10 +519,13 @@ class PromptSection(SamSection):
         plane = np.zeros((region.r1 - region.r0, region.c1 - region.c0), dtype=np.uint8)
         for k, mask in enumerate(paste_objects(self.preview.objects, region)):
             plane[mask] = min(k + 1, 255)
-        layer.data = plane.reshape(region_shape(sel, region))
-        layer.translate = region_layer_kwargs(image, sel, region)["translate"]
-        layer.metadata = {**layer.metadata, "segsuite": {**meta, "windowed": True,
-                                                         "region": [region.r0, region.c0, region.r1, region.c1]}}
+        box = [region.r0, region.c0, region.r1, region.c1]
+        if meta.get("region") == box and layer.data.shape == region_shape(sel, region):
+            layer.data[...] = plane.reshape(layer.data.shape)  # the same window: drawn in place
+        else:
+            layer.data = plane.reshape(region_shape(sel, region))
+            layer.translate = region_layer_kwargs(image, sel, region)["translate"]
+            layer.metadata = {**layer.metadata, "segsuite": {**meta, "windowed": True, "region": box}}
         layer.refresh()
         objects = self.preview.objects
         best = objects[0]
