@@ -165,3 +165,36 @@ def test_segment_everything_on_the_field_of_view_of_a_slide(slide_viewer):
     ours = labels[r0:r1, c0:c1]
     pairs = np.unique(np.stack([ours.ravel(), expected.ravel()]), axis=1)
     assert len(pairs[0]) == len(np.unique(ours)) == len(np.unique(expected))  # a one-to-one relabelling
+
+
+def test_propagation_through_a_large_dask_volume_in_windows(make_napari_viewer, tiny_sam_path, tmp_path):
+    from napari_segsuite.testing.large_images import counting_dask, synthetic_volume
+
+    volume = synthetic_volume((3, 1600, 1600), chunks=(1, 512, 512))
+    data, counter = counting_dask(volume, chunks=(1, 512, 512))
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1920, 1080)
+    image = viewer.add_image(data, name="vol", scale=(2.0, 0.5, 0.5), translate=(0.0, 5.0, -5.0))
+    dock = SamPromptWidget(viewer)
+    viewer.window.add_dock_widget(dock, name="SAM")
+    dock.models.model.value = LOCAL
+    dock.models.local.value = str(tiny_sam_path)
+    dock.device.value = "cpu"
+    dock.autosave_dir.value = str(tmp_path / "autosave")
+    viewer.dims.set_point(0, 2.0)  # plane 1
+    _look_at(viewer, image, (1.0, 800.0, 800.0))
+    click(viewer, image, (1.0, 800.0, 800.0))
+    wait_until(lambda: _preview_ready(dock), 120, "the preview")
+    key(viewer, "C", ("shift",))
+    target = viewer.layers["vol [sam]"]
+    assert "on_disk" in target.metadata["segsuite"]  # a dask image: labels on disk
+    counter.reset()
+    dock.propagation.prop_floor.value = 0.0
+    dock.propagation.propagate()
+    dock.jobs.wait(300, "propagation")
+    assert "Propagated label 1 to 2 plane(s) in windows" in dock.message.value, dock.message.value
+    level0 = target.data[0] if target.multiscale else target.data
+    for z in (0, 2):
+        assert (np.asarray(level0[z]) == 1).any()
+    # only windows of planes 0 and 2 were read (chunks of 512 x 512 around them), never a whole plane
+    assert counter.pixels <= 2 * 9 * 512 * 512 and counter.largest <= 512 * 512
