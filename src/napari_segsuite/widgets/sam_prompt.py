@@ -51,6 +51,8 @@ from napari_segsuite.widgets.sam_propagation import PropagationSection
 __all__ = ["COLORS", "DEBOUNCE_MS", "POSITIVE", "SamPromptWidget"]
 
 _VERSIONS = itertools.count(1)
+#: CPU niceness added to the dock's job thread (model loading, encoding, segment everything, propagation)
+JOB_NICE = 10
 
 
 class SamPromptWidget(SegmentationWidget):
@@ -72,6 +74,9 @@ class SamPromptWidget(SegmentationWidget):
         # Progress shows in this dock's own bar: napari's activity animation would slow the encoder
         # by a third where OpenGL is software-rendered (see JobRunner.napari_progress).
         self.jobs.napari_progress = False
+        # Encoding runs below the GUI's CPU priority (the job thread and the library threads it
+        # starts): the viewer keeps drawing while the encoder takes every core the GUI leaves.
+        self.jobs.nice = JOB_NICE
         self.session = None
         self._session_key = None
         self._data_versions: dict[int, list] = {}

@@ -112,7 +112,7 @@ class PromptSection(SamSection):
             button.changed.connect(lambda _=None, i=i: self.select_candidate(i))
         self.negative.changed.connect(self._sync_polarity)
         self.multimask.changed.connect(self.schedule_preview)
-        self.viewer.dims.events.current_step.connect(self.schedule_preview)
+        self.viewer.dims.events.current_step.connect(self._on_step)
 
     @property
     def preview(self):
@@ -221,14 +221,14 @@ class PromptSection(SamSection):
     def _negative_gesture(self, layer, event):
         """Before napari's add-point handler: a right click or Ctrl-click adds a negative point."""
         negative = event.button == 2 or "Control" in {getattr(m, "name", str(m)) for m in event.modifiers}
-        layer.feature_defaults = {POSITIVE: not (negative or self.negative.value)}
+        _set_default(layer, POSITIVE, not (negative or self.negative.value))
         yield
 
     @staticmethod
     def _box_gesture(layer, event):
         """Before napari's drawing handler: a box drawn with Ctrl held is a "not like this" exemplar."""
         negative = "Control" in {getattr(m, "name", str(m)) for m in event.modifiers}
-        layer.feature_defaults = {EXEMPLAR: 0 if negative else 1}
+        _set_default(layer, EXEMPLAR, 0 if negative else 1)
         yield
 
     def _on_boxes_changed(self, event=None) -> None:
@@ -277,9 +277,37 @@ class PromptSection(SamSection):
 
     # -- prompts -> preview -------------------------------------------------------------------
     def schedule_preview(self, event=None) -> None:
-        """Ask for a new preview after the prompts settle (debounced)."""
+        """Ask for a new preview after the prompts settle (debounced).
+
+        On a plane that is not encoded yet the encoding starts at once: it does not
+        depend on the prompts, and prompts added meanwhile are decoded when it ends.
+        """
         self.preview.new_prompts()
+        self._timer.setInterval(0 if self._plane_needs_encoding() else DEBOUNCE_MS)
         self._timer.start()
+
+    def _on_step(self, event=None) -> None:
+        """The slider moved: a preview of the new plane's prompts after the usual debounce (no encode while scrubbing)."""
+        self.preview.new_prompts()
+        self._timer.setInterval(DEBOUNCE_MS)
+        self._timer.start()
+
+    def _plane_needs_encoding(self) -> bool:
+        """Whether the current plane of an in-memory image has no embedding yet (no job running).
+
+        Lazy (dask, zarr) images answer False: finding out would read the plane.
+        """
+        dock = self.dock
+        if dock.jobs.busy or self.points_layer is None:
+            return False
+        image = dock.image.value
+        if image is None or image not in self.viewer.layers or not isinstance(full_resolution(image), np.ndarray):
+            return False
+        try:
+            _, sel = current_plane(self.viewer, image)
+        except SegSuiteError:
+            return False
+        return dock.cached_key(dock.plane_token(image, sel.index)) is None
 
     def gather_prompts(self):
         """Read the prompts on the current plane (GUI thread). Returns (image, plane, sel, objects)."""
@@ -522,6 +550,14 @@ class PromptSection(SamSection):
             self._timer.stop()
         self.prompt_thread.close(timeout=10)
         self.prefetch_thread.close(timeout=10)
+
+
+def _set_default(layer, column: str, value) -> None:
+    """Set a layer's feature default for the next shape or point, only when it differs (one DataFrame less per click)."""
+    current = layer.feature_defaults
+    if column in current.columns and len(current) and current[column].iloc[0] == value:
+        return
+    layer.feature_defaults = {column: value}
 
 
 def _bridge_class():
