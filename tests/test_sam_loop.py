@@ -178,3 +178,24 @@ def test_committed_objects_can_be_deleted_and_reprompted(make_napari_viewer, tin
     dock.commits.delete_selected()
     assert not (target.data == shown[-1].label).any()
     assert dock.commits.undo_steps[-1].text == f"delete of label {shown[-1].label}"
+
+
+def test_the_first_click_on_a_new_plane_encodes_at_once_and_below_the_gui_priority(coins_viewer):
+    import os
+
+    from napari_segsuite.widgets.sam_prompt import DEBOUNCE_MS, JOB_NICE
+
+    viewer, image, dock = coins_viewer
+    (r, c), = coin_centres(1)
+    click(viewer, image, (r, c))
+    # the plane is not encoded: no debounce before the encoding starts
+    assert dock.prompts._timer.interval() == 0
+    wait_until(lambda: bool(dock.preview.objects) and not dock.preview_busy, 60, "the preview")
+    job_thread = dock.jobs._job_thread.thread
+    assert os.getpriority(os.PRIO_PROCESS, job_thread.native_id) >= JOB_NICE
+    assert os.getpriority(os.PRIO_PROCESS, 0) < JOB_NICE  # the GUI thread keeps its priority
+    click(viewer, image, (r + 5, c))
+    # the plane is encoded now: prompt changes are debounced again
+    assert dock.prompts._timer.interval() == DEBOUNCE_MS
+    wait_until(lambda: len(dock.points_layer.data) == 2 and not dock.preview_busy, 60, "the second preview")
+    assert dock.session.encoder_runs == 1

@@ -60,7 +60,7 @@ class ModelPicker(Container):
     """Registry models for some tasks, or a local file/folder; with download and cache folder."""
 
     def __init__(self, tasks: tuple[str, ...], store: ModelStore, families: tuple[str, ...] | None = None):
-        from napari_segsuite.widgets.scaffold import form
+        from napari_segsuite.widgets.scaffold import form, wrapping
 
         super().__init__(labels=False)
         self.tasks = tasks
@@ -71,8 +71,7 @@ class ModelPicker(Container):
         self.local_dir = PushButton(text="Use a folder instead…", visible=False)
         self.download = PushButton(text="Download", visible=False)
         self.cache = FileEdit(label="Model folder", mode="d", value=str(store.cache_dir))
-        self.status = Label(value="")
-        self.status.native.setWordWrap(True)
+        self.status = wrapping(Label(value=""))
         # Model and Local file in the labelled column; the status line and the buttons span the width.
         self.fields = form(self.model, self.local)
         self.cache_fields = form(self.cache)

@@ -283,7 +283,8 @@ class PromptSection(SamSection):
         depend on the prompts, and prompts added meanwhile are decoded when it ends.
         """
         self.preview.new_prompts()
-        self._timer.setInterval(0 if self._plane_needs_encoding() else DEBOUNCE_MS)
+        settled = not str(getattr(event, "action", "") or "").endswith(("ing", "ING"))  # not mid-drag
+        self._timer.setInterval(0 if settled and self._plane_needs_encoding() else DEBOUNCE_MS)
         self._timer.start()
 
     def _on_step(self, event=None) -> None:

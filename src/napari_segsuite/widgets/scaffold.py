@@ -201,10 +201,54 @@ def align_labels(container: Container, minimum: int = 0) -> int:
 
     measure = use_app().get_obj("get_text_width")
     rows = _labeled_rows(container)
-    width = max([minimum, *(measure(w.label) for w, _ in rows)])
+
+    def needed(w, labeled) -> int:
+        # the label widget's own size hint: its font and margins (the plain text measure can be narrower)
+        try:
+            hint = labeled._label_widget.native.sizeHint().width()
+        except (AttributeError, RuntimeError):
+            hint = 0
+        return max(measure(w.label), hint)
+
+    width = max([minimum, *(needed(w, labeled) for w, labeled in rows)])
     for _w, labeled in rows:
         labeled.label_width = width
     return width
+
+
+def wrapping(label: Label) -> Label:
+    """Let ``label`` wrap its text over the dock's width and keep the height its lines need.
+
+    A word-wrapped ``QLabel`` in nested layouts can be given the height of fewer lines
+    than it shows (its text is then cut at the top and bottom); its minimum height follows
+    its width and text instead. Returns ``label``.
+    """
+    from qtpy.QtCore import QEvent, QObject
+    from qtpy.QtWidgets import QSizePolicy
+
+    native = label.native
+    native.setWordWrap(True)
+    native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+
+    def fit(*_) -> None:
+        try:
+            width = native.width()
+            need = native.heightForWidth(width) if width > 0 else -1
+            if need > 0 and native.minimumHeight() != need:
+                native.setMinimumHeight(need)
+        except RuntimeError:  # deleted
+            pass
+
+    class Watch(QObject):
+        def eventFilter(self, obj, event):
+            if event.type() == QEvent.Type.Resize:
+                fit()
+            return False
+
+    watch = Watch(native)
+    native.installEventFilter(watch)
+    label.changed.connect(fit)
+    return label
 
 
 def _LayoutWatch(widget, callback):
@@ -349,8 +393,7 @@ class JobPanel:
         self.buttons = Container(layout="horizontal", labels=False, widgets=[self.cancel_button])
         self.buttons.margins = (0, 0, 0, 0)
         self.progress = ProgressBar(value=0, min=0, max=100, label="")
-        self.message = Label(value="")
-        self.message.native.setWordWrap(True)
+        self.message = wrapping(Label(value=""))
         self.controls = Container(labels=False, widgets=[self.buttons, self.progress, self.message])
         self.controls.margins = (0, 0, 0, 0)
         self._extra_progress = on_progress
