@@ -32,6 +32,8 @@ def coins_sam(folder: Path, steps: int) -> Path:
 
     labels, _ = ndimage.label(coins_reference_mask() > 0)
     start = build_tiny_sam(folder / "tiny_sam.pth")
+    if steps <= 0:
+        return start
     out = folder / "coins_sam.pth"
     finetune_sam([data.coins()], [labels], str(start), out=str(out), steps=steps, objects_per_step=8,
                  learning_rate=1e-3, val_fraction=0.2, val_every=max(1, steps // 4))
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("png", nargs="?", default=str(ROOT / "docs" / "screenshot.png"))
     parser.add_argument("--model", help="a SAM checkpoint to use instead of fine-tuning a tiny one")
-    parser.add_argument("--steps", type=int, default=400, help="fine-tuning steps of the tiny SAM")
+    parser.add_argument("--steps", type=int, default=400, help="fine-tuning steps of the tiny SAM (0: the random tiny SAM)")
     parser.add_argument("--objects", type=int, default=5, help="coins committed before the shot")
     args = parser.parse_args(argv)
 

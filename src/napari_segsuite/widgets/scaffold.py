@@ -202,13 +202,24 @@ def align_labels(container: Container, minimum: int = 0) -> int:
     measure = use_app().get_obj("get_text_width")
     rows = _labeled_rows(container)
 
+    try:  # the font the dock shows (the viewer's stylesheet), also for labels of collapsed groups
+        metrics = container.native.fontMetrics()
+    except RuntimeError:
+        metrics = None
+
     def needed(w, labeled) -> int:
-        # the label widget's own size hint: its font and margins (the plain text measure can be narrower)
+        # the plain text measure can be narrower than the label as shown (its font and margins)
+        widths = [measure(w.label)]
         try:
-            hint = labeled._label_widget.native.sizeHint().width()
+            native = labeled._label_widget.native
+            widths.append(native.sizeHint().width())
+            if metrics is not None:
+                margins = native.contentsMargins()
+                widths.append(metrics.horizontalAdvance(w.label) + margins.left() + margins.right()
+                              + 2 * native.margin() + 2)
         except (AttributeError, RuntimeError):
-            hint = 0
-        return max(measure(w.label), hint)
+            pass
+        return max(widths)
 
     width = max([minimum, *(needed(w, labeled) for w, labeled in rows)])
     for _w, labeled in rows:
@@ -249,6 +260,23 @@ def wrapping(label: Label) -> Label:
     native.installEventFilter(watch)
     label.changed.connect(fit)
     return label
+
+
+def _EventWatch(widget, kinds: tuple[str, ...], callback):
+    """Call ``callback()`` after ``widget`` receives an event of one of ``kinds`` (``QEvent.Type`` names)."""
+    from qtpy.QtCore import QEvent, QObject
+
+    types = {getattr(QEvent.Type, kind) for kind in kinds}
+
+    class Watch(QObject):
+        def eventFilter(self, obj, event):
+            if event.type() in types:
+                callback()
+            return False
+
+    watch = Watch(widget)
+    widget.installEventFilter(watch)
+    return watch
 
 
 def _LayoutWatch(widget, callback):
@@ -295,6 +323,8 @@ class Dock(Container):
         self.native.layout().addWidget(scroll)
         self.scroll_area = scroll
         self._width_watch = _LayoutWatch(self.body.native, self.fit_width)
+        # the viewer's stylesheet (its font) reaches the dock when it is shown: line the labels up again
+        self._style_watch = _EventWatch(self.native, ("Show", "StyleChange", "FontChange"), self._realign)
         self.native.setProperty(DOCK_PROPERTY, True)
         events = napari_viewer.layers.events
         for ev in (events.inserted, events.removed, events.reordered):
@@ -321,6 +351,13 @@ class Dock(Container):
         align_labels(self.body)
         self.results.visible = len(self.results) > 0
         self.fit_width()
+
+    def _realign(self) -> None:
+        try:
+            align_labels(self.body)
+            self.fit_width()
+        except RuntimeError:  # deleted
+            pass
 
     def fit_width(self) -> None:
         """Make the dock at least as wide as its content (the content never scrolls sideways)."""
