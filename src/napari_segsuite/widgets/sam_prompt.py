@@ -52,7 +52,7 @@ __all__ = ["COLORS", "DEBOUNCE_MS", "POSITIVE", "SamPromptWidget"]
 
 _VERSIONS = itertools.count(1)
 #: CPU niceness added to the dock's job thread (model loading, encoding, segment everything, propagation)
-JOB_NICE = 10
+JOB_NICE = 5
 
 
 class SamPromptWidget(SegmentationWidget):
