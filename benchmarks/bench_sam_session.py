@@ -13,17 +13,32 @@
   plane and shows the first mask; the time from the click to the preview, against loading
   the same checkpoint plus a bare ``SamPredictor.set_image`` (and ``predict``) in this
   process; then a click on a second new image with the model loaded, against a bare
-  ``set_image``. A 10 ms heartbeat timer measures the longest event-loop gap meanwhile.
+  ``set_image``. A 10 ms heartbeat on the GUI thread measures the longest event-loop gap
+  meanwhile, and :class:`event_loop_gaps.GapMonitor` says what the GUI thread did in it: how
+  long it ran, waited for a CPU (runnable, not scheduled) and slept (the GIL, a lock, the GL
+  driver), with its sampled stack (printed to stderr). The table starts with the load average.
+  ``SEGSUITE_BENCH_SAM_SESSION=0`` skips the session, ``SEGSUITE_BENCH_SAM_QUICK=1`` the vit_b part.
 
-Measured 2026-12-01, ``benchmarks/run.py sam_session --repeats 1`` on the 2-core dev VM under a
-load average of ~15 (five other developers' test runs): session 10 objects, 2.5 user actions
-per object (max 3), 15/15 clicks added a point, 10/10 commits added a label, 0 lost, 3.6 s per
-object. vit_b first mask, model not loaded: 109.4 s against 138.6 s for load + bare
-``set_image`` + ``predict`` (0.79x); model loaded: 92.6 s against 112.6 s (0.82x). Longest
-event-loop gaps 625 ms (first click, model load + encode) and 985 ms (encode only): over the
-100 ms goal under this load, where the GUI thread also waits for the CPU; not measured quiet
-in this session (an earlier quiet run of ``bench_sam`` gave 17 ms for the encoder in a worker).
-The ratios under this load are noise-dominated (the reference ran first, on a busier machine).
+What the gaps were (GapMonitor on 2026-12-01, load average rising from 1 to 18): in the largest
+gap the GUI thread ran 80-100 ms itself, handling the click (napari adding the point: layer-list
+events, the points thumbnail) and drawing the canvas through software OpenGL (``glFinish``,
+``glDrawArrays``) while llvmpipe's rasterizer threads and the encoder's OpenMP threads shared
+the two cores; in the other gaps it mostly waited for a CPU (the machine's load) or slept
+waiting for llvmpipe. No call of ours held the GIL long: the job thread's samples were in torch
+ops (which release it). What changed since: the dock's job thread (and the OpenMP team it
+starts) runs at nice +5, so the GUI and GL threads win the cores while the encoder takes the
+rest; the first click costs less before the encoder starts (family detection memory-maps the
+checkpoint instead of reading all 375 MB a second time: 0.3 s against 4.3 s under load 16; the
+model is built on the meta device and takes the checkpoint's tensors, without random
+initialisation: 12 s against 25 s for segment_anything's builder + ``load_state_dict`` under
+load 18; no 120 ms debounce before the encoding of an un-encoded plane).
+
+Measured 2026-12-01 before those changes, ``benchmarks/run.py sam_session --repeats 1`` on the
+2-core dev VM under a load average of ~15: session 10 objects, 2.5 user actions per object (max
+3), 15/15 clicks added a point, 10/10 commits added a label, 0 lost, 3.6 s per object.
+Figures after them: see the coordinator's note (the machine stayed at load 15-21 all evening,
+where the GUI thread itself waits for a CPU for hundreds of milliseconds: gaps under 100 ms
+need a quiet machine).
 """
 
 from __future__ import annotations
