@@ -87,6 +87,8 @@ class JobRunner:
         #: CPU niceness added to the job thread (and the library threads it starts), set before
         #: the first job: long work then takes only the CPU time that the GUI leaves
         self.nice = 0
+        #: the notification of a Cancel (a job that writes as it goes says what stays)
+        self.abort_message = "Cancelled; no layer was changed."
         self._job_thread = None
         _RUNNERS.add(self)
 
@@ -284,7 +286,7 @@ class JobRunner:
         if self.closed:
             self.worker = None
             return
-        show_info("Cancelled; no layer was changed.")
+        show_info(self.abort_message)
         self._finish(Outcome.ABORTED)
 
     def _on_error(self, exc: BaseException) -> None:
