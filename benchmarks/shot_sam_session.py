@@ -53,7 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     from bench_docks import DOCKS, new_viewer, open_from_plugins_menu
     from qtpy.QtWidgets import QApplication
 
-    from napari_segsuite.testing.canvas import _process, annotate_objects, click, coin_centres, wait_until
+    from napari_segsuite.testing.canvas import (
+        _process,
+        annotate_objects,
+        click,
+        coin_centres,
+        wait_until,
+    )
     from napari_segsuite.widgets.base import LOCAL
 
     tmp = Path(tempfile.mkdtemp())
