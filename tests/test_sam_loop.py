@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_segsuite.testing.canvas import annotate_objects, click, coin_centres, key, wait_until
+from napari_segsuite.testing.canvas import (
+    _process,
+    annotate_objects,
+    click,
+    coin_centres,
+    key,
+    wait_until,
+)
 from napari_segsuite.widgets.base import LOCAL
 from napari_segsuite.widgets.sam_prompt import SamPromptWidget
 
@@ -30,8 +37,10 @@ def coins_viewer(make_napari_viewer, tiny_sam_path, tmp_path):
     viewer.window._qt_window.resize(1920, 1080)
     image = viewer.add_image(data.coins(), name="coins")
     dock = _dock(viewer, tiny_sam_path, tmp_path)
-    viewer.reset_view()
     wait_until(lambda: viewer.window._qt_viewer.canvas.native.isVisible(), 10, "the canvas")
+    _process(0.3)  # the dock is shown and laid out: the canvas has its final size
+    viewer.reset_view()
+    _process(0.1)
     return viewer, image, dock
 
 
