@@ -103,29 +103,15 @@ def plane_axes(viewer: napari.Viewer, layer) -> tuple[int, int]:
     return a, b
 
 
-def current_plane(
+def plane_selection(
     viewer: napari.Viewer,
     layer,
     *,
     channel_axis: int | None = None,
-) -> tuple[np.ndarray, PlaneSelection]:
-    """The 2D plane of ``layer`` at the viewer's current position.
+) -> PlaneSelection:
+    """Where the plane of ``layer`` at the viewer's current position is; no pixel is read.
 
-    Parameters
-    ----------
-    viewer : napari.Viewer
-    layer : napari.layers.Image (or Labels)
-        Any dimensionality; RGB(A) layers keep their colour axis last; multiscale
-        layers give their full-resolution level; dask/zarr data is read for this
-        plane only.
-    channel_axis : int, optional
-        A data axis of channels to keep with the plane (moved last).
-
-    Returns
-    -------
-    plane : ndarray
-        (H, W), or (H, W, C) for RGB(A) or with ``channel_axis``.
-    selection : PlaneSelection
+    See :func:`current_plane` (which also reads the plane) for the parameters.
     """
     rgb = bool(getattr(layer, "rgb", False))
     data = full_resolution(layer)
@@ -153,13 +139,8 @@ def current_plane(
         index.append(i)
     if rgb:
         index.append(slice(None))
-    plane = np.asarray(data[tuple(index)])
-    if channel_axis is not None:
-        # Remaining axes are in data order: plane rows, cols and the channel axis.
-        kept = [a for a in range(len(spatial_shape)) if isinstance(index[a], slice)]
-        plane = np.moveaxis(plane, kept.index(channel_axis), -1)
     labels_shape = tuple(s for a, s in enumerate(spatial_shape) if a != channel_axis)
-    sel = PlaneSelection(
+    return PlaneSelection(
         index=tuple(index),
         axes=axes,
         shape=(spatial_shape[axes[0]], spatial_shape[axes[1]]),
@@ -167,7 +148,157 @@ def current_plane(
         channel_axis=channel_axis,
         rgb=rgb,
     )
+
+
+def current_plane(
+    viewer: napari.Viewer,
+    layer,
+    *,
+    channel_axis: int | None = None,
+) -> tuple[np.ndarray, PlaneSelection]:
+    """The 2D plane of ``layer`` at the viewer's current position.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    layer : napari.layers.Image (or Labels)
+        Any dimensionality; RGB(A) layers keep their colour axis last; multiscale
+        layers give their full-resolution level; dask/zarr data is read for this
+        plane only.
+    channel_axis : int, optional
+        A data axis of channels to keep with the plane (moved last).
+
+    Returns
+    -------
+    plane : ndarray
+        (H, W), or (H, W, C) for RGB(A) or with ``channel_axis``.
+    selection : PlaneSelection
+    """
+    sel = plane_selection(viewer, layer, channel_axis=channel_axis)
+    plane = np.asarray(full_resolution(layer)[sel.index])
+    if channel_axis is not None:
+        # Remaining axes are in data order: plane rows, cols and the channel axis.
+        kept = [a for a, i in enumerate(sel.index[: len(sel.layer_shape) + 1]) if isinstance(i, slice)]
+        plane = np.moveaxis(plane, kept.index(channel_axis), -1)
     return plane, sel
+
+
+def region_index(sel: PlaneSelection, region) -> tuple:
+    """Index of ``region`` (``r0, c0, r1, c1`` attributes) of plane ``sel`` in a Labels volume."""
+    idx = list(sel.labels_index)
+    idx[sel.axes[0]] = slice(int(region.r0), int(region.r1))
+    idx[sel.axes[1]] = slice(int(region.c0), int(region.c1))
+    return tuple(idx)
+
+
+def region_layer_kwargs(image_layer, sel: PlaneSelection, region) -> dict:
+    """Transform keywords for a small layer holding ``region`` of plane ``sel`` of ``image_layer``.
+
+    Its data has the Labels volume's dimensions, with size 1 on the slider axes and the
+    region's size on the plane axes; the translation puts its pixel (0, ..., 0) on the
+    region's first pixel of that plane (scale, rotation, shear and affine are the image's).
+    """
+    if sel.channel_axis is not None:
+        raise InputError("A region layer of an image with a channel axis is not supported.")
+    kwargs = aligned_layer_kwargs(image_layer)
+    offset = np.zeros(len(sel.layer_shape))
+    for axis, i in enumerate(sel.labels_index):
+        if not isinstance(i, slice):
+            offset[axis] = i
+    offset[sel.axes[0]], offset[sel.axes[1]] = region.r0, region.c0
+    kwargs["translate"] = np.asarray(image_layer._transforms["data2physical"](offset), dtype=float)
+    return kwargs
+
+
+def region_shape(sel: PlaneSelection, region) -> tuple[int, ...]:
+    """The shape of a :func:`region_layer_kwargs` layer's data."""
+    shape = [1] * len(sel.layer_shape)
+    shape[sel.axes[0]], shape[sel.axes[1]] = int(region.r1 - region.r0), int(region.c1 - region.c0)
+    return tuple(shape)
+
+
+def write_labels_region(layer, sel: PlaneSelection, region, block: np.ndarray, *,
+                        extra_features: dict[int, dict] | None = None) -> int:
+    """Write ``block`` over ``region`` of plane ``sel`` of Labels ``layer`` (see :func:`write_labels_at`)."""
+    return write_labels_at(layer, region_index(sel, region), block, extra_features=extra_features)
+
+
+def write_labels_at(layer, idx: tuple, block: np.ndarray, *, extra_features: dict[int, dict] | None = None) -> int:
+    """Write ``block`` at ``idx`` (ints and two bounded slices) of Labels ``layer``: one undo step.
+
+    Only the changed pixels go through ``layer.data_setitem`` (the Labels undo history).
+    ``layer.features`` is updated from the region alone: each label's ``area`` changes by
+    what the region gained or lost; labels new to the layer get a row (area and the
+    bounding box of their pixels in the region, exact for objects inside the region, plus
+    ``extra_features``); labels whose area drops to 0 lose their row. Returns the number
+    of pixels changed.
+    """
+    import pandas as pd
+
+    old = np.array(layer.data[idx], copy=True)  # a copy: a numpy layer's slice is a view
+    block = np.asarray(block).reshape(old.shape).astype(old.dtype, copy=False)
+    changed = np.nonzero(old != block)
+    if not changed[0].size:
+        return 0
+    layer.data_setitem(_expand_index(idx, changed), block[changed])
+    was, now = old[changed].astype(np.int64), block[changed].astype(np.int64)
+    ids = np.union1d(was, now)
+    ids = ids[ids != 0]
+    delta = {int(i): int((now == i).sum()) - int((was == i).sum()) for i in ids}
+    features = layer.features.copy()
+    if "label" not in features.columns:
+        features = pd.DataFrame({"index": np.zeros(0, np.int64), "label": np.zeros(0, np.int64),
+                                 "area": np.zeros(0, np.int64)})
+    features = features.drop_duplicates("label").set_index("label", drop=False)
+    if "area" not in features.columns:
+        features["area"] = 0
+    plane = np.squeeze(block, axis=tuple(a for a, i in enumerate(idx) if not isinstance(i, slice)))
+    new_rows = []
+    for label, d in delta.items():
+        if label in features.index:
+            features.loc[label, "area"] = int(features.loc[label, "area"]) + d
+            continue
+        rows, cols = np.nonzero(plane == label)
+        row = {"index": label, "label": label, "area": d}
+        if rows.size:
+            names = ("row", "col")
+            offsets = [i.start or 0 for i in idx if isinstance(i, slice)]
+            for name, v, off in zip(names, (rows, cols), offsets, strict=True):
+                row[f"bbox_{name}_min"], row[f"bbox_{name}_max"] = int(v.min() + off), int(v.max() + off + 1)
+        row.update((extra_features or {}).get(label, {}))
+        new_rows.append(row)
+    if new_rows:
+        added = pd.DataFrame(new_rows).set_index("label", drop=False)
+        features = pd.concat([features, added]) if len(features) else added
+    for label, values in (extra_features or {}).items():
+        if label in features.index:
+            for col, v in values.items():
+                if col not in features.columns:
+                    features[col] = pd.Series([None] * len(features), index=features.index, dtype=object)
+                features.loc[label, col] = v
+    features = features[features["area"].astype(np.int64) > 0]
+    features["area"] = features["area"].astype(np.int64)
+    layer.features = features.sort_index().reset_index(drop=True)
+    return int(changed[0].size)
+
+
+def next_label(layer) -> int:
+    """One more than the largest label of ``layer``, without reading a large layer whole.
+
+    Layers up to :data:`FEATURES_FULL_VOLUME_LIMIT` voxels are read; larger ones use
+    their ``features`` (the ``label`` column, kept by every SegSuite write) and the
+    ``max_label`` in their SegSuite metadata, whichever is larger.
+    """
+    from napari_segsuite.core.labels import next_free_id
+
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    if int(np.prod(data.shape, dtype=np.int64)) <= FEATURES_FULL_VOLUME_LIMIT:
+        return next_free_id(data)
+    known = int(layer.metadata.get(METADATA_KEY, {}).get("max_label", 0))
+    features = layer.features
+    if "label" in features.columns and len(features):
+        known = max(known, int(features["label"].max()))
+    return known + 1
 
 
 def _data_to_world_transform(layer):
@@ -558,7 +689,7 @@ def _expand_index(plane_index: tuple, plane_coords: tuple[np.ndarray, ...]) -> t
     out, k = [], 0
     for i in plane_index:
         if isinstance(i, slice):
-            out.append(plane_coords[k])
+            out.append(plane_coords[k] + (i.start or 0))
             k += 1
         else:
             out.append(np.full(n, i, dtype=np.intp))

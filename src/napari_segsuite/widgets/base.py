@@ -241,8 +241,7 @@ class SegmentationWidget(Dock):
             tooltip="Images with planes larger than this (and every zarr, dask or multiscale image) get "
                     "their labels in a zarr store on disk, written chunk by chunk (0: always)",
         )
-        # a dock without a batch task (SAM prompts) runs on no region: no Region box there
-        self.inputs = Container(labels=True, widgets=[self.image, self.region] if self.batch_task else [self.image])
+        self.inputs = Container(labels=True, widgets=[self.image, self.region])
         self.inputs.margins = (0, 0, 0, 0)
         cache = self.models.detach_cache()
         self.body.extend([self.inputs, self.models, self.job_panel.controls, self.edit_question, self.results])
