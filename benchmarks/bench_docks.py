@@ -9,7 +9,7 @@ height and whether the docks are tabified are reported.
 
 Measured 2026-12-01 (late evening) on the 2-core dev VM (Xvfb 1920x1080, software OpenGL, load
 average ~24 from other work; heights do not depend on load), default content height in px:
-Semantic 515, Instance 675, Panoptic 522, SAM 788, Evaluate 608 (goal <= 800 each). All five
+Semantic 515, Instance 675, Panoptic 522, SAM 792, Evaluate 608 (goal <= 800 each). All five
 opened from the Plugins menu: the window stays 1080 px tall, the canvas keeps its 1031 px (as
 with no dock), 4 of 4 later docks tabified with the first.
 
