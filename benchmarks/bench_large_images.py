@@ -20,6 +20,25 @@ writing, not a real model.
   ``api.segment_instances`` (chunks of 2048, as the docks) in a process without a viewer:
   seconds per megapixel against the dock's.
 
+Measured 2026-12-01 on the 2-core dev VM under heavy load from other sessions (load average
+22-26), ``benchmarks/run.py large_images --repeats 1`` (one run each: compare rows, not runs):
+
+| case | seconds | Mpx | s/Mpx | peak MB | rise MB |
+|---|---|---|---|---|---|
+| dock semantic, field of view | 3.2 | 1.58 | 2.0 | 1630 | 109 |
+| dock semantic, 4000 x 4000 region | 27.5 | 16.0 | 1.7 | 1904 | 390 |
+| api semantic, same region | 141.9 | 16.0 | 8.9 | 930 | - |
+| dock instance, field of view | 21.2 | 1.58 | 13.4 | 1998 | 373 |
+| dock instance, 4000 x 4000 region | 332.1 | 16.0 | 20.7 | 3267 | 1646 |
+| api instance, same region | 461.3 | 16.0 | 28.8 | 2340 | - |
+| dock semantic, whole 8000 x 8000 plane | 79.2 | 64 | 1.24 | 1890 | 480 |
+| dock semantic, whole 16000 x 16000 plane | 232.7 | 256 | 0.91 | 2455 | 1034 |
+
+The whole-plane peak is not flat: its rise doubled for 4x the pixels (the cause is not found
+yet). The instance rise is the tiny YOLO's ``max_det=100`` full-chunk masks per 2048-pixel chunk.
+The API's semantic call reads its 512-pixel tiles straight from the 1024-pixel zarr chunks
+(each chunk decompressed for every tile that touches it); the dock reads a 2048-pixel chunk once.
+
 ``SEGSUITE_BENCH_SMOKE=1`` uses a 6,000-pixel slide and 2,000-pixel regions to check that the
 benchmark runs; its figures mean nothing.
 """
