@@ -216,8 +216,6 @@ class _TrainingPanelBase(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.progress = self.panel.progress
         self.message = self.panel.message
-        # room for a three-line status: a wrapped label in a scrolling dock is otherwise cut
-        self.message.native.setMinimumHeight(3 * self.message.native.fontMetrics().lineSpacing() + 4)
         self.curve = TrainingCurve(score_label, score_key)
         self.jobs = self.panel.jobs
         self.jobs.napari_progress = False
