@@ -26,6 +26,7 @@ from napari_segsuite.core.errors import (
 )
 from napari_segsuite.core.image import percentile_normalize, prepare_rgb_float, prepare_rgb_uint8
 from napari_segsuite.core.progress import Progress, run_sync
+from napari_segsuite.core.vocabulary import LayerTask, Task
 from napari_segsuite.models.base import Runner, load_model
 from napari_segsuite.models.registry import ModelEntry, entries_for, get_entry
 from napari_segsuite.models.store import ModelSource, ModelStore, default_store
@@ -293,7 +294,7 @@ def segment_semantic(
     from napari_segsuite.tasks.semantic import segment_semantic_job
 
     runner = load_model(model, device, store=store)
-    runner.require("semantic")
+    runner.require(Task.SEMANTIC)
     job = segment_semantic_job(
         image, runner, tile_size=tile_size, overlap=overlap, confidence=confidence,
         out=out, confidence_out=confidence_out,
@@ -337,7 +338,7 @@ def _instance_run(image, runner, sam, boxes, *, conf, iou, mask_threshold, class
     ), progress)
     result = combine_planes(results) if is_stack else results[0]
     result.provenance = {
-        "task": "instance",
+        "task": Task.INSTANCE,
         "model": runner.provenance() if runner is not None else "boxes",
         "sam": sam.runner.provenance() if sam is not None else None,
         "parameters": {k: v for k, v in asdict(params).items() if not isinstance(v, np.ndarray)},
@@ -673,7 +674,7 @@ def propagate(image, model, *, start_index: int, mask, device: str = "auto", pro
     start = np.asarray(mask, dtype=bool)
     return PropagationResult(
         masks, (len(image), *start.shape), int(start_index), start,
-        provenance={"task": "propagation", "model": session.runner.provenance(), "parameters": dict(options)},
+        provenance={"task": LayerTask.PROPAGATION, "model": session.runner.provenance(), "parameters": dict(options)},
     )
 
 
@@ -684,13 +685,13 @@ def export_dataset(
     images,
     labels,
     out,
+    *,
     format: str = "coco",
     class_names=None,
     label_classes=None,
     val_fraction: float = 0.2,
     overwrite: bool = False,
     progress=None,
-    *,
     names=None,
     image_format: str = "png",
 ):

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_segsuite.core.errors import DatasetError
+from napari_segsuite.core.vocabulary import LayerTask
 
 SUFFIXES = (".json", ".yaml", ".yml")
 
@@ -70,7 +71,7 @@ def dataset_layers(path) -> list[tuple]:
         title = f"{path.parent.parent.name} {path.stem.removeprefix('instances_')}"
     else:
         title = path.stem
-    meta = {"task": "dataset", "format": fmt, "path": str(path), "class_names": class_names}
+    meta = {"task": LayerTask.DATASET, "format": fmt, "path": str(path), "class_names": class_names}
     if _stackable(records):
         groups = [(title, records)]
     else:

@@ -59,6 +59,7 @@ from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.image import prepare_rgb_uint8
 from napari_segsuite.core.labels import LABEL_DTYPE, label_table
 from napari_segsuite.core.progress import Progress
+from napari_segsuite.core.vocabulary import Task
 from napari_segsuite.models.prompt import Decoded, MaskSource
 
 __all__ = ["AutoMask", "AutoParams", "AutoResult", "Decoded", "automatic_job", "automatic_masks_job",
@@ -424,7 +425,7 @@ def automatic_job(session, image2d: np.ndarray, params: AutoParams | None = None
     masks = yield from automatic_masks_job(session, image2d, params, **kwargs)
     result = masks_to_result(masks, tuple(np.asarray(image2d).shape[:2]), params)
     result.provenance = {
-        "task": "automatic",
+        "task": Task.AUTOMATIC,
         "model": session.runner.provenance() if session is not None else None,
         "parameters": params.generator_kwargs() | {"tile_size": params.tile_size, "tile_overlap": params.tile_overlap},
     }

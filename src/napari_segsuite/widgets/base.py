@@ -31,7 +31,7 @@ from napari_segsuite.core.device import DEVICE_CHOICES
 from napari_segsuite.core.errors import InputError, SegSuiteError
 from napari_segsuite.core.labels import LABEL_DTYPE
 from napari_segsuite.core.progress import Progress
-from napari_segsuite.core.vocabulary import Scope
+from napari_segsuite.core.vocabulary import RUN_SCOPES, Outcome, Scope
 from napari_segsuite.layers import full_resolution
 from napari_segsuite.models.registry import REGISTRY, entries_for
 from napari_segsuite.models.store import ModelStore
@@ -53,7 +53,7 @@ def refresh_model_pickers() -> None:
 
 
 CURRENT_PLANE, ALL_PLANES, ALL_IMAGES = Scope.CURRENT_PLANE, Scope.ALL_PLANES, Scope.ALL_IMAGES
-SCOPES = Scope.values()
+SCOPES = tuple(s.value for s in RUN_SCOPES)
 
 
 class ModelPicker(Container):
@@ -228,6 +228,30 @@ class SegmentationWidget(Dock):
         self.run_button.changed.connect(self.run)
         self.models.download.changed.connect(self.download_model)
         self.finish_layout()
+
+    # -- library defaults ---------------------------------------------------------
+    def show_library_defaults(self, fields: dict) -> None:
+        """Show a picked registry model's own defaults (its library's) in ``fields``.
+
+        ``fields`` maps a keyword of the family's task method (``conf``, ``threshold`` ...)
+        to the form field that sets it; the fields are updated now and whenever a registry
+        model is picked (a local file's family is known only once it is loaded).
+        """
+        self._library_default_fields = dict(fields)
+        self.models.model.changed.connect(self._show_library_defaults)
+        self._show_library_defaults()
+
+    def _show_library_defaults(self, _value=None) -> None:
+        from napari_segsuite.models.base import library_defaults
+        from napari_segsuite.models.registry import REGISTRY
+
+        entry = REGISTRY.get(self.models.model.value)
+        if entry is None:
+            return
+        defaults = library_defaults(entry.family, self.task)
+        for key, field in self._library_default_fields.items():
+            if key in defaults:
+                field.value = defaults[key]
 
     # -- layers -----------------------------------------------------------------
     def _image_choices(self, _widget=None):
@@ -486,11 +510,11 @@ class SegmentationWidget(Dock):
     def _on_progress(self, item: Progress) -> None:
         self.job_panel.on_progress(item)
 
-    def _after_job(self, how: str) -> None:
+    def _after_job(self, how: Outcome) -> None:
         self.models.download.enabled = True
         self._on_done(how)
 
-    def _on_done(self, how: str) -> None:
+    def _on_done(self, how: Outcome) -> None:
         """A job ended (after the panel re-enabled its buttons). Subclasses extend."""
 
     def smoke(self) -> None:

@@ -55,8 +55,8 @@ class InstanceWidget(SegmentationWidget):
     """
 
     task = Task.INSTANCE
-    model_tasks = ('instance', 'detection')
-    batch_task = "instance"
+    model_tasks = (Task.INSTANCE, Task.DETECTION)
+    batch_task = Task.INSTANCE
 
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
@@ -100,22 +100,8 @@ class InstanceWidget(SegmentationWidget):
         self._sam_key = None
         self.box_source.value = None
         self.export_dataset_button = add_export_button(self)
-        self.models.model.changed.connect(self._show_library_defaults)
-        self._show_library_defaults()
+        self.show_library_defaults({"conf": self.conf, "iou": self.iou, "max_det": self.max_det})
         self.finish_layout()
-
-    def _show_library_defaults(self, _value=None) -> None:
-        """Show a registry model's own defaults (its library's) in the score, NMS and max fields."""
-        from napari_segsuite.models.base import library_defaults
-        from napari_segsuite.models.registry import REGISTRY
-
-        entry = REGISTRY.get(self.models.model.value)
-        if entry is None:  # a local file: its family is known once it is loaded
-            return
-        defaults = library_defaults(entry.family, Task.INSTANCE)
-        for field, key in ((self.conf, "conf"), (self.iou, "iou"), (self.max_det, "max_det")):
-            if key in defaults:
-                field.value = defaults[key]
 
     # -- options ------------------------------------------------------------------
     def _shapes_choices(self, _widget=None):

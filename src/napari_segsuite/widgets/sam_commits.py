@@ -32,6 +32,7 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, PushButton, Se
 
 from napari_segsuite.core.errors import SegSuiteError
 from napari_segsuite.core.labels import next_free_id
+from napari_segsuite.core.vocabulary import Family, LayerTask
 from napari_segsuite.layers import (
     current_plane,
     find_or_create_labels,
@@ -116,13 +117,13 @@ class CommitSection(SamSection):
     def _labels_choices(self, _widget=None):
         from napari.layers import Labels
 
-        own = {output_layer_name(layer, "sam preview") for layer in self.viewer.layers}
+        own = {output_layer_name(layer, LayerTask.SAM_PREVIEW) for layer in self.viewer.layers}
         return [(layer.name, layer) for layer in self.viewer.layers
                 if isinstance(layer, Labels) and layer.name not in own]
 
     def target_name(self, image) -> str:
         """The default target layer of ``image``."""
-        return output_layer_name(image, "sam")
+        return output_layer_name(image, Family.SAM)
 
     def find_target(self, image, sel, *, create: bool):
         """The target Labels layer (the picked one, else ``<image> [sam]``; created when asked)."""
@@ -163,7 +164,7 @@ class CommitSection(SamSection):
             dock.message.value = "The object has no free pixels left (tick 'overwrite' to replace labels)."
             return
         write_plane(
-            self.viewer, image, sel, plan.labels, task="prompt", target=target, guard_edits=False,
+            self.viewer, image, sel, plan.labels, task=LayerTask.PROMPT, target=target, guard_edits=False,
             provenance={"model": dock.session.runner.provenance(), "last_ids": plan.written},
             extra_features=plan.features,
         )

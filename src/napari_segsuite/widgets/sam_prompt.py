@@ -38,7 +38,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, FileEdit
 
 from napari_segsuite.core.progress import Progress
-from napari_segsuite.core.vocabulary import Task
+from napari_segsuite.core.vocabulary import Outcome, Task
 from napari_segsuite.layers import current_plane
 from napari_segsuite.tasks.sam_preview import PreviewController, PreviewSource
 from napari_segsuite.widgets.base import SegmentationWidget
@@ -57,7 +57,7 @@ class SamPromptWidget(SegmentationWidget):
     """Segment Anything from point and box prompts."""
 
     task = Task.PROMPT
-    model_tasks = ("prompt",)
+    model_tasks = (Task.PROMPT,)
 
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
@@ -263,7 +263,7 @@ class SamPromptWidget(SegmentationWidget):
         """Whether a preview is being computed or waits to be shown."""
         return self.prompts.busy
 
-    def _on_done(self, how: str) -> None:
+    def _on_done(self, how: Outcome) -> None:
         self.prompts.job_done()
 
     # -- closing ------------------------------------------------------------------------------

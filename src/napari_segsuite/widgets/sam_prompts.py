@@ -31,6 +31,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, Label, PushButton, SpinBox
 
 from napari_segsuite.core.errors import InputError, SegSuiteError
+from napari_segsuite.core.vocabulary import LayerTask
 from napari_segsuite.layers import (
     aligned_layer_kwargs,
     current_plane,
@@ -181,7 +182,7 @@ class PromptSection(SamSection):
         else:
             _, sel = current_plane(self.viewer, image)
             preview = Labels(np.zeros(sel.layer_shape, dtype=np.uint8), name=name, opacity=0.5,
-                             metadata={"segsuite": {"task": "sam preview", "role": "prompt"}}, **kwargs)
+                             metadata={"segsuite": {"task": LayerTask.SAM_PREVIEW, "role": "prompt"}}, **kwargs)
             self.viewer.add_layer(preview)
         self.points_layer, self.boxes_layer, self.preview_layer = points, boxes, preview
         self._sync_polarity()
