@@ -107,6 +107,10 @@ class Tile:
     owned: tuple[slice, slice] | None = field(default=None, compare=False)
     index: int = field(default=0, compare=False)
 
+    def __post_init__(self):
+        if not (isinstance(self.rows, slice) and isinstance(self.cols, slice)):
+            raise TypeError(f"Tile takes slices: Tile(slice(r0, r1), slice(c0, c1)), not {self.rows!r}, {self.cols!r}")
+
     def __hash__(self) -> int:
         return hash(self.window)
 
@@ -149,6 +153,13 @@ class Tile:
         """The owned part as an index of the window's own array."""
         rows, cols = self.core_slices
         return slice(rows.start - self.r0, rows.stop - self.r0), slice(cols.start - self.c0, cols.stop - self.c0)
+
+    @staticmethod
+    def bounding(tiles) -> Tile:
+        """The smallest window holding every one of ``tiles``."""
+        tiles = list(tiles)
+        return Tile(slice(min(t.r0 for t in tiles), max(t.r1 for t in tiles)),
+                    slice(min(t.c0 for t in tiles), max(t.c1 for t in tiles)))
 
     def intersect(self, other: Tile) -> Tile | None:
         """The window both tiles cover, or None."""
