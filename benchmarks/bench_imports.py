@@ -46,7 +46,8 @@ def rows(repeats: int, env: dict | None = None) -> list[dict]:
         try:
             stats = median_of(code, repeats, env=env)
         except RuntimeError as exc:  # a module the tree does not have
-            result.append({"case": f"import {name}", "error": str(exc).strip().splitlines()[-1][:60]})
+            lines = str(exc).strip().splitlines()
+            result.append({"case": f"import {name}", "error": lines[-1][:60] if lines else "failed"})
             continue
         result.append({"case": f"import {name}", **stats})
     return result

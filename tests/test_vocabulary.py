@@ -8,7 +8,7 @@ import inspect
 import pytest
 
 from napari_segsuite import api
-from napari_segsuite.core.vocabulary import RUN_SCOPES, Family, LayerTask, Scope, Task
+from napari_segsuite.core.vocabulary import RUN_SCOPES, Family, LayerTask, Region, Scope, Task
 from napari_segsuite.models.base import FAMILIES
 from napari_segsuite.models.registry import ENTRIES
 
@@ -25,6 +25,7 @@ def test_members_are_their_strings():
     assert Task.SEMANTIC == "semantic" and f"{Family.SAM2}" == "sam2" and str(Scope.ALL_PLANES) == "all planes"
     assert LayerTask.SAM_AUTO == "sam auto" and LayerTask.SEMANTIC == Task.SEMANTIC
     assert [s.value for s in RUN_SCOPES] == ["current plane", "all planes", "all open images"]
+    assert Region.values() == ("whole plane", "field of view", "rectangle")
 
 
 def _result_classes():

@@ -228,7 +228,7 @@ def segment_panoptic(
                   "overlap_mask_area_threshold": overlap_mask_area_threshold}
         if label_ids_to_fuse is not None:
             kwargs["label_ids_to_fuse"] = [int(i) for i in label_ids_to_fuse]
-        labels, table = _chunked("panoptic", image, runner, kwargs, out, chunk_size, progress)
+        labels, table = _chunked(Task.PANOPTIC, image, runner, kwargs, out, chunk_size, progress)
         return PanopticResult(labels, table, dict(runner.class_names), None,
                               {**kwargs, "model": runner.name, "chunk_size": int(chunk_size)})
     return run_sync(panoptic_job(model, image, params, device=device, channels_last=channels_last), progress)
@@ -503,11 +503,11 @@ def segment_instances(
                   "classes": None if classes is None else (classes if isinstance(classes, str) else
                                                            ",".join(str(c) for c in classes))}
         params = {k: v for k, v in params.items() if v is not None}
-        labels, table = _chunked("instance", image, runner, params, out, chunk_size, progress)
+        labels, table = _chunked(Task.INSTANCE, image, runner, params, out, chunk_size, progress)
         table = table.rename(columns={"bbox_0_min": "bbox_row0", "bbox_1_min": "bbox_col0",
                                       "bbox_0_max": "bbox_row1", "bbox_1_max": "bbox_col1"})
         result = InstanceResult(labels, table, [], "" if len(table) else "No instances found.")
-        result.provenance = {"task": "instance", "model": runner.provenance(), "parameters": params,
+        result.provenance = {"task": Task.INSTANCE, "model": runner.provenance(), "parameters": params,
                              "chunk_size": int(chunk_size)}
         return result
     return _instance_run(

@@ -131,7 +131,7 @@ def segment_chunked_job(
     func: Callable[[np.ndarray], tuple[np.ndarray, object]],
     out,
     *,
-    kind: str = "instance",
+    kind: Task | str = Task.INSTANCE,
     chunk: int = DEFAULT_CHUNK,
     overlap: int = DEFAULT_OVERLAP,
     merge_threshold: float = 0.5,

@@ -95,6 +95,14 @@ class Scope(_Names):
     STROKED_PLANES = "all planes with strokes"
 
 
+class Region(_Names):
+    """Which part of a (large) plane a dock runs on."""
+
+    WHOLE_PLANE = "whole plane"
+    FIELD_OF_VIEW = "field of view"
+    RECTANGLE = "rectangle"
+
+
 #: The scopes a dock's "Run on" offers, in order.
 RUN_SCOPES: tuple[Scope, ...] = (Scope.CURRENT_PLANE, Scope.ALL_PLANES, Scope.ALL_IMAGES)
 

@@ -31,7 +31,7 @@ from napari_segsuite.core.device import DEVICE_CHOICES
 from napari_segsuite.core.errors import InputError, SegSuiteError
 from napari_segsuite.core.labels import LABEL_DTYPE
 from napari_segsuite.core.progress import Progress
-from napari_segsuite.core.vocabulary import RUN_SCOPES, Outcome, Scope
+from napari_segsuite.core.vocabulary import RUN_SCOPES, Outcome, Region, Scope, Task
 from napari_segsuite.layers import full_resolution
 from napari_segsuite.models.registry import REGISTRY, entries_for
 from napari_segsuite.models.store import ModelStore
@@ -55,8 +55,8 @@ def refresh_model_pickers() -> None:
 CURRENT_PLANE, ALL_PLANES, ALL_IMAGES = Scope.CURRENT_PLANE, Scope.ALL_PLANES, Scope.ALL_IMAGES
 SCOPES = tuple(s.value for s in RUN_SCOPES)
 #: The "Region" choices: the whole plane, what the canvas shows, the last drawn rectangle.
-WHOLE_PLANE, FIELD_OF_VIEW, RECTANGLE = "whole plane", "field of view", "rectangle"
-REGIONS = (WHOLE_PLANE, FIELD_OF_VIEW, RECTANGLE)
+WHOLE_PLANE, FIELD_OF_VIEW, RECTANGLE = Region.WHOLE_PLANE, Region.FIELD_OF_VIEW, Region.RECTANGLE
+REGIONS = Region.values()
 
 
 class ModelPicker(Container):
@@ -561,7 +561,7 @@ class SegmentationWidget(Dock):
         else:
             what = f"The region ({region.shape[0]} x {region.shape[1]} pixels{f' x {n} planes' if n > 1 else ''})"
             check_fits_memory(region.size * n, 8, what)
-            if name in self.viewer.layers and kind == "instance":
+            if name in self.viewer.layers and kind == Task.INSTANCE:
                 base_offset = int(np.asarray(self.viewer.layers[name].data).max(initial=0))
         per = n_chunks(region.shape, REGION_CHUNK)
         total = per * n
@@ -584,7 +584,7 @@ class SegmentationWidget(Dock):
                         old = np.bincount(before.ravel().astype(np.int64))
                     elif sel.key in store.attrs.get("planes", {}):
                         old = store.region_counts(lead, region)
-                    if kind == "instance":
+                    if kind == Task.INSTANCE:
                         offset = max(offset, int(store.attrs.get("max_label", 0)))
                     out = store.writer(lead, region)
                     run["pending"] = (sel, before)
@@ -592,10 +592,10 @@ class SegmentationWidget(Dock):
                     out = np.zeros(region.shape, LABEL_DTYPE)
                 table = yield from segment_region_job(
                     self.batch_task, runner, view, out, params=resolved, chunk=REGION_CHUNK,
-                    id_offset=offset if kind == "instance" else 0, progress_offset=k * per,
+                    id_offset=offset if kind == Task.INSTANCE else 0, progress_offset=k * per,
                     progress_total=total, prefix=f"Plane {k + 1}/{n}: " if n > 1 else "",
                 )
-                if kind == "instance" and len(table):
+                if kind == Task.INSTANCE and len(table):
                     offset = max(offset, int(table["label"].max()))
                 results.append((sel, _shift_boxes(table, region), out if store is None else None, before, old))
             return runner, resolved, results

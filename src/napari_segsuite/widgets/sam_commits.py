@@ -238,9 +238,9 @@ class CommitSection(SamSection):
             dock.report(exc)
             return
         meta = dict(target.metadata.get("segsuite", {}))
-        record = {"task": "prompt", "model": dock.session.runner.provenance(), "last_ids": plan.written,
+        record = {"task": LayerTask.PROMPT, "model": dock.session.runner.provenance(), "last_ids": plan.written,
                   "region": [region.r0, region.r1, region.c0, region.c1], "plane": sel.key}
-        meta.update({"task": "prompt", "source_image": image.name, "last": record,
+        meta.update({"task": LayerTask.PROMPT, "source_image": image.name, "last": record,
                      "max_label": max(int(meta.get("max_label", 0)), *plan.written)})
         target.metadata = {**target.metadata, "segsuite": meta}
         ids = ", ".join(map(str, plan.written))
@@ -293,7 +293,7 @@ class CommitSection(SamSection):
         for col in ("score", "model"):
             rows[col] = [plan.features.get(int(k), {}).get(col) for k in rows["label"]]
         record_on_disk_write(target, store, sel, region, rows, np.bincount(old.ravel().astype(np.int64)),
-                             task="prompt", provenance={"model": self.dock.session.runner.provenance(),
+                             task=LayerTask.PROMPT, provenance={"model": self.dock.session.runner.provenance(),
                                                         "source_image": self.dock.selected_image().name},
                              before=old)
 
@@ -431,7 +431,7 @@ class CommitSection(SamSection):
                 store.write(lead, region, new)
                 sel = plane_selection(self.viewer, self.dock.selected_image())
                 record_on_disk_write(target, store, sel, region, pd.DataFrame(label_table(new))[["label", "area"]],
-                                     np.bincount(old.ravel().astype(np.int64)), task="prompt",
+                                     np.bincount(old.ravel().astype(np.int64)), task=LayerTask.PROMPT,
                                      provenance={"deleted": c.label}, before=old)
                 self.record_step(target, f"delete of label {c.label}", region=c.region)
                 self._journal_change(self.dock.selected_image(), target, c.region, old.reshape(
