@@ -6,7 +6,9 @@
   the first 100 cycles and at the end, and checks that every commit is in the layer and in the
   autosave journal.
 - ``exit``: seconds from closing the viewer to the end of the process, with no job and during
-  each kind of job (model loading, tiled instance inference, SAM encoding, segment everything).
+  each kind of job (model loading, tiled semantic and instance inference, panoptic inference,
+  SAM encoding, segment everything, propagation through planes, U-Net training);
+  ``SEGSUITE_EXIT_KINDS=semantic,sam_auto`` picks some.
 
 Run ``python benchmarks/run.py soak exit`` (under Xvfb on a headless machine).
 """
@@ -115,11 +117,15 @@ def soak(repeats: int) -> list[dict]:
     from napari_segsuite.testing.tiny_sam import build_tiny_sam
 
     cycles = int(os.environ.get("SEGSUITE_SOAK_CYCLES", "1000"))
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         sam = build_tiny_sam(Path(tmp) / "tiny_sam.pth")
         proc = subprocess.run([sys.executable, "-c", SOAK, str(cycles), str(sam), str(Path(tmp) / "auto")],
                               capture_output=True, text=True, env=_env(), timeout=7200)
         r = _result(proc.stdout + proc.stderr)
+    raw = os.environ.get("SEGSUITE_SOAK_RAW")
+    if raw:  # the per-cycle latencies and memory, for a closer look
+        Path(raw).write_text(json.dumps(r))
     lat = np.asarray(r["latency"])
     first, last = float(np.median(lat[:100])), float(np.median(lat[-100:]))
     rss = dict(r["rss"])
@@ -136,46 +142,76 @@ def soak(repeats: int) -> list[dict]:
         "journal_entries": r["entries"],
         "journal_equals_layer": r["journal_equal"],
         "clicks_misplaced": r["lost_clicks"],
+        "load_avg_1min_before_after": f"{load_before:.1f}/{os.getloadavg()[0]:.1f}",
     }]
 
 
 EXIT = textwrap.dedent("""
-    import sys, time
+    import json, sys, time
     import numpy as np
     import napari
     from qtpy.QtCore import QTimer
     from napari_segsuite.widgets.base import LOCAL
-    kind, model = sys.argv[1], sys.argv[2]
+    kind, models = sys.argv[1], json.loads(sys.argv[2])
     viewer = napari.Viewer(show=True)
     rng = np.random.default_rng(0)
-    if kind in ("idle", "load"):
-        from napari_segsuite.widgets.panoptic import PanopticWidget as W
-        viewer.add_image(rng.random((64, 64)), name="img")
-        ready = lambda w: "Loading" in w.message.value
-    elif kind == "tiling":
-        from napari_segsuite.widgets.instance import InstanceWidget as W
+
+    def dock(cls, model):
+        w = cls(viewer); viewer.window.add_dock_widget(w)
+        w.models.model.value = LOCAL; w.models.local.value = model; w.device.value = "cpu"
+        return w
+
+    if kind in ("idle", "load", "panoptic"):
+        from napari_segsuite.widgets.panoptic import PanopticWidget
+        viewer.add_image(rng.random((64, 64) if kind != "panoptic" else (1024, 1024)), name="img")
+        w = dock(PanopticWidget, models["panoptic"])
+        ready = {"idle": lambda: True, "load": lambda: "Loading" in w.message.value,
+                 "panoptic": lambda: "Segmenting" in w.message.value}[kind]
+        start = w.run if kind != "idle" else (lambda: None)
+    elif kind == "semantic":
+        from napari_segsuite.widgets.semantic import SemanticWidget
+        viewer.add_image((rng.random((2048, 2048, 3)) * 255).astype(np.uint8), name="img", rgb=True)
+        w = dock(SemanticWidget, models["semantic"])
+        w.tile_size.value, w.overlap.value = 256, 32
+        ready, start = (lambda: "Tile" in w.message.value), w.run
+    elif kind == "instance":
+        from napari_segsuite.widgets.instance import InstanceWidget
         viewer.add_image((rng.random((960, 960, 3)) * 255).astype(np.uint8), name="img", rgb=True)
-        ready = lambda w: "Tile" in w.message.value
-    else:
-        from napari_segsuite.widgets.sam_prompt import SamPromptWidget as W
-        viewer.add_image(rng.random((512, 512)), name="img")
-        ready = lambda w: "Encod" in w.message.value or "Segment" in w.message.value or "everything" in w.message.value
-    w = W(viewer); viewer.window.add_dock_widget(w)
-    w.models.model.value = LOCAL; w.models.local.value = model; w.device.value = "cpu"
-    if kind == "tiling":
+        w = dock(InstanceWidget, models["instance"])
         w.conf.value, w.tile_size.value, w.overlap.value, w.max_det.value = 0.0, 256, 64, 300
-    def start():
-        if kind == "idle":
-            return
-        if kind == "sam_auto":
+        ready, start = (lambda: "Tile" in w.message.value), w.run
+    elif kind == "training":
+        from napari_segsuite.testing.coins import coins_strokes
+        from napari_segsuite.widgets.unet_training import UnetTrainingPanel
+        from skimage import data
+        viewer.add_image(data.coins(), name="coins")
+        viewer.add_labels(coins_strokes(), name="strokes")
+        w = UnetTrainingPanel(viewer); viewer.window.add_dock_widget(w)
+        w.extra_options = {"encoder_name": "tu-mobilenetv3_small_050", "encoder_depth": 3,
+                           "decoder_channels": (16, 8, 8), "batch_size": 2, "val_every": 2}
+        w.steps.value, w.patch_size.value = 100000, 64
+        ready, start = (lambda: "Step" in w.message.value), w.train
+    else:
+        from napari_segsuite.widgets.sam_prompt import SamPromptWidget
+        shape = (24, 512, 512) if kind == "propagation" else (1024, 1024)
+        image = viewer.add_image(rng.random(shape), name="img")
+        w = dock(SamPromptWidget, models["sam"])
+        if kind == "sam_encode":
+            ready, start = (lambda: "Encoding" in w.message.value), w.run
+        elif kind == "sam_auto":
             for key, v in {"points_per_side": 32, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}.items():
                 w.auto_params[key].value = v
-            w.segment_everything()
-        else:
-            w.run()
-    deadline = time.monotonic() + 300
+            ready, start = (lambda: "points" in w.message.value), w.segment_everything
+        else:  # propagation of an object on the middle plane through all 24
+            labels = np.zeros(shape, np.int32); labels[12, 200:300, 200:300] = 1
+            viewer.add_labels(labels, name="img [sam]")
+            viewer.dims.set_point(0, 12)
+            w.prop_label.value, w.prop_floor.value = 1, 0.0
+            ready, start = (lambda: "Propagating" in w.message.value), w.propagate
+    deadline = time.monotonic() + 600
+
     def close():
-        if kind != "idle" and not ready(w) and time.monotonic() < deadline:
+        if not ready() and time.monotonic() < deadline:
             QTimer.singleShot(20, close); return
         print("BUSY", w.jobs.busy, "|", w.message.value, flush=True)
         print("CLOSE", time.time(), flush=True)
@@ -185,6 +221,10 @@ EXIT = textwrap.dedent("""
     napari.run()
 """)
 
+#: every kind of job the exit benchmark closes the viewer during
+EXIT_KINDS = ("idle", "load", "semantic", "instance", "panoptic", "sam_encode", "sam_auto", "propagation",
+              "training")
+
 
 @benchmark("exit")
 def exit_time(repeats: int) -> list[dict]:
@@ -192,22 +232,26 @@ def exit_time(repeats: int) -> list[dict]:
     import statistics
 
     from napari_segsuite.testing.instance_doubles import sharpen_yolo
-    from napari_segsuite.testing.tiny_models import build_tiny_mask2former, build_tiny_yolo
+    from napari_segsuite.testing.tiny_models import (
+        build_tiny_mask2former,
+        build_tiny_segformer,
+        build_tiny_yolo,
+    )
     from napari_segsuite.testing.tiny_sam import build_tiny_sam
 
+    kinds = os.environ.get("SEGSUITE_EXIT_KINDS", ",".join(EXIT_KINDS)).split(",")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        models = {
-            "idle": build_tiny_mask2former(Path(tmp) / "m2f", task="panoptic", num_labels=4),
-            "tiling": sharpen_yolo(build_tiny_yolo(Path(tmp) / "yseg.pt", "segment", nc=3)),
-            "sam": build_tiny_sam(Path(tmp) / "sam.pth"),
-        }
-        models["load"] = models["idle"]
-        models["sam_encode"] = models["sam_auto"] = models["sam"]
-        for kind in ("idle", "load", "tiling", "sam_encode", "sam_auto"):
+        models = json.dumps({
+            "panoptic": str(build_tiny_mask2former(Path(tmp) / "m2f", task="panoptic", num_labels=4)),
+            "semantic": str(build_tiny_segformer(Path(tmp) / "seg", num_labels=4)),
+            "instance": str(sharpen_yolo(build_tiny_yolo(Path(tmp) / "yseg.pt", "segment", nc=3))),
+            "sam": str(build_tiny_sam(Path(tmp) / "sam.pth")),
+        })
+        for kind in kinds:
             times, states, codes = [], [], []
             for _ in range(max(1, min(repeats, 3))):
-                proc = subprocess.Popen([sys.executable, "-c", EXIT, kind, str(models[kind])],
+                proc = subprocess.Popen([sys.executable, "-c", EXIT, kind, models],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
                 out, err = proc.communicate(timeout=900)
                 end = time.time()
@@ -218,5 +262,5 @@ def exit_time(repeats: int) -> list[dict]:
                     times.append(end - closed[0])
             rows.append({"job when closed": kind, "median_exit_s": statistics.median(times) if times else -1.0,
                          "max_exit_s": max(times) if times else -1.0, "exit codes": ",".join(map(str, codes)),
-                         "state": states[0][:40] if states else ""})
+                         "load_1min": round(os.getloadavg()[0], 1), "state": states[0][:44] if states else ""})
     return rows

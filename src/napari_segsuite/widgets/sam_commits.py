@@ -330,16 +330,36 @@ class CommitSection(SamSection):
 
     def _journal_change(self, image, target, index: tuple, old, new, kind: str) -> None:
         """Append the pixels that changed (``old`` -> ``new`` at ``index``); show a failure in the dock."""
-        from napari.utils.notifications import show_error
-
         from napari_segsuite.layers import _expand_index
 
         changed = np.nonzero(np.asarray(old) != np.asarray(new))
         coords = _expand_index(index, changed) if index else changed
-        error = self.autosaver.record(self.journal_for(image, target), coords, np.asarray(new)[changed], kind)
-        if error is not None:
-            self.dock.message.value = f"{self.dock.message.value} AUTOSAVE FAILED: {error}"
-            show_error(f"Autosave failed: {error}")
+        failure = self.journal_write(image, target, coords, np.asarray(new)[changed], kind)
+        if failure:
+            self.dock.message.value = f"{self.dock.message.value} {failure}"
+
+    def journal_write(self, image, target, coords: tuple, values, kind: str) -> str:
+        """Append a write of the dock into ``target`` (one index array per axis, the new values).
+
+        Every write of the dock into its target goes through here (commits, undo/redo,
+        deletes, propagation, concept tracking). A failure is shown in a notification and
+        returned as a sentence for the dock's status line ("" when saved); the write itself stands.
+        """
+        from napari.utils.notifications import show_error
+
+        error = self.autosaver.record(self.journal_for(image, target), coords, np.asarray(values), kind)
+        if error is None:
+            return ""
+        show_error(f"Autosave failed: {error}")
+        return f"AUTOSAVE FAILED: {error}"
+
+    def target_for_result(self, image, sel, target):
+        """The layer a job's result goes to: ``target``, or, when it was deleted while the job ran,
+        the default target rebuilt from the journal. Returns ``(layer, note)``."""
+        if target is not None and target in self.viewer.layers:
+            return target, ""
+        note = self._recover_deleted_target(image, sel)
+        return self.find_target(image, sel, create=True), note
 
     def _recover_deleted_target(self, image, sel) -> str:
         """Rebuild the default target layer from the journal when it is gone; returns a note or ''."""
