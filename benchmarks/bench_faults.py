@@ -10,7 +10,11 @@
   SAM encoding, segment everything, propagation through planes, U-Net training);
   ``SEGSUITE_EXIT_KINDS=semantic,sam_auto`` picks some.
 
-Run ``python benchmarks/run.py soak exit`` (under Xvfb on a headless machine).
+- ``long_prompt``: 800 real clicks into one prompt (no commit): click-to-preview latency of
+  clicks 1-100 against the last 100, and memory (``SEGSUITE_TRACEMALLOC=1`` prints where the
+  memory grew between click 100 and the last).
+
+Run ``python benchmarks/run.py soak exit long_prompt`` (under Xvfb on a headless machine).
 """
 
 from __future__ import annotations
@@ -142,6 +146,107 @@ def soak(repeats: int) -> list[dict]:
         "journal_entries": r["entries"],
         "journal_equals_layer": r["journal_equal"],
         "clicks_misplaced": r["lost_clicks"],
+        "load_avg_1min_before_after": f"{load_before:.1f}/{os.getloadavg()[0]:.1f}",
+    }]
+
+
+LONG_PROMPT = textwrap.dedent("""
+    import json, os, sys, time
+    import numpy as np
+    import napari
+    from qtpy.QtCore import QPoint, Qt
+    from qtpy.QtTest import QTest
+    from qtpy.QtWidgets import QApplication
+    from napari_segsuite.widgets.base import LOCAL
+    from napari_segsuite.widgets.sam_prompt import SamPromptWidget
+    clicks, sam, trace = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+
+    def rss_mb():
+        return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+
+    def process(until, timeout=120):
+        end = time.monotonic() + timeout
+        while not until():
+            if time.monotonic() > end:
+                raise TimeoutError("no preview")
+            QApplication.processEvents(); time.sleep(0.001)
+
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1920, 1080)
+    rng = np.random.default_rng(0)
+    image = viewer.add_image((rng.random((512, 512)) * 255).astype(np.uint8), name="img")
+    w = SamPromptWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.models.model.value = LOCAL; w.models.local.value = sam; w.device.value = "cpu"
+    w.run()
+    process(lambda: not w.jobs.busy, 300)
+    points, _ = w.ensure_prompt_layers()
+    viewer.reset_view()
+    canvas = viewer.window._qt_viewer.canvas.native
+    for _ in range(20):
+        QApplication.processEvents(); time.sleep(0.01)
+
+    def pixel(r, c):
+        cam = viewer.camera
+        return QPoint(round(canvas.width() / 2 + (c - cam.center[-1]) * cam.zoom),
+                      round(canvas.height() / 2 + (r - cam.center[-2]) * cam.zoom))
+
+    if trace:
+        import tracemalloc
+        tracemalloc.start(12)
+    latency, rss, snaps = [], [], {}
+    for k in range(clicks):
+        r, c = rng.uniform(20, 490, 2)
+        viewer.layers.selection.active = points
+        points.mode = "add"
+        n = len(points.data)
+        t = time.perf_counter()
+        button = Qt.MouseButton.LeftButton if k % 4 else Qt.MouseButton.RightButton  # a quarter negative
+        QTest.mouseClick(canvas, button, Qt.KeyboardModifier.NoModifier, pixel(r, c))
+        process(lambda: len(points.data) > n and not w.preview_busy and bool(w._objects))
+        latency.append(time.perf_counter() - t)
+        if (k + 1) % 100 == 0:
+            rss.append((k + 1, rss_mb()))
+            if trace and (k + 1) in (100, clicks):
+                snaps[k + 1] = tracemalloc.take_snapshot()
+    top = []
+    if trace:
+        diff = snaps[clicks].compare_to(snaps[100], "traceback")
+        for stat in diff[:8]:
+            top.append({"kib": stat.size_diff / 1024, "count": stat.count_diff,
+                        "where": [f"{f.filename.split('site-packages/')[-1]}:{f.lineno}" for f in stat.traceback][-8:]})
+    print("RESULT", json.dumps({"latency": latency, "rss": rss, "points": len(points.data), "top": top}), flush=True)
+""")
+
+
+@benchmark("long_prompt")
+def long_prompt(repeats: int) -> list[dict]:
+    """800 real clicks into one prompt: click-to-preview latency and memory, clicks 1-100 against 700-800."""
+    import numpy as np
+
+    from napari_segsuite.testing.tiny_sam import build_tiny_sam
+
+    clicks = int(os.environ.get("SEGSUITE_LONG_PROMPT_CLICKS", "800"))
+    trace = os.environ.get("SEGSUITE_TRACEMALLOC", "0")
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        sam = build_tiny_sam(Path(tmp) / "tiny_sam.pth")
+        proc = subprocess.run([sys.executable, "-c", LONG_PROMPT, str(clicks), str(sam), trace],
+                              capture_output=True, text=True, env=_env(), timeout=7200)
+        r = _result(proc.stdout + proc.stderr)
+    for stat in r["top"]:
+        print(f"{stat['kib']:10.1f} KiB {stat['count']:7d} objects  " + " <- ".join(reversed(stat["where"])))
+    lat = np.asarray(r["latency"])
+    rss = dict(r["rss"])
+    first, last = float(np.median(lat[:100])), float(np.median(lat[-100:]))
+    return [{
+        "points": r["points"],
+        "click_to_preview_1_100_s": first,
+        "click_to_preview_last100_s": last,
+        "ratio": last / first,
+        "rss_at_100_mb": rss[min(rss)],
+        "rss_end_mb": rss[max(rss)],
+        "rss_growth_mb": rss[max(rss)] - rss[min(rss)],
         "load_avg_1min_before_after": f"{load_before:.1f}/{os.getloadavg()[0]:.1f}",
     }]
 

@@ -249,11 +249,17 @@ class SegmentationWidget(Dock):
         """(model spec, device) of the current choice."""
         return self.models.spec, self.device.value
 
+    def job_model_key(self) -> tuple[str, str]:
+        """(model spec, device) for the running job: the choice at Run (read on the GUI thread),
+        so a model picked while the job runs is used by the next run, not this one."""
+        key = getattr(self, "_run_model_key", None)
+        return key if key is not None else self.model_key()
+
     def load_model_job(self) -> Generator[Progress, None, Any]:
         """Load the chosen model in the worker (cached between runs)."""
         from napari_segsuite.models.base import load_model
 
-        key = self.model_key()
+        key = self.job_model_key()
         if self._runner is not None and self._runner_key == key:
             return self._runner
         from napari_segsuite.core.threads import call_in_background
@@ -432,13 +438,46 @@ class SegmentationWidget(Dock):
         """Widget-specific touches on a written layer (legend ...). Subclasses override."""
 
     def run(self) -> None:
-        """Read the inputs, then run the task in a worker."""
+        """Read the inputs, then run the task in a worker.
+
+        The result is written only when every input image is still open with the pixels
+        it had at Run (:meth:`_inputs_unchanged`); otherwise it is dropped with a message
+        and no layer changes.
+        """
         try:
+            self._run_model_key = None
+            self._run_model_key = self.model_key()
             job_factory, on_result = self.make_batch_job() if self.uses_batch() else self.make_job()
+            inputs = [(layer, full_resolution(layer)) for layer in
+                      (self.batch_images() if self.uses_batch() else [self.selected_image()])]
         except SegSuiteError as exc:
             self._report(exc)
             return
-        self._start(job_factory, on_result, f"{self.task.capitalize()} segmentation")
+        self._start(job_factory, self._inputs_unchanged(inputs, on_result),
+                    f"{self.task.capitalize()} segmentation")
+
+    def _inputs_unchanged(self, inputs: list, on_result):
+        """``on_result`` that first checks that each ``(image layer, data at Run)`` is unchanged.
+
+        Raises :class:`InputError` (shown in the dock; nothing written) when an image was
+        removed from the viewer, or its data replaced, while the job ran.
+        """
+
+        def checked(value) -> None:
+            for layer, data in inputs:
+                if layer not in self.viewer.layers:
+                    raise InputError(
+                        f"Image '{layer.name}' was removed while the {self.task} job ran; its result was "
+                        "dropped and no layer was changed."
+                    )
+                if full_resolution(layer) is not data:
+                    raise InputError(
+                        f"Image '{layer.name}' got other pixels while the {self.task} job ran; its result was "
+                        "dropped and no layer was changed. Run again."
+                    )
+            on_result(value)
+
+        return checked
 
     def _guarded(self, on_result):
         """``on_result`` run under the "ask" edit policy: hand-edited output layers raise a question.

@@ -235,12 +235,14 @@ class CommitSection(SamSection):
             self.next_id.value = "Next id: 1"
             self.objects.reset_choices()
             return
-        kept = []
+        by_plane: dict[tuple, list[Committed]] = {}
         for c in self.committed:
-            if tuple(target.data.shape[:len(c.plane_index)]) and len(c.plane_index) == target.data.ndim:
-                c.area = int(np.count_nonzero(np.asarray(target.data[c.plane_index]) == c.label))
-            kept.append(c)
-        self.committed = kept
+            if len(c.plane_index) == target.data.ndim:
+                by_plane.setdefault(c.plane_index, []).append(c)
+        for index, items in by_plane.items():  # one pass over each plane, however many objects it holds
+            area = _label_areas(np.asarray(target.data[index]))
+            for c in items:
+                c.area = int(area(c.label))
         self._target_for_list = target
         self.next_id.value = f"Next id: {next_free_id(target.data)}"
         self.objects.reset_choices()
@@ -420,3 +422,15 @@ class CommitSection(SamSection):
     def shutdown(self) -> None:
         """Nothing to wait for: journal entries are written synchronously at each commit."""
 
+
+def _label_areas(plane: np.ndarray):
+    """``area(label)``: the pixel count of each label in ``plane``, from one pass over it."""
+    flat = plane.reshape(-1)
+    low = int(flat.min(initial=0))
+    high = int(flat.max(initial=0))
+    if low >= 0 and high <= 4 * flat.size + 1024:
+        counts = np.bincount(flat, minlength=high + 1)
+        return lambda label: int(counts[label]) if 0 <= label <= high else 0
+    ids, n = np.unique(flat, return_counts=True)
+    table = dict(zip(ids.tolist(), n.tolist(), strict=True))
+    return lambda label: table.get(label, 0)
