@@ -437,4 +437,4 @@ def test_progress_hook_and_default_names(tmp_path, stack):
     assert sorted(res.table["image"]) == ["image00001", "only-one"]  # names may run out
     steps = []
     api.import_dataset(res.path, progress=steps.append)
-    assert [p.step for p in steps] == [1, 2]
+    assert [(p.step, p.total) for p in steps] == [(0, 2), (1, 2), (2, 2)]

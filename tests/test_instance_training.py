@@ -50,6 +50,7 @@ def yolo(blobs, tmp_path_factory):
     runner = api.train_instances(
         images, labels, label_classes=classes, class_names=CLASS_NAMES, family="yolo", epochs=2,
         imgsz=64, batch=2, store=store, progress=lambda p: rows.append(p), val_fraction=0.25,
+        yolo_args={"flipud": 0.5, "hsv_s": 0.0},
     )
     return runner, store, rows
 
@@ -90,7 +91,10 @@ def test_maskrcnn_from_scratch_trains_saves_and_segments(maskrcnn, blobs):
 def test_yolo_from_yaml_trains_saves_and_segments(yolo, blobs):
     runner, store, rows = yolo
     _check_trained(runner, store, rows, "yolo", blobs[0][0])
-    assert runner.model.ckpt["train_args"]["imgsz"] == 64
+    args = runner.model.ckpt["train_args"]
+    assert args["imgsz"] == 64
+    assert args["nbs"] == 2  # an optimiser step per batch of 2, not one per 64 images
+    assert (args["flipud"], args["hsv_s"]) == (0.5, 0.0)  # yolo_args reach ultralytics' trainer
     assert runner.info["arch"] == "yolo11n-seg"
     assert set(runner.class_names) == {0, 1}
 
@@ -203,6 +207,13 @@ def test_unknown_family_and_options_are_clear_errors(blobs, store):
         api.train_instances(images, labels, family="unet", store=store)
     with pytest.raises(InputError, match="Unknown training option"):
         api.train_instances(images, labels, family="yolo", store=store, steps=3)
+    with pytest.raises(InputError, match="yolo_args cannot set epochs"):
+        api.train_instances(images, labels, family="yolo", store=store, yolo_args={"epochs": 3})
+    with pytest.raises(InputError, match=r"no training argument.*flip_upside"):
+        api.train_instances(images, labels, family="yolo", store=store, yolo_args={"flip_upside": 0.5})
+    with pytest.raises(InputError, match="must be a dict"):
+        api.train_instances(images, labels, family="yolo", store=store, yolo_args=["mosaic"])
+    assert list_trained(store.cache_dir) == []  # nothing was written
 
 
 def test_a_changed_yolo_file_is_not_unpickled(yolo, tmp_path):

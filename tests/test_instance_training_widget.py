@@ -151,3 +151,26 @@ def test_finetune_sam_in_the_dock_and_pick_it_in_the_sam_dock(scene, qtbot, tmp_
     assert len(panel.curve.score) == 4  # before, and after each step
     assert "trained/sam-cells" in [v for _, v in sam_dock.models._choices()]
     assert "trained/sam-cells" not in [v for _, v in widget.models._choices()]  # not an instance model
+
+
+def test_cancel_sam_finetuning_in_the_dock_keeps_the_best_weights(scene, qtbot, tmp_path, tiny_sam_path):
+    from napari_segsuite.widgets.base import LOCAL
+
+    widget = InstanceWidget(scene)
+    widget.models.cache.value = str(tmp_path)
+    panel = widget.sam_finetune
+    _click_header(widget.sam_finetune_group)
+    panel.labels_layers.value = [scene.layers["more [labels]"]]
+    panel.sam.model.value = LOCAL
+    panel.sam.local.value = str(tiny_sam_path)
+    panel.steps.value = 5000
+    panel.extra_options = {"val_every": 1, "objects_per_step": 2}
+    _click(panel.start_button)
+    assert panel.cancel_button.enabled and not panel.start_button.enabled
+    qtbot.waitUntil(lambda: len(panel.curve.score) >= 3, timeout=600_000)  # before, and two steps
+    _click(panel.cancel_button)
+    qtbot.waitUntil(lambda: not panel.busy, timeout=600_000)
+    assert panel.message.value.startswith("Stopped early. Saved"), panel.message.value
+    assert panel.model is not None and panel.model.training["steps"] < 5000 and panel.model.training["stopped_early"]
+    assert panel.model.name in [c.name for c in widget.store.trained_models("prompt")]
+    assert panel.start_button.enabled and not panel.cancel_button.enabled

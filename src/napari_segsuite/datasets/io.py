@@ -180,6 +180,12 @@ def detect(path) -> tuple[DatasetFormat, list[Path]]:
 def open_dataset(path) -> tuple[DatasetFormat, dict[int, str], Iterator[dict]]:
     """Format, class names and an iterator of images (``{name, split, image, labels,
     classes, file}``) of a dataset; the description files are parsed and checked first."""
+    fmt, class_names, images, _ = _open_counted(path)
+    return fmt, class_names, images
+
+
+def _open_counted(path) -> tuple[DatasetFormat, dict[int, str], Iterator[dict], int]:
+    """:func:`open_dataset` and the number of images the iterator will yield."""
     fmt, files = detect(path)
     if fmt == "coco":
         from napari_segsuite.datasets.coco import coco_class_names, iter_coco, load_coco
@@ -193,18 +199,25 @@ def open_dataset(path) -> tuple[DatasetFormat, dict[int, str], Iterator[dict]]:
             for f, doc in docs:
                 yield from iter_coco(f, doc)
 
-        return fmt, dict(sorted(class_names.items())), images()
-    from napari_segsuite.datasets.yolo import iter_yolo, load_data_yaml, yolo_class_names
+        return fmt, dict(sorted(class_names.items())), images(), sum(len(doc["images"]) for _, doc in docs)
+    from napari_segsuite.datasets.yolo import (
+        iter_yolo,
+        load_data_yaml,
+        split_images,
+        yolo_class_names,
+    )
 
     data = load_data_yaml(files[0])
-    return fmt, yolo_class_names(data), iter_yolo(files[0], data)
+    total = sum(len(split_files) for _, split_files in split_images(files[0], data))
+    return fmt, yolo_class_names(data), iter_yolo(files[0], data), total
 
 
 def import_job(path) -> Job[ImportedDataset]:
     """Read a whole dataset (see :func:`napari_segsuite.api.import_dataset`), yielding progress."""
     import pandas as pd
 
-    fmt, class_names, images = open_dataset(path)
+    fmt, class_names, images, total = _open_counted(path)
+    yield Progress(0, total, f"Reading {total} image(s) of a {fmt.upper()} dataset")
     result = ImportedDataset(class_names=class_names, provenance={"format": fmt, "path": str(Path(path))})
     rows = []
     for k, record in enumerate(images):
@@ -219,7 +232,7 @@ def import_job(path) -> Job[ImportedDataset]:
             for label, area in zip(ids.tolist(), areas.tolist(), strict=True):
                 cid = record["classes"][label]
                 rows.append((record["name"], record["split"], label, cid, class_names.get(cid, ""), area))
-        yield Progress(k + 1, None, f"{record['name']}")
+        yield Progress(k + 1, total, f"{record['name']} ({k + 1}/{total})")
     if not result.images:
         raise DatasetError(f"{path}: the dataset lists no images.")
     result.table = pd.DataFrame(rows, columns=["image", "split", "label", "class_id", "class_name", "area"])

@@ -60,16 +60,36 @@ def dataset_layers(path) -> list[tuple]:
     from napari_segsuite.datasets.io import open_dataset
 
     fmt, class_names, images = open_dataset(path)
-    records = list(images)
+    return records_layers(list(images), path, fmt, class_names)
+
+
+def imported_layers(dataset) -> list[tuple]:
+    """Layer data tuples of a dataset already read (:class:`~napari_segsuite.datasets.io.ImportedDataset`)."""
+    records = [
+        {"name": name, "split": split, "image": image, "labels": labels, "classes": classes}
+        for name, split, image, labels, classes in zip(
+            dataset.names, dataset.splits, dataset.images, dataset.labels, dataset.label_classes, strict=True)
+    ]
+    prov = dataset.provenance
+    return records_layers(records, prov["path"], prov["format"], dataset.class_names)
+
+
+def _title(path: Path) -> str:
+    if path.is_dir():
+        return path.name
+    if path.suffix.lower() != ".json":
+        return path.parent.name
+    if path.parent.name == "annotations":
+        return f"{path.parent.parent.name} {path.stem.removeprefix('instances_')}"
+    return path.stem
+
+
+def records_layers(records: list[dict], path, fmt: str, class_names: dict[int, str]) -> list[tuple]:
+    """Layer data tuples of dataset images (``{name, split, image, labels, classes}`` each)."""
     if not records:
         raise DatasetError(f"{path}: the dataset lists no images.")
     path = Path(path)
-    if path.suffix.lower() != ".json":
-        title = path.parent.name
-    elif path.parent.name == "annotations":
-        title = f"{path.parent.parent.name} {path.stem.removeprefix('instances_')}"
-    else:
-        title = path.stem
+    title = _title(path)
     meta = {"task": "dataset", "format": fmt, "path": str(path), "class_names": class_names}
     if _stackable(records):
         groups = [(title, records)]

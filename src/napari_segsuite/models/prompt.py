@@ -244,6 +244,16 @@ class PromptModel(ABC):
         self.model = runner.model
         self.device = runner.device
 
+    @property
+    def input_size(self) -> int:
+        """The side of the square the encoder takes (larger images are resized to fit it).
+
+        Windowed prompting on large planes (:mod:`napari_segsuite.tasks.sam_windows`)
+        uses windows of this side, so that a window is encoded at full resolution.
+        """
+        info = getattr(self.runner, "info", None) or {}
+        return int(info.get("image_size") or 1024)
+
     # -- 1. encode --------------------------------------------------------------------
     @abstractmethod
     def encode(self, rgb: np.ndarray, between_blocks: Callable[[], None] | None = None) -> Embedding:

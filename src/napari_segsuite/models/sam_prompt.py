@@ -32,6 +32,11 @@ class SamPromptModel(PromptModel):
         self.transform = self._make().transform
         self._last = None
 
+    @property
+    def input_size(self) -> int:
+        """The image encoder's input side (1024 for Meta's checkpoints)."""
+        return int(self.model.image_encoder.img_size)
+
     def encode(self, rgb: np.ndarray, between_blocks=None) -> Embedding:
         """The steps of ``SamPredictor.set_image`` and ``ImageEncoderViT.forward``, block by block.
 

@@ -72,6 +72,12 @@ class InstanceTrainingOptions:
         Replace an existing non-empty ``out`` folder.
     workers : int
         Data-loading workers (YOLO).
+    yolo_args : dict, optional
+        More arguments of ultralytics' ``YOLO.train`` (augmentation, optimiser,
+        schedule: ``mosaic``, ``flipud``, ``hsv_v``, ``optimizer``, ``lr0``,
+        ``warmup_epochs``, ``close_mosaic``, ``nbs`` ...). The arguments the job
+        sets itself (data, epochs, imgsz, batch, device, output folder, seed)
+        are refused here; set them through the fields above.
     """
 
     epochs: int | None = None
@@ -86,6 +92,7 @@ class InstanceTrainingOptions:
     name: str | None = None
     overwrite: bool = False
     workers: int = 0
+    yolo_args: dict | None = None
 
     def check(self) -> None:
         """Raise :class:`InputError` for values that cannot work."""
@@ -101,6 +108,10 @@ class InstanceTrainingOptions:
             raise InputError(f"Validate every 1 epoch or more, not {self.val_every}.")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise InputError(f"The learning rate must be positive, not {self.learning_rate}.")
+        if self.yolo_args:
+            from napari_segsuite.tasks.yolo_training import check_yolo_args
+
+            check_yolo_args(self.yolo_args)
 
 
 @dataclass

@@ -56,7 +56,8 @@ class CommitPlan:
     features: dict[int, dict[str, Any]]
 
 
-def objects_from_prompts(coords: np.ndarray, labels: np.ndarray, shapes: list, plane_shape) -> list[dict]:
+def objects_from_prompts(coords: np.ndarray, labels: np.ndarray, shapes: list, plane_shape, *,
+                         draw_masks: bool = True) -> list[dict]:
     """Group prompts into objects.
 
     Parameters
@@ -69,6 +70,10 @@ def objects_from_prompts(coords: np.ndarray, labels: np.ndarray, shapes: list, p
         :class:`~napari_segsuite.layers.ShapePrompt`-like items with ``box``, ``kind`` and
         ``mask(shape)``; each is one object; ellipses and polygons add a mask prompt.
     plane_shape : (int, int)
+    draw_masks : bool
+        Draw the mask prompt of an ellipse or polygon at the plane's size (``"mask"``);
+        False keeps the shape itself (``"shape"``), for large planes where the mask is
+        drawn in a window only (:mod:`~napari_segsuite.tasks.sam_windows`).
 
     Returns
     -------
@@ -86,7 +91,10 @@ def objects_from_prompts(coords: np.ndarray, labels: np.ndarray, shapes: list, p
         used |= inside
         obj = {"box": box, "points": coords[inside], "labels": labels[inside]}
         if shape.kind in ("ellipse", "polygon"):
-            obj["mask"] = shape.mask(tuple(plane_shape))
+            if draw_masks:
+                obj["mask"] = shape.mask(tuple(plane_shape))
+            else:
+                obj["shape"] = shape
         objects.append(obj)
     if not shapes and len(coords):
         objects.append({"box": None, "points": coords, "labels": labels})
@@ -182,8 +190,19 @@ class PreviewController:
         return True
 
     def masks(self) -> list[np.ndarray]:
-        """The shown mask of every object."""
+        """The shown mask of every object (window-sized for windowed objects, see :attr:`windowed`)."""
         return [np.asarray(o["masks"][o["choice"]], dtype=bool) for o in self.objects]
+
+    @property
+    def windowed(self) -> bool:
+        """Whether the objects were decoded in windows of a large plane (each has ``origin`` and ``window``)."""
+        return bool(self.objects) and all("window" in o for o in self.objects)
+
+    def region(self, limit: int | None = None):
+        """The :class:`~napari_segsuite.core.tiling.Tile` holding every object's window (windowed previews)."""
+        from napari_segsuite.tasks.sam_windows import objects_region
+
+        return objects_region(self.objects, limit)
 
     # -- commits ----------------------------------------------------------------------------
     def stale_reason(self, current: PreviewSource) -> str | None:
@@ -209,18 +228,26 @@ class PreviewController:
             raise InputError(f"Not committed: {reason}. Wait for the new preview, or prompt again.")
 
     def plan_commit(self, old: np.ndarray, next_id: int, *, overwrite: bool = False, refine: int = 0,
-                    model: str = "") -> CommitPlan:
-        """The plane after committing the preview into ``old``.
+                    model: str = "", region=None) -> CommitPlan:
+        """The plane (or ``region`` of it) after committing the preview into ``old``.
 
         Each object gets the next free id (from ``next_id``), or ``refine`` for a single
         object (its earlier pixels are replaced). Existing labels are kept unless
-        ``overwrite``. Objects without a free pixel are skipped.
+        ``overwrite``. Objects without a free pixel are skipped. With ``region`` (a
+        :class:`~napari_segsuite.core.tiling.Tile` of the plane, see :meth:`region`),
+        ``old`` holds that region's pixels and windowed masks are placed at their origin in it.
         """
         new = np.array(old, copy=True)
         features: dict[int, dict[str, Any]] = {}
         written: list[int] = []
         label = int(next_id)
-        for obj, mask in zip(self.objects, self.masks(), strict=True):
+        if region is not None:
+            from napari_segsuite.tasks.sam_windows import paste_objects
+
+            masks = paste_objects(self.objects, region)
+        else:
+            masks = self.masks()
+        for obj, mask in zip(self.objects, masks, strict=True):
             if refine and self.single:
                 this = int(refine)
                 new[new == this] = 0

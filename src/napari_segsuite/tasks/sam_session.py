@@ -31,6 +31,27 @@ from napari_segsuite.models.prompt import Embedding, LazyMasks
 __all__ = ["Embedding", "EncodingStopped", "LazyMasks", "SamSession"]
 
 
+def embedding_nbytes(emb: Embedding) -> int:
+    """Bytes of the tensors and arrays in ``emb.features`` and ``emb.decoder_cache``."""
+
+    def size(obj) -> int:
+        if obj is None:
+            return 0
+        if hasattr(obj, "element_size") and hasattr(obj, "nelement"):
+            return int(obj.element_size()) * int(obj.nelement())
+        if isinstance(obj, np.ndarray):
+            return int(obj.nbytes)
+        if isinstance(obj, dict):
+            return sum(size(v) for v in obj.values())
+        if isinstance(obj, (list, tuple)):
+            return sum(size(v) for v in obj)
+        if hasattr(obj, "__dict__"):
+            return sum(size(v) for v in vars(obj).values())
+        return 0
+
+    return size(emb.features) + size(emb.decoder_cache)
+
+
 class EncodingStopped(Exception):
     """A background encoding ended early because its owner closed."""
 
@@ -47,12 +68,17 @@ class SamSession:
         "auto", "cpu", "cuda" or "mps".
     cache_size : int
         How many image embeddings to keep in memory (least recently used go first).
+    cache_bytes : int, optional
+        A bound on the memory of the cached embeddings (their tensors, the
+        decoder's kept image side included), on top of ``cache_size``; the least
+        recently used go first, the newest one always stays.
     disk_cache : path, optional
         A folder where embeddings are also saved; a file is used again only when
         the image content and the model checkpoint are the same.
     """
 
-    def __init__(self, model, device: str = "auto", cache_size: int = 8, store=None, disk_cache=None):
+    def __init__(self, model, device: str = "auto", cache_size: int = 8, store=None, disk_cache=None,
+                 cache_bytes: int | None = None):
         from napari_segsuite.core.threads import keep_thread_heaps_warm
         from napari_segsuite.models.base import load_model
 
@@ -62,6 +88,7 @@ class SamSession:
         #: everything and propagation talk to
         self.prompt_model = self.runner.prompt_model()
         self.cache_size = cache_size
+        self.cache_bytes = cache_bytes
         self.disk_cache = Path(disk_cache) if disk_cache else None
         self._prompt_lock = threading.Condition()
         self._prompting = 0
@@ -144,10 +171,27 @@ class SamSession:
             self._save_disk(key, emb)
         with self.lock:
             self._cache[key] = emb
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+            self._evict()
         yield Progress(1, 1, "Image encoded")
         return key
+
+    def _evict(self) -> None:
+        """Drop least recently used embeddings beyond ``cache_size`` and ``cache_bytes`` (lock held)."""
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        if self.cache_bytes is not None:
+            while len(self._cache) > 1 and self.cached_bytes() > self.cache_bytes:
+                self._cache.popitem(last=False)
+
+    def touch(self, key: str) -> None:
+        """Mark the cached embedding ``key`` as just used (it is evicted last)."""
+        with self.lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+
+    def cached_bytes(self) -> int:
+        """Memory held by the cached embeddings (tensors of the features and the decoder's kept side)."""
+        return sum(embedding_nbytes(e) for e in list(self._cache.values()))
 
     def set_image_job(self, image2d: np.ndarray, token=None) -> Generator[Progress, None, str]:
         """Make ``image2d`` the image prompts refer to (encoding it if needed), as a job.
@@ -187,15 +231,20 @@ class SamSession:
         self.image_shape = tuple(emb.original_size)
 
     @contextlib.contextmanager
-    def use(self, key: str):
-        """Hold the session on the cached image ``key`` (prompts from several threads stay apart)."""
+    def use(self, key: str, *, keep: bool = False):
+        """Hold the session on the cached image ``key`` (prompts from several threads stay apart).
+
+        The image current before is made current again afterwards, unless ``keep``
+        (windows of a large plane: the last window used stays current and nothing
+        else is marked as recently used).
+        """
         with self.lock:
             before = self.image_key
             self._make_current(key)
             try:
                 yield self
             finally:
-                if before is not None and before != key and before in self._cache:
+                if not keep and before is not None and before != key and before in self._cache:
                     self._make_current(before)
 
     def set_image(self, image2d: np.ndarray) -> None:

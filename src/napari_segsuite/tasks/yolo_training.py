@@ -18,7 +18,11 @@ optimiser and EMA) in a background thread, with:
   held-out mask AP50;
 - ultralytics' final evaluation skipped (it would validate ``best.pt`` again);
 - the ``stop`` event ends training at the next batch through the trainer's own
-  ``stop`` flag (the epoch is then validated and saved as usual).
+  ``stop`` flag (the epoch is then validated and saved as usual);
+- an optimiser step after every batch (``nbs`` = the batch size): ultralytics'
+  nominal batch of 64 would accumulate 16 batches of 4 into one step, which
+  leaves a few dozen annotated images with a handful of steps per run.
+  ``yolo_args`` (more ``YOLO.train`` arguments) can set ``nbs`` and the rest.
 
 Ultralytics reports (per batch, per validation) reach the job through a
 queue and are yielded as progress.
@@ -40,6 +44,29 @@ from napari_segsuite.core.progress import Progress
 DEFAULT_ARCH = "yolo11n-seg.yaml"
 DEFAULT_EPOCHS = 100
 _DONE = object()
+#: ``YOLO.train`` arguments the job sets itself (``yolo_args`` cannot).
+JOB_ARGS = frozenset({
+    "data", "epochs", "imgsz", "batch", "device", "workers", "project", "name", "exist_ok", "amp", "plots",
+    "val", "verbose", "seed", "pretrained", "save", "model", "task", "mode", "resume", "time",
+})
+
+
+def check_yolo_args(args) -> dict:
+    """``args`` as a dict of extra ``YOLO.train`` arguments, or :class:`InputError` naming what is wrong."""
+    if not isinstance(args, dict):
+        raise InputError(f"yolo_args must be a dict of ultralytics training arguments, not {type(args).__name__}.")
+    taken = sorted(set(args) & JOB_ARGS)
+    if taken:
+        raise InputError(f"yolo_args cannot set {', '.join(taken)}: the training options set them.")
+    from napari_segsuite.models.offline import import_ultralytics
+
+    import_ultralytics()
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    unknown = sorted(set(args) - set(DEFAULT_CFG_DICT))
+    if unknown:
+        raise InputError(f"ultralytics has no training argument(s) {', '.join(unknown)}.")
+    return dict(args)
 
 
 def default_imgsz(planes, minimum: int = 64) -> int:
@@ -116,10 +143,13 @@ def train_yolo_job(data, train_idx, val_idx, opts, init_runner, state, work: Pat
     """
     import copy
 
+    import torch
+
     from napari_segsuite.core.device import resolve_device
     from napari_segsuite.models.offline import import_ultralytics
     from napari_segsuite.tasks.instance_data import dataset_scores, predict_for_scores, truths_of
 
+    threads = torch.get_num_threads()  # ultralytics' select_device changes it for the whole process
     ultralytics = import_ultralytics()
     device = resolve_device(opts.device)
     imgsz = int(opts.imgsz or default_imgsz(data.planes))
@@ -200,15 +230,19 @@ def train_yolo_job(data, train_idx, val_idx, opts, init_runner, state, work: Pat
         model.add_callback(event, fn)
 
     result: dict = {}
+    batch = max(1, min(int(opts.batch), len(train_idx)))
+    # ultralytics' optimizer "auto" ignores lr0: a learning rate set here comes with AdamW
+    train_args = {"nbs": batch, **({"lr0": float(opts.learning_rate), "optimizer": "AdamW"} if opts.learning_rate else {}),
+                  **check_yolo_args(opts.yolo_args or {})}
 
     def run():
         try:
             model.train(
-                data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=max(1, min(int(opts.batch), len(train_idx))),
+                data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch,
                 device=device, workers=int(opts.workers), project=str(work / "runs"), name="train",
                 exist_ok=True, amp=False, plots=False, val=True, verbose=False, seed=int(opts.seed),
                 deterministic=False, pretrained=pretrained, patience=10**6, save=True,
-                **({"lr0": float(opts.learning_rate)} if opts.learning_rate else {}),
+                **train_args,
             )
             result["trainer"] = model.trainer
         except BaseException as exc:
@@ -216,9 +250,6 @@ def train_yolo_job(data, train_idx, val_idx, opts, init_runner, state, work: Pat
         finally:
             events.put((_DONE, None))
 
-    import torch
-
-    threads = torch.get_num_threads()  # ultralytics' select_device changes it for the whole process
     thread = threading.Thread(target=run, name="segsuite-yolo-train", daemon=True)
     thread.start()
     try:

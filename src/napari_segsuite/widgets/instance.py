@@ -28,6 +28,7 @@ from napari_segsuite.widgets.base import (
     SegmentationWidget,
 )
 from napari_segsuite.widgets.dataset_export import add_export_button
+from napari_segsuite.widgets.dataset_import import add_import_button
 
 CURRENT, ALL = CURRENT_PLANE, ALL_PLANES
 BOXES_SUFFIX = "instance boxes"
@@ -100,6 +101,7 @@ class InstanceWidget(SegmentationWidget):
         self._sam_key = None
         self.box_source.value = None
         self.export_dataset_button = add_export_button(self)
+        self.import_dataset_button = add_import_button(self)
         self.models.model.changed.connect(self._show_library_defaults)
         self._show_library_defaults()
         self.finish_layout()

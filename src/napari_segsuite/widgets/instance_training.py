@@ -5,7 +5,7 @@ and :mod:`napari_segsuite.tasks.sam_finetune`. On the GUI thread they read the
 chosen Labels layers (every plane with objects; the image of each Labels layer
 is the Image layer its name starts with, else the chosen image) and the
 classes in their ``features`` (``label`` or ``index`` with ``class_name`` or
-``class_id``); the job runs in a worker (:class:`JobRunner`) and its progress
+``class_id``); the job runs in a worker (the shared :class:`~napari_segsuite.widgets.scaffold.JobPanel`) and its progress
 draws the live curves. **Cancel** sets the job's stop event: training ends at
 the next step and the best model so far is saved and kept, as at the end.
 Trained models go into the ``trained/`` folder of the dock's model folder (its
@@ -23,10 +23,7 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSpinBox,
-    Label,
     LineEdit,
-    ProgressBar,
-    PushButton,
     Select,
     SpinBox,
 )
@@ -34,7 +31,6 @@ from magicgui.widgets import (
 from napari_segsuite.core.errors import InputError, SegSuiteError
 from napari_segsuite.core.progress import Progress
 from napari_segsuite.models.store import ModelStore
-from napari_segsuite.widgets.worker import JobRunner
 
 FAMILY_CHOICES = [("YOLO-seg (ultralytics)", "yolo"), ("Mask R-CNN (torchvision)", "maskrcnn")]
 NEW_MODEL = "__new__"
@@ -190,11 +186,18 @@ def gather_annotations(viewer, labels_layers, fallback_image=None, default_class
 
 
 class _TrainingPanelBase(Container):
-    """What both training panels share: layer choice, buttons, progress, curve, model folder."""
+    """What both training panels share: layer choice, the job panel (buttons, progress, status), curve.
+
+    The start button, Cancel, the progress bar and the status line are the dock's shared
+    :class:`~napari_segsuite.widgets.scaffold.JobPanel`; its Cancel is rewired to stop training
+    at the next step (the best model so far is kept) instead of dropping the job.
+    """
 
     job_title = "Training"
 
     def __init__(self, napari_viewer, store: ModelStore | None = None, on_saved=None, score_label="", score_key=""):
+        from napari_segsuite.widgets.scaffold import JobPanel
+
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self.store = store or ModelStore()
@@ -203,17 +206,19 @@ class _TrainingPanelBase(Container):
         self.labels_layers.tooltip = "Labels layers with your objects (every plane that has objects is used)"
         self.image = ComboBox(label="Image", choices=self._image_choices, nullable=True)
         self.image.tooltip = ("Image of a Labels layer whose name does not start with its image's name")
-        self.start_button = PushButton(text="Train")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.progress = ProgressBar(label="Progress", value=0, min=0, max=100)
-        self.message = Label(value="")
-        self.message.native.setWordWrap(True)
+        self.panel = JobPanel(napari_viewer, image=self.image, on_progress=self._on_progress,
+                              on_done=self._on_done)
+        self.start_button = self.panel.add_action("Train")
+        self.cancel_button = self.panel.cancel_button
+        self.cancel_button.changed.disconnect(self.panel.jobs.cancel)
+        self.cancel_button.changed.connect(self.cancel)
+        self.progress = self.panel.progress
+        self.message = self.panel.message
         self.curve = TrainingCurve(score_label, score_key)
-        self.jobs = JobRunner(on_progress=self._on_progress, on_done=self._on_done)
+        self.jobs = self.panel.jobs
         self.jobs.napari_progress = False
         self.state = None
         self.model = None  # the last trained runner
-        self.cancel_button.changed.connect(self.cancel)
         events = self.viewer.layers.events
         for ev in (events.inserted, events.removed, events.reordered):
             ev.connect(self._refresh_layers)
@@ -251,36 +256,17 @@ class _TrainingPanelBase(Container):
             self.message.value = "Stopping after this step; the best model so far will be kept…"
 
     def _error(self, exc: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
-        show_error(str(exc))
-        self.message.value = str(exc)
-
-    def _buttons(self, running: bool) -> None:
-        self.start_button.enabled = not running
-        self.cancel_button.enabled = running
+        self.panel.report(exc)
 
     def _start(self, job_factory, on_result, description: str) -> None:
-        self._buttons(True)
-        self.progress.value = 0
-        self.message.value = description + "…"
-        self.jobs.start(job_factory, on_result, description)
+        self.panel.start(job_factory, on_result, description)
 
     def _on_progress(self, item: Progress) -> None:
-        if item.message:
-            self.message.value = item.message
-        if item.fraction is not None:
-            self.progress.value = int(100 * item.fraction)
         row = item.partial
         if isinstance(row, dict):
             self.curve.add(row, draw=self.curve.score_key in row or int(row.get("step", 0)) % 5 == 0)
 
     def _on_done(self, how: str) -> None:
-        self._buttons(False)
-        if how == "returned":
-            self.progress.value = 100
-        elif how == "errored" and self.jobs.last_error is not None:
-            self.message.value = str(self.jobs.last_error)
         self.curve.draw()
 
     def _saved(self, runner) -> None:
@@ -316,15 +302,12 @@ class InstanceTrainingPanel(_TrainingPanelBase):
         self.val_fraction.tooltip = "Share of the annotated planes kept for validation (mask AP50)"
         self.name = LineEdit(label="Save as", value="")
         self.name.tooltip = "Name in the model folder (empty: family and time)"
-        self.continue_button = PushButton(text="Continue training", enabled=False)
+        self.continue_button = self.panel.add_action("Continue training", enabled=False)
         self.continue_button.tooltip = "Train the last model further on all annotations of the chosen layers"
         self.start_button.text = "Train"
         self.extend([
             self.labels_layers, self.image, self.family, self.start_from, self.checkpoint, self.class_name,
-            self.epochs, self.imgsz, self.val_fraction, self.name,
-            Container(widgets=[self.start_button, self.continue_button, self.cancel_button], layout="horizontal",
-                      labels=False),
-            self.progress, self.message,
+            self.epochs, self.imgsz, self.val_fraction, self.name, self.panel.controls,
         ])
         self.native.layout().addWidget(self.curve.canvas)
         #: Further InstanceTrainingOptions for scripts and tests (e.g. {"batch": 2}).
@@ -412,9 +395,9 @@ class InstanceTrainingPanel(_TrainingPanelBase):
 
         self._start(job, on_result, f"Training {family} on " + "; ".join(summary))
 
-    def _buttons(self, running: bool) -> None:
-        super()._buttons(running)
-        self.continue_button.enabled = not running and self.model is not None
+    def _on_done(self, how: str) -> None:
+        super()._on_done(how)
+        self.continue_button.enabled = self.model is not None
 
 
 class SamFinetunePanel(_TrainingPanelBase):
@@ -432,9 +415,7 @@ class SamFinetunePanel(_TrainingPanelBase):
         self.name = LineEdit(label="Save as", value="")
         self.start_button.text = "Fine-tune SAM"
         self.extend([
-            self.labels_layers, self.image, self.sam, self.steps, self.learning_rate, self.name,
-            Container(widgets=[self.start_button, self.cancel_button], layout="horizontal", labels=False),
-            self.progress, self.message,
+            self.labels_layers, self.image, self.sam, self.steps, self.learning_rate, self.name, self.panel.controls,
         ])
         self.native.layout().addWidget(self.curve.canvas)
         self.extra_options: dict = {}
@@ -478,6 +459,7 @@ class SamFinetunePanel(_TrainingPanelBase):
             self._saved(runner)
             t = runner.training
             self.message.value = (
+                f"{'Stopped early. ' if state.stopped_early else ''}"
                 f"Saved '{runner.name}' in {store.cache_dir / 'trained'}: held-out single-point IoU "
                 f"{t['val_iou_before']:.3f} before, {t['val_iou_best']:.3f} after (step {t['best_step']}). "
                 "Pick it in the SAM dock's model list."
