@@ -2,7 +2,9 @@
 
 - ``soak``: 1,000 prompt-and-commit cycles in a real viewer (1920x1080 window) with a tiny SAM:
   a real mouse click on the canvas, wait for the preview, Shift-C on the canvas. Reports the
-  click-to-preview latency (median of the first and last 100 cycles), the resident memory after
+  click-to-preview latency (median of the first and last 100 cycles, and their minimum), the
+  same decode without the viewer after each cycle (a control for how busy the machine is; the
+  click latency minus it is what the viewer and the dock add), the resident memory after
   the first 100 cycles and at the end, and checks that every commit is in the layer and in the
   autosave journal.
 - ``exit``: seconds from closing the viewer to the end of the process, with no job and during
@@ -73,7 +75,8 @@ SOAK = textwrap.dedent("""
         return QPoint(round(canvas.width() / 2 + (c - cam.center[-1]) * cam.zoom),
                       round(canvas.height() / 2 + (r - cam.center[-2]) * cam.zoom))
 
-    latency, rss, lost_clicks = [], [], 0
+    latency, reference, rss, lost_clicks = [], [], [], 0
+    fixed_point = np.array([[256.0, 256.0]])
     for k in range(cycles):
         r, c = rng.uniform(20, 490, 2)
         viewer.layers.selection.active = points
@@ -88,13 +91,17 @@ SOAK = textwrap.dedent("""
         canvas.setFocus()
         QTest.keyClick(canvas, Qt.Key.Key_C, Qt.KeyboardModifier.ShiftModifier)
         QApplication.processEvents()
+        # the same decode without the viewer: how busy the machine is right now (a load control)
+        t = time.perf_counter()
+        w.session.predict(points=fixed_point, point_labels=np.array([1]))
+        reference.append(time.perf_counter() - t)
         if (k + 1) % 100 == 0 or k == 9:
             rss.append((k + 1, rss_mb()))
     target = viewer.layers["img [sam]"]
     from napari_segsuite.core.fingerprint import ImageIdentity
     from napari_segsuite.core.journal import AutosaveJournal
     journal = AutosaveJournal(folder, ImageIdentity.of(image.data, "img"), "img [sam]", target.data.shape)
-    result = {"latency": latency, "rss": rss, "lost_clicks": lost_clicks,
+    result = {"latency": latency, "reference": reference, "rss": rss, "lost_clicks": lost_clicks,
               "labels": int(np.asarray(target.data).max()), "entries": len(journal.entries()),
               "journal_equal": bool(np.array_equal(journal.replay(), target.data))}
     print("RESULT", json.dumps(result), flush=True)
@@ -130,15 +137,19 @@ def soak(repeats: int) -> list[dict]:
     raw = os.environ.get("SEGSUITE_SOAK_RAW")
     if raw:  # the per-cycle latencies and memory, for a closer look
         Path(raw).write_text(json.dumps(r))
-    lat = np.asarray(r["latency"])
+    lat, ref = np.asarray(r["latency"]), np.asarray(r["reference"])
     first, last = float(np.median(lat[:100])), float(np.median(lat[-100:]))
+    over = lat - ref  # what the viewer and the dock add to the decode
     rss = dict(r["rss"])
     base = rss.get(100, rss[min(rss)])
     return [{
         "cycles": cycles,
         "click_to_preview_first100_s": first,
         "click_to_preview_last100_s": last,
-        "latency_change_pct": 100.0 * (last - first) / first,
+        "latency_ratio_last_first": last / first,
+        "latency_min_first100_last100_s": f"{lat[:100].min():.3f}/{lat[-100:].min():.3f}",
+        "bare_decode_first100_last100_s": f"{np.median(ref[:100]):.3f}/{np.median(ref[-100:]):.3f}",
+        "gui_part_first100_last100_s": f"{np.median(over[:100]):.3f}/{np.median(over[-100:]):.3f}",
         "rss_after_100_mb": base,
         "rss_end_mb": rss[max(rss)],
         "rss_growth_mb": rss[max(rss)] - base,

@@ -454,7 +454,7 @@ class SegmentationWidget(Dock):
             self._report(exc)
             return
         self._start(job_factory, self._inputs_unchanged(inputs, on_result),
-                    f"{self.task.capitalize()} segmentation")
+                    f"{self.task.capitalize()} segmentation", inputs=[layer for layer, _ in inputs])
 
     def _inputs_unchanged(self, inputs: list, on_result):
         """``on_result`` that first checks that each ``(image layer, data at Run)`` is unchanged.
@@ -516,17 +516,44 @@ class SegmentationWidget(Dock):
     def _report(self, exc: BaseException) -> None:
         self.job_panel.report(exc)
 
-    def _start(self, job_factory, on_result, description: str) -> None:
+    def _start(self, job_factory, on_result, description: str, inputs=()) -> None:
+        """Run a job; removing one of the ``inputs`` (Image layers) from the viewer cancels it."""
         self.edit_question.drop()
         on_result = self._guarded(on_result)
         self.models.download.enabled = False
+        self._job_inputs = list(inputs)
+        self._cancel_note = ""
+        if not getattr(self, "_watching_removals", False):
+            self.viewer.layers.events.removed.connect(self._on_layer_removed)
+            self._watching_removals = True
         self.job_panel.start(job_factory, on_result, description)
+
+    def _on_layer_removed(self, event=None) -> None:
+        """An input of the running job left the viewer (deleted, or the viewer closing): cancel the job.
+
+        Its result could only be dropped (see :meth:`_inputs_unchanged`), and a job that goes on
+        computing slows the closing viewer down.
+        """
+        from napari.utils.notifications import show_info
+
+        layer = getattr(event, "value", None)
+        if layer is None or not self.jobs.busy or self.jobs.closed:
+            return
+        if any(layer is item for item in getattr(self, "_job_inputs", ())):
+            self._cancel_note = (f"Image '{layer.name}' was removed while the {self.task} job ran; the job was "
+                                 "cancelled and no layer was changed.")
+            self.jobs.cancel()
+            show_info(self._cancel_note)
 
     def _on_progress(self, item: Progress) -> None:
         self.job_panel.on_progress(item)
 
     def _after_job(self, how: str) -> None:
         self.models.download.enabled = True
+        if how == "aborted" and getattr(self, "_cancel_note", ""):
+            self.message.value = self._cancel_note
+        self._cancel_note = ""
+        self._job_inputs = []
         self._on_done(how)
 
     def _on_done(self, how: str) -> None:

@@ -187,8 +187,13 @@ class CommitSection(SamSection):
 
     # -- undo / redo -----------------------------------------------------------------------
     def record_step(self, layer, text: str) -> None:
-        """Remember a write that changed labels (it becomes what Undo undoes)."""
+        """Remember a write that changed labels (it becomes what Undo undoes).
+
+        As many steps are kept as the layer keeps in its own undo history (napari's Labels
+        keep the last 100), so the list stays bounded and every step listed can be undone.
+        """
         self.undo_steps.append(Step(layer, text))
+        del self.undo_steps[:-max(1, int(getattr(layer, "_history_limit", 100)))]
         self.redo_steps.clear()
         self._update_history_buttons()
 
@@ -235,12 +240,12 @@ class CommitSection(SamSection):
             self.next_id.value = "Next id: 1"
             self.objects.reset_choices()
             return
-        by_plane: dict[tuple, list[Committed]] = {}
+        by_plane: dict[str, list[Committed]] = {}
         for c in self.committed:
             if len(c.plane_index) == target.data.ndim:
-                by_plane.setdefault(c.plane_index, []).append(c)
-        for index, items in by_plane.items():  # one pass over each plane, however many objects it holds
-            area = _label_areas(np.asarray(target.data[index]))
+                by_plane.setdefault(c.plane_key, []).append(c)
+        for items in by_plane.values():  # one pass over each plane, however many objects it holds
+            area = _label_areas(np.asarray(target.data[items[0].plane_index]))
             for c in items:
                 c.area = int(area(c.label))
         self._target_for_list = target
