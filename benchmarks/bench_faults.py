@@ -204,7 +204,7 @@ LONG_PROMPT = textwrap.dedent("""
 
     if trace:
         import tracemalloc
-        tracemalloc.start(12)
+        tracemalloc.start(int(os.environ.get("SEGSUITE_TRACEMALLOC_FRAMES", "1")))
     latency, rss, snaps = [], [], {}
     for k in range(clicks):
         r, c = rng.uniform(20, 490, 2)
