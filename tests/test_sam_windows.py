@@ -181,3 +181,37 @@ def test_prefetch_encodes_the_neighbours_and_stops(session):
     keys = run_sync(w.prefetch_job(around, n=2))
     assert len(keys) == 2 and all(w.cached_key(t) is not None for t in w.neighbours(around, 2))
     assert run_sync(w.prefetch_job(around, n=4, stop=lambda: True)) == []
+
+
+def test_propagation_through_a_large_volume_in_windows(session, reference):
+    from napari_segsuite.core.progress import run_sync
+    from napari_segsuite.tasks.sam_windows import propagate_windowed_job
+
+    volume = CountingArray(np.stack([_slide(seed=5)] * 4))  # the same plane 4 times: the object stays put
+    start = WindowedPrompts(session, PlaneView(volume, (1, slice(None), slice(None))), token=("vol", 1))
+    (obj,) = start.predict([{"points": np.array([[905.0, 1190.0]]), "labels": np.array([1]), "box": None}],
+                           multimask=False)
+    placed = (obj["origin"], np.asarray(obj["masks"][0]))
+    volume.reads.clear()
+    out = run_sync(propagate_windowed_job(
+        session, lambda z: PlaneView(volume, (z, slice(None), slice(None))), 4, "vol", 1, placed, iou_floor=0.0))
+    assert sorted(out) == [0, 2, 3]
+    # each plane's window around the previous mask, read alone (a window, or the previous mask's box with a
+    # margin when the random model's mask fills its window), never the whole plane
+    assert len(volume.reads) == 3 and all(n < 0.1 * 1500 * 1800 for n in volume.reads), volume.reads
+    for z, prev in ((0, placed), (2, placed), (3, out[2])):
+        (r, c), m = out[z]
+        (pr, pc), pm = prev
+        rows, cols = np.nonzero(pm)
+        assert m.shape[0] >= 256 and m.shape[1] >= 256
+        h, w = m.shape
+        assert r <= rows.min() + pr and rows.max() + pr < r + h and c <= cols.min() + pc and cols.max() + pc < c + w
+
+
+def test_a_window_larger_than_the_memory_available_is_refused(session, monkeypatch):
+    import napari_segsuite.core.regions as regions
+
+    monkeypatch.setattr(regions, "available_memory", lambda: 2 * 2**20)  # 2 MiB "free"
+    w = WindowedPrompts(session, _slide(), token="memory")
+    with pytest.raises(InputError, match="more than the memory available"):
+        w.plan([{"points": np.array([[10.0, 10.0], [900.0, 900.0]]), "labels": np.array([1, 1]), "box": None}])

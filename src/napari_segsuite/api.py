@@ -107,6 +107,50 @@ def download_model(name: str, store: ModelStore | None = None, *, verbose: bool 
     return path
 
 
+# -- large images: multiscale inputs, lazy planes in chunks ----------------------------
+
+#: Lazy planes (dask, zarr ...) with a side above this go in chunks of this side (instances, panoptic).
+CHUNK_SIZE = 2048
+
+
+def _full_resolution(image):
+    """Level 0 of a multiscale image (a list or tuple of arrays, finest first), else ``image``.
+
+    Nothing is read: the levels stay lazy.
+    """
+    if isinstance(image, list | tuple) and image and all(
+            hasattr(a, "shape") and hasattr(a, "dtype") and len(a.shape) >= 2 for a in image):
+        return image[0]
+    return image
+
+
+def _lazy_plane(image, chunk_size: int) -> bool:
+    """Whether ``image`` is a lazy (not numpy) 2D plane larger than one chunk."""
+    import numpy as np
+
+    if isinstance(image, np.ndarray) or not hasattr(image, "shape"):
+        return False
+    shape = tuple(int(s) for s in image.shape)
+    plane = len(shape) == 2 or (len(shape) == 3 and shape[-1] <= 4)
+    return plane and max(shape[:2]) > int(chunk_size)
+
+
+def _chunked(task: str, image, runner, params: dict, out, chunk_size: int, progress):
+    """A lazy plane through batch task ``task`` in chunks into ``out`` (allocated when None)."""
+    import numpy as np
+
+    from napari_segsuite.batch.regions import segment_region_job
+    from napari_segsuite.core.labels import LABEL_DTYPE
+
+    h, w = (int(s) for s in image.shape[:2])
+    if out is None:
+        out = np.zeros((h, w), LABEL_DTYPE)
+    elif tuple(out.shape) != (h, w):
+        raise InputError(f"The output array has shape {tuple(out.shape)}, not the image's {(h, w)}.")
+    table = run_sync(segment_region_job(task, runner, image, out, params=params, chunk=int(chunk_size)), progress)
+    return out, table
+
+
 # -- panoptic segmentation and evaluation ------------------------------------
 
 
@@ -122,13 +166,18 @@ def segment_panoptic(
     label_ids_to_fuse=None,
     label_divisor: int | None = None,
     channels_last: bool | None = None,
+    out=None,
+    chunk_size: int = CHUNK_SIZE,
 ):
     """Panoptic segmentation of a 2D image with a Mask2Former panoptic checkpoint.
 
     Parameters
     ----------
-    image : ndarray
-        (H, W) or (H, W, C) of any numeric dtype (normalised like the widget does).
+    image : array-like
+        (H, W) or (H, W, C) of any numeric dtype (normalised like the widget does); a
+        multiscale image (a list of levels, finest first) gives its level 0. A lazy plane
+        (dask, zarr) larger than ``chunk_size`` is read and segmented chunk by chunk (segments
+        crossing chunk borders merged, ids ``1..N``) into ``out``.
     model : str, path or Runner
         A registry name (``"mask2former_swin_tiny_coco_panoptic"``), a local
         ``save_pretrained`` folder, or a runner from :func:`load_model`.
@@ -142,9 +191,14 @@ def segment_panoptic(
         Stuff classes (one region per class). None: the known layouts' stuff
         classes (COCO, Cityscapes), else none.
     label_divisor : int, optional
-        Encode ids as ``class_id * label_divisor + k`` (k = 1, 2, ... per class).
+        Encode ids as ``class_id * label_divisor + k`` (k = 1, 2, ... per class); not for
+        chunked planes.
     channels_last : bool, optional
         Whether the last axis holds channels (guessed from ``ndim``).
+    out : array-like (H, W), optional
+        Where a chunked plane's labels go (e.g. a zarr array); allocated when not given.
+    chunk_size : int
+        Chunk side for lazy planes.
 
     Returns
     -------
@@ -161,6 +215,21 @@ def segment_panoptic(
         label_ids_to_fuse=None if label_ids_to_fuse is None else tuple(int(i) for i in label_ids_to_fuse),
         label_divisor=label_divisor,
     )
+    image = _full_resolution(image)
+    if _lazy_plane(image, chunk_size):
+        from napari_segsuite.tasks.panoptic import PanopticResult
+
+        if label_divisor:
+            raise InputError("label_divisor is not kept across chunks; leave it out for a large lazy plane.")
+        params.check()
+        runner = model if isinstance(model, Runner) else load_model(model, device)
+        kwargs = {"threshold": threshold, "mask_threshold": mask_threshold,
+                  "overlap_mask_area_threshold": overlap_mask_area_threshold}
+        if label_ids_to_fuse is not None:
+            kwargs["label_ids_to_fuse"] = [int(i) for i in label_ids_to_fuse]
+        labels, table = _chunked("panoptic", image, runner, kwargs, out, chunk_size, progress)
+        return PanopticResult(labels, table, dict(runner.class_names), None,
+                              {**kwargs, "model": runner.name, "chunk_size": int(chunk_size)})
     return run_sync(panoptic_job(model, image, params, device=device, channels_last=channels_last), progress)
 
 
@@ -262,7 +331,8 @@ def segment_semantic(
     ----------
     image : array-like
         (H, W) or (H, W, C) with 1, 3 or 4 channels, any numeric dtype; a
-        numpy, memmap, dask or zarr array (read one tile at a time).
+        numpy, memmap, dask or zarr array (read one tile at a time), or a multiscale
+        image (a list of levels, finest first: level 0 is segmented).
     model : str, path or Runner
         Registry name (``"segformer_b0_ade"``), a local checkpoint (transformers
         ``save_pretrained`` folder of SegFormer or a semantic Mask2Former,
@@ -292,6 +362,7 @@ def segment_semantic(
     """
     from napari_segsuite.tasks.semantic import segment_semantic_job
 
+    image = _full_resolution(image)
     runner = load_model(model, device, store=store)
     runner.require("semantic")
     job = segment_semantic_job(
@@ -364,13 +435,19 @@ def segment_instances(
     exemplars=None,
     exemplar_labels=None,
     progress=None,
+    out=None,
+    chunk_size: int = CHUNK_SIZE,
 ):
     """Instance segmentation of an image or a stack: YOLO-seg, Mask R-CNN, Mask2Former or SAM 3 concepts.
 
     Parameters
     ----------
-    image : ndarray
-        (H, W), (H, W, C) or a stack (Z, H, W) / (Z, H, W, C); any dtype.
+    image : array-like
+        (H, W), (H, W, C) or a stack (Z, H, W) / (Z, H, W, C); any dtype. A multiscale image
+        (a list of levels, finest first) gives its level 0. A lazy plane (dask, zarr) larger
+        than ``chunk_size`` is read and segmented chunk by chunk (``tile_size`` tiles inside
+        each chunk; objects crossing chunk borders merged, ids ``1..N`` in order of first
+        appearance) into ``out``.
     model : str, path or Runner
         Registry name, local checkpoint, or a loaded runner.
     device : str
@@ -402,6 +479,10 @@ def segment_instances(
         (each plane's, for a stack), alone or with ``classes``; not with tiles.
     exemplar_labels : (N,) array, optional
         1 "more like this", 0 "not like this" per exemplar (default all 1).
+    out : array-like (H, W), optional
+        Where a chunked plane's labels go (e.g. a zarr array); allocated when not given.
+    chunk_size : int
+        Chunk side for lazy planes.
 
     Returns
     -------
@@ -411,7 +492,23 @@ def segment_instances(
         bbox_row0/col0/row1/col1, area; with a ``plane`` column for stacks).
         With no detections both are empty and ``.message`` says so.
     """
+    image = _full_resolution(image)
     runner = load_model(model, device, store=store)
+    if _lazy_plane(image, chunk_size) and exemplars is None:
+        from napari_segsuite.tasks.instance import InstanceResult
+
+        params = {"conf": conf, "iou": iou, "mask_threshold": mask_threshold, "max_det": max_det,
+                  "imgsz": imgsz, "tile_size": tile_size, "overlap": overlap,
+                  "classes": None if classes is None else (classes if isinstance(classes, str) else
+                                                           ",".join(str(c) for c in classes))}
+        params = {k: v for k, v in params.items() if v is not None}
+        labels, table = _chunked("instance", image, runner, params, out, chunk_size, progress)
+        table = table.rename(columns={"bbox_0_min": "bbox_row0", "bbox_1_min": "bbox_col0",
+                                      "bbox_0_max": "bbox_row1", "bbox_1_max": "bbox_col1"})
+        result = InstanceResult(labels, table, [], "" if len(table) else "No instances found.")
+        result.provenance = {"task": "instance", "model": runner.provenance(), "parameters": params,
+                             "chunk_size": int(chunk_size)}
+        return result
     return _instance_run(
         image, runner, None, None, conf=conf, iou=iou, mask_threshold=mask_threshold, classes=classes,
         max_det=max_det, imgsz=imgsz, tile_size=tile_size, overlap=overlap, stack=stack,

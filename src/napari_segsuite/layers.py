@@ -103,29 +103,15 @@ def plane_axes(viewer: napari.Viewer, layer) -> tuple[int, int]:
     return a, b
 
 
-def current_plane(
+def plane_selection(
     viewer: napari.Viewer,
     layer,
     *,
     channel_axis: int | None = None,
-) -> tuple[np.ndarray, PlaneSelection]:
-    """The 2D plane of ``layer`` at the viewer's current position.
+) -> PlaneSelection:
+    """Where the plane of ``layer`` at the viewer's current position is; no pixel is read.
 
-    Parameters
-    ----------
-    viewer : napari.Viewer
-    layer : napari.layers.Image (or Labels)
-        Any dimensionality; RGB(A) layers keep their colour axis last; multiscale
-        layers give their full-resolution level; dask/zarr data is read for this
-        plane only.
-    channel_axis : int, optional
-        A data axis of channels to keep with the plane (moved last).
-
-    Returns
-    -------
-    plane : ndarray
-        (H, W), or (H, W, C) for RGB(A) or with ``channel_axis``.
-    selection : PlaneSelection
+    See :func:`current_plane` (which also reads the plane) for the parameters.
     """
     rgb = bool(getattr(layer, "rgb", False))
     data = full_resolution(layer)
@@ -153,13 +139,8 @@ def current_plane(
         index.append(i)
     if rgb:
         index.append(slice(None))
-    plane = np.asarray(data[tuple(index)])
-    if channel_axis is not None:
-        # Remaining axes are in data order: plane rows, cols and the channel axis.
-        kept = [a for a in range(len(spatial_shape)) if isinstance(index[a], slice)]
-        plane = np.moveaxis(plane, kept.index(channel_axis), -1)
     labels_shape = tuple(s for a, s in enumerate(spatial_shape) if a != channel_axis)
-    sel = PlaneSelection(
+    return PlaneSelection(
         index=tuple(index),
         axes=axes,
         shape=(spatial_shape[axes[0]], spatial_shape[axes[1]]),
@@ -167,7 +148,157 @@ def current_plane(
         channel_axis=channel_axis,
         rgb=rgb,
     )
+
+
+def current_plane(
+    viewer: napari.Viewer,
+    layer,
+    *,
+    channel_axis: int | None = None,
+) -> tuple[np.ndarray, PlaneSelection]:
+    """The 2D plane of ``layer`` at the viewer's current position.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    layer : napari.layers.Image (or Labels)
+        Any dimensionality; RGB(A) layers keep their colour axis last; multiscale
+        layers give their full-resolution level; dask/zarr data is read for this
+        plane only.
+    channel_axis : int, optional
+        A data axis of channels to keep with the plane (moved last).
+
+    Returns
+    -------
+    plane : ndarray
+        (H, W), or (H, W, C) for RGB(A) or with ``channel_axis``.
+    selection : PlaneSelection
+    """
+    sel = plane_selection(viewer, layer, channel_axis=channel_axis)
+    plane = np.asarray(full_resolution(layer)[sel.index])
+    if channel_axis is not None:
+        # Remaining axes are in data order: plane rows, cols and the channel axis.
+        kept = [a for a, i in enumerate(sel.index[: len(sel.layer_shape) + 1]) if isinstance(i, slice)]
+        plane = np.moveaxis(plane, kept.index(channel_axis), -1)
     return plane, sel
+
+
+def region_index(sel: PlaneSelection, region) -> tuple:
+    """Index of ``region`` (``r0, c0, r1, c1`` attributes) of plane ``sel`` in a Labels volume."""
+    idx = list(sel.labels_index)
+    idx[sel.axes[0]] = slice(int(region.r0), int(region.r1))
+    idx[sel.axes[1]] = slice(int(region.c0), int(region.c1))
+    return tuple(idx)
+
+
+def region_layer_kwargs(image_layer, sel: PlaneSelection, region) -> dict:
+    """Transform keywords for a small layer holding ``region`` of plane ``sel`` of ``image_layer``.
+
+    Its data has the Labels volume's dimensions, with size 1 on the slider axes and the
+    region's size on the plane axes; the translation puts its pixel (0, ..., 0) on the
+    region's first pixel of that plane (scale, rotation, shear and affine are the image's).
+    """
+    if sel.channel_axis is not None:
+        raise InputError("A region layer of an image with a channel axis is not supported.")
+    kwargs = aligned_layer_kwargs(image_layer)
+    offset = np.zeros(len(sel.layer_shape))
+    for axis, i in enumerate(sel.labels_index):
+        if not isinstance(i, slice):
+            offset[axis] = i
+    offset[sel.axes[0]], offset[sel.axes[1]] = region.r0, region.c0
+    kwargs["translate"] = np.asarray(image_layer._transforms["data2physical"](offset), dtype=float)
+    return kwargs
+
+
+def region_shape(sel: PlaneSelection, region) -> tuple[int, ...]:
+    """The shape of a :func:`region_layer_kwargs` layer's data."""
+    shape = [1] * len(sel.layer_shape)
+    shape[sel.axes[0]], shape[sel.axes[1]] = int(region.r1 - region.r0), int(region.c1 - region.c0)
+    return tuple(shape)
+
+
+def write_labels_region(layer, sel: PlaneSelection, region, block: np.ndarray, *,
+                        extra_features: dict[int, dict] | None = None) -> int:
+    """Write ``block`` over ``region`` of plane ``sel`` of Labels ``layer`` (see :func:`write_labels_at`)."""
+    return write_labels_at(layer, region_index(sel, region), block, extra_features=extra_features)
+
+
+def write_labels_at(layer, idx: tuple, block: np.ndarray, *, extra_features: dict[int, dict] | None = None) -> int:
+    """Write ``block`` at ``idx`` (ints and two bounded slices) of Labels ``layer``: one undo step.
+
+    Only the changed pixels go through ``layer.data_setitem`` (the Labels undo history).
+    ``layer.features`` is updated from the region alone: each label's ``area`` changes by
+    what the region gained or lost; labels new to the layer get a row (area and the
+    bounding box of their pixels in the region, exact for objects inside the region, plus
+    ``extra_features``); labels whose area drops to 0 lose their row. Returns the number
+    of pixels changed.
+    """
+    import pandas as pd
+
+    old = np.array(layer.data[idx], copy=True)  # a copy: a numpy layer's slice is a view
+    block = np.asarray(block).reshape(old.shape).astype(old.dtype, copy=False)
+    changed = np.nonzero(old != block)
+    if not changed[0].size:
+        return 0
+    layer.data_setitem(_expand_index(idx, changed), block[changed])
+    was, now = old[changed].astype(np.int64), block[changed].astype(np.int64)
+    ids = np.union1d(was, now)
+    ids = ids[ids != 0]
+    delta = {int(i): int((now == i).sum()) - int((was == i).sum()) for i in ids}
+    features = layer.features.copy()
+    if "label" not in features.columns:
+        features = pd.DataFrame({"index": np.zeros(0, np.int64), "label": np.zeros(0, np.int64),
+                                 "area": np.zeros(0, np.int64)})
+    features = features.drop_duplicates("label").set_index("label", drop=False)
+    if "area" not in features.columns:
+        features["area"] = 0
+    plane = np.squeeze(block, axis=tuple(a for a, i in enumerate(idx) if not isinstance(i, slice)))
+    new_rows = []
+    for label, d in delta.items():
+        if label in features.index:
+            features.loc[label, "area"] = int(features.loc[label, "area"]) + d
+            continue
+        rows, cols = np.nonzero(plane == label)
+        row = {"index": label, "label": label, "area": d}
+        if rows.size:
+            names = ("row", "col")
+            offsets = [i.start or 0 for i in idx if isinstance(i, slice)]
+            for name, v, off in zip(names, (rows, cols), offsets, strict=True):
+                row[f"bbox_{name}_min"], row[f"bbox_{name}_max"] = int(v.min() + off), int(v.max() + off + 1)
+        row.update((extra_features or {}).get(label, {}))
+        new_rows.append(row)
+    if new_rows:
+        added = pd.DataFrame(new_rows).set_index("label", drop=False)
+        features = pd.concat([features, added]) if len(features) else added
+    for label, values in (extra_features or {}).items():
+        if label in features.index:
+            for col, v in values.items():
+                if col not in features.columns:
+                    features[col] = pd.Series([None] * len(features), index=features.index, dtype=object)
+                features.loc[label, col] = v
+    features = features[features["area"].astype(np.int64) > 0]
+    features["area"] = features["area"].astype(np.int64)
+    layer.features = features.sort_index().reset_index(drop=True)
+    return int(changed[0].size)
+
+
+def next_label(layer) -> int:
+    """One more than the largest label of ``layer``, without reading a large layer whole.
+
+    Layers up to :data:`FEATURES_FULL_VOLUME_LIMIT` voxels are read; larger ones use
+    their ``features`` (the ``label`` column, kept by every SegSuite write) and the
+    ``max_label`` in their SegSuite metadata, whichever is larger.
+    """
+    from napari_segsuite.core.labels import next_free_id
+
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    if int(np.prod(data.shape, dtype=np.int64)) <= FEATURES_FULL_VOLUME_LIMIT:
+        return next_free_id(data)
+    known = int(layer.metadata.get(METADATA_KEY, {}).get("max_label", 0))
+    features = layer.features
+    if "label" in features.columns and len(features):
+        known = max(known, int(features["label"].max()))
+    return known + 1
 
 
 def _data_to_world_transform(layer):
@@ -558,7 +689,7 @@ def _expand_index(plane_index: tuple, plane_coords: tuple[np.ndarray, ...]) -> t
     out, k = [], 0
     for i in plane_index:
         if isinstance(i, slice):
-            out.append(plane_coords[k])
+            out.append(plane_coords[k] + (i.start or 0))
             k += 1
         else:
             out.append(np.full(n, i, dtype=np.intp))
@@ -599,3 +730,381 @@ def _update_features(layer, plane_index: tuple, extra: dict[int, dict] | None) -
                 table[col] = pd.Series([None] * len(table), index=table.index, dtype=object)
             table.loc[rows, col] = ex.loc[rows, col]
     layer.features = table.reset_index(drop=True)
+
+
+# -- large images: regions, labels on disk -------------------------------------------------
+
+#: Planes with more pixels than this get labels on disk (the docks' default; settable there).
+ON_DISK_PIXELS = 64_000_000
+#: Environment variable naming the folder for on-disk labels of images that are not OME-Zarr.
+LABELS_DIR_ENV = "NAPARI_SEGSUITE_LABELS_DIR"
+#: Name of the Shapes layer whose last rectangle is the "rectangle" region of an image.
+REGION_SUFFIX = "region"
+_STORES: dict = {}  # id(layer) -> LabelStore: the open store (and its undo step) of an on-disk layer
+
+
+def is_lazy(layer) -> bool:
+    """Whether a layer's data is multiscale or not a numpy array (dask, zarr ...): read on demand."""
+    data = full_resolution(layer)
+    return bool(getattr(layer, "multiscale", False)) or not isinstance(data, np.ndarray)
+
+
+def labels_on_disk(layer, limit_pixels: int = ON_DISK_PIXELS) -> bool:
+    """Whether results for Image ``layer`` go to a Labels layer on disk: lazy data, or planes
+    larger than ``limit_pixels`` (0: always)."""
+    data = full_resolution(layer)
+    spatial = tuple(data.shape[:-1]) if getattr(layer, "rgb", False) else tuple(data.shape)
+    return is_lazy(layer) or int(np.prod(spatial[-2:], dtype=np.int64)) > int(limit_pixels)
+
+
+def field_of_view(viewer, image_layer, sel: PlaneSelection):
+    """The part of the plane ``sel`` of ``image_layer`` that the canvas shows, as a Region.
+
+    Raises
+    ------
+    InputError
+        With no canvas (a viewer without a window), or when the view does not show the image.
+    """
+    from napari_segsuite.core.regions import clip_region
+
+    try:
+        canvas = viewer.window._qt_viewer.canvas.native
+        height, width = int(canvas.height()), int(canvas.width())
+    except AttributeError as exc:
+        raise InputError("The field of view needs a viewer window; run on a rectangle or the whole plane.") from exc
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    zoom = float(camera.zoom)
+    center = np.asarray(camera.center, dtype=float)[-2:]
+    rows_axis, cols_axis = viewer.dims.displayed[-2:]
+    corners = []
+    for dy in (-0.5, 0.5):
+        for dx in (-0.5, 0.5):
+            point = np.asarray(viewer.dims.point, dtype=float).copy()
+            point[rows_axis] = center[0] + dy * height / zoom
+            point[cols_axis] = center[1] + dx * width / zoom
+            corners.append(point)
+    data = _spatial_coords(_to_image_data(np.asarray(corners), image_layer), sel)[:, list(sel.axes)]
+    lo, hi = data.min(axis=0) + 0.5, data.max(axis=0) + 0.5
+    return clip_region(lo[0], hi[0], lo[1], hi[1], sel.shape, what="The field of view", min_side=16)
+
+
+def region_layer_name(image_layer) -> str:
+    """The Shapes layer whose last rectangle is the region to segment, e.g. ``"slide [region]"``."""
+    return f"{image_layer.name} [{REGION_SUFFIX}]"
+
+
+def rectangle_region(viewer, image_layer, sel: PlaneSelection):
+    """The last rectangle of ``"<image> [region]"`` on the plane ``sel``, as a Region of the image.
+
+    Raises
+    ------
+    InputError
+        No such layer or no rectangle on the plane; a rectangle outside the image.
+    """
+    from napari_segsuite.core.regions import clip_region
+
+    name = region_layer_name(image_layer)
+    if name not in viewer.layers:
+        raise InputError(f"Draw a rectangle in the Shapes layer '{name}' first (choose Region: rectangle).")
+    shapes = [p for p in shapes_on_plane(viewer, viewer.layers[name], image_layer, sel)
+              if p.kind in ("rectangle", "polygon", "ellipse")]
+    if not shapes:
+        raise InputError(f"'{name}' has no rectangle on this plane; draw one over the part to segment.")
+    r0, c0, r1, c1 = shapes[-1].box
+    return clip_region(r0 + 0.5, r1 + 0.5, c0 + 0.5, c1 + 0.5, sel.shape, what="The rectangle", min_side=16)
+
+
+def labels_pyramid_shapes(image_layer, sel: PlaneSelection) -> list[tuple[int, ...]]:
+    """Level shapes of on-disk labels for ``image_layer``: the image's own pyramid (spatial axes)
+    when it is multiscale, else a 2x pyramid down to 1024 pixels."""
+    from napari_segsuite.core.label_store import pyramid_shapes
+
+    if getattr(image_layer, "multiscale", False):
+        rgb = bool(getattr(image_layer, "rgb", False))
+        return [tuple(int(s) for s in (level.shape[:-1] if rgb else level.shape)) for level in image_layer.data]
+    return pyramid_shapes(tuple(sel.layer_shape))
+
+
+def _ome_root_of(image_layer):
+    """The local OME-Zarr folder holding the image's level 0 (None when it is not one)."""
+    from pathlib import Path
+
+    data = full_resolution(image_layer)
+    store = getattr(data, "store", None)
+    root = getattr(store, "root", None)
+    if root is not None:
+        folder = Path(str(root)) / str(getattr(data, "path", "") or "")
+        folder = folder.parent
+        for candidate in (folder, folder.parent):
+            meta = candidate / "zarr.json"
+            if meta.exists() and '"multiscales"' in meta.read_text():
+                return candidate
+            if (candidate / ".zattrs").exists() and '"multiscales"' in (candidate / ".zattrs").read_text():
+                return candidate
+    source = getattr(getattr(image_layer, "source", None), "path", None)
+    if source and str(source).rstrip("/").endswith(".zarr"):
+        return Path(str(source))
+    return None
+
+
+def _safe(name: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "labels"
+
+
+def labels_store_location(image_layer, name: str, folder=None):
+    """Where the on-disk labels ``name`` of ``image_layer`` go, and a note when it is not the image.
+
+    The ``labels/<name>`` group of the image's OME-Zarr when the image is a writable local
+    OME-Zarr; else ``<folder>/<image>.labels.zarr/labels/<name>`` (``folder``:
+    ``$NAPARI_SEGSUITE_LABELS_DIR`` when set, else the one given: the docks give the model
+    folder's ``labels/``).
+
+    Returns
+    -------
+    (Path, str)
+        The store folder and a note for the user ("" when it is inside the image).
+    """
+    import os
+    from pathlib import Path
+
+    note = ""
+    root = _ome_root_of(image_layer)
+    if root is not None:
+        target = root / "labels"
+        probe = target if target.exists() else root
+        if os.access(probe, os.W_OK):
+            return target / _safe(name), ""
+        note = f"'{root}' is read-only, so the labels are kept in another folder: "
+    folder = os.environ.get(LABELS_DIR_ENV) or folder
+    if folder is None:
+        raise InputError(f"No folder for the labels of '{image_layer.name}': set {LABELS_DIR_ENV}.")
+    path = Path(folder) / f"{_safe(image_layer.name)}.labels.zarr" / "labels" / _safe(name)
+    return path, (note + str(path)) if note else ""
+
+
+def _register_label_name(store_path) -> None:
+    """List the store in its ``labels`` group's attributes (OME-Zarr's ``labels: [names]``)."""
+    import json
+
+    group = store_path.parent
+    meta = group / "zarr.json"
+    try:
+        if meta.exists():
+            doc = json.loads(meta.read_text())
+        else:
+            doc = {"zarr_format": 3, "node_type": "group", "attributes": {}}
+        attrs = doc.setdefault("attributes", {})
+        ome = attrs.setdefault("ome", {"version": "0.5"})
+        names = list(ome.get("labels", []))
+        if store_path.name not in names:
+            ome["labels"] = [*names, store_path.name]
+            tmp = meta.with_name(".zarr.json.tmp")
+            tmp.write_text(json.dumps(doc, indent=2))
+            tmp.replace(meta)
+    except OSError as exc:
+        from napari_segsuite.core.label_store import _write_error
+
+        raise _write_error(exc, group) from exc
+
+
+def label_store_of(layer):
+    """The :class:`~napari_segsuite.core.label_store.LabelStore` of an on-disk Labels layer (or None)."""
+    from napari_segsuite.core.label_store import LabelStore
+
+    store = _STORES.get(id(layer))
+    if store is not None and store.levels[0] is full_resolution(layer):
+        return store
+    path = layer.metadata.get(METADATA_KEY, {}).get("store")
+    if not path:
+        return None
+    store = LabelStore.open(path)
+    _STORES[id(layer)] = store
+    return store
+
+
+def ondisk_labels_layer(viewer, image_layer, sel: PlaneSelection, name: str, *, folder=None):
+    """The on-disk Labels layer ``name`` for ``image_layer`` (created, or re-opened from its store).
+
+    A new layer's store is made at :func:`labels_store_location` with the image's pyramid; a
+    store already there with the same shapes is re-opened (the labels of an earlier session).
+    The layer shows the store's levels (multiscale when there are several), aligned with the
+    image; Ctrl-Z / Ctrl-Shift-Z on it undo / redo the last write (see :func:`undo_on_disk`).
+
+    Returns
+    -------
+    (napari.layers.Labels, LabelStore, str)
+        The layer, its store and a note for the user ("" when none).
+
+    Raises
+    ------
+    InputError
+        A layer of that name that is not an on-disk Labels layer of this shape.
+    LabelStoreError
+        The store cannot be made (read-only folder, full disk).
+    """
+    from napari.layers import Labels
+
+    from napari_segsuite.core.label_store import LabelStore
+
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        store = label_store_of(layer) if isinstance(layer, Labels) else None
+        if store is None or tuple(store.shapes[0]) != tuple(sel.layer_shape):
+            raise InputError(
+                f"A layer named '{name}' exists and is not on-disk labels of shape {tuple(sel.layer_shape)}; "
+                "rename or delete it."
+            )
+        return layer, store, ""
+    if tuple(sel.axes) != (len(sel.layer_shape) - 2, len(sel.layer_shape) - 1):
+        raise InputError("Labels on disk need the image's last two axes displayed; reset the displayed axes.")
+    path, note = labels_store_location(image_layer, name, folder)
+    shapes = labels_pyramid_shapes(image_layer, sel)
+    if path.exists() and (path / "zarr.json").exists():
+        store = LabelStore.open(path)
+        if store.shapes != shapes:
+            raise InputError(f"The labels store {path} has other shapes ({store.shapes[0]}); move it away.")
+        note = note or f"Re-opened the labels in {path}."
+    else:
+        store = LabelStore.create(path, shapes, source=image_layer.name)
+        if path.parent.name == "labels":
+            _register_label_name(path)
+    levels = store.levels if len(store.levels) > 1 else store.levels[0]
+    layer = Labels(levels, name=name, multiscale=len(store.levels) > 1,
+                   **aligned_layer_kwargs(image_layer, sel.channel_axis))
+    layer.metadata = {**layer.metadata, METADATA_KEY: {
+        **store.attrs.get("provenance", {}), "store": str(path), "on_disk": True, "source_image": image_layer.name}}
+    if store.attrs.get("features"):
+        import pandas as pd
+
+        layer.features = pd.DataFrame(store.attrs["features"])
+    _STORES[id(layer)] = store
+    layer.bind_key("Control-z", lambda lay: undo_on_disk(lay), overwrite=True)
+    layer.bind_key("Control-Shift-z", lambda lay: undo_on_disk(lay, redo=True), overwrite=True)
+    viewer.add_layer(layer)
+    return layer, store, note
+
+
+def undo_on_disk(layer, *, redo: bool = False) -> bool:
+    """Undo (or redo) the last write into an on-disk Labels layer; False when there is none.
+
+    Only the last write of a region of at most
+    :data:`~napari_segsuite.core.label_store.UNDO_PIXELS` pixels can be undone (one step).
+    """
+    store = label_store_of(layer)
+    if store is None:
+        return False
+    step = store.redo() if redo else store.undo()
+    if step is None:
+        return False
+    old, new = (step.before, step.after) if not redo else (step.after, step.before)
+    _apply_counts(layer, store, np.bincount(new.ravel().astype(np.int64)), None,
+                  np.bincount(old.ravel().astype(np.int64)))
+    layer.refresh()
+    return True
+
+
+def _apply_counts(layer, store, old_counts, table, new_counts=None) -> None:
+    """Features after a region changed: areas minus the region's old counts plus its new ones;
+    other columns from ``table`` (the new labels' rows) or kept."""
+    import pandas as pd
+
+    features = layer.features.copy()
+    if "label" not in features.columns:
+        features = pd.DataFrame({"index": np.zeros(0, np.int64), "label": np.zeros(0, np.int64),
+                                 "area": np.zeros(0, np.int64)})
+    features = features.set_index("label", drop=False)
+    if "area" not in features.columns:
+        features["area"] = 0
+    if old_counts is not None:
+        ids = np.intersect1d(features.index.to_numpy(), np.nonzero(old_counts)[0])
+        features.loc[ids, "area"] = features.loc[ids, "area"] - old_counts[ids]
+    if table is not None and len(table):
+        rows = table.copy()
+        rows["label"] = rows["label"].astype(np.int64)
+        rows = rows.drop_duplicates("label").set_index("label", drop=False)
+        for col in rows.columns:
+            if col not in features.columns:
+                features[col] = pd.Series([None] * len(features), index=features.index, dtype=object)
+        new = rows.index.difference(features.index)
+        features = pd.concat([features, pd.DataFrame(index=new, columns=features.columns)])
+        features.loc[new, "area"] = 0
+        features.loc[rows.index, "area"] = features.loc[rows.index, "area"].astype(np.int64) + rows["area"].astype(np.int64)
+        for col in rows.columns:
+            if col not in ("area",):
+                features.loc[rows.index, col] = rows[col]
+        features["label"] = features.index
+    if new_counts is not None:
+        ids = np.nonzero(new_counts)[0]
+        ids = ids[ids > 0]
+        missing = pd.Index(ids).difference(features.index)
+        if len(missing):
+            features = pd.concat([features, pd.DataFrame({"label": missing, "area": 0}, index=missing)])
+        features.loc[ids, "area"] = features.loc[ids, "area"].astype(np.int64) + new_counts[ids]
+    features = features[features["area"].astype(np.int64) > 0]
+    features["area"] = features["area"].astype(np.int64)
+    features["index"] = features["label"].astype(np.int64)
+    features["label"] = features["label"].astype(np.int64)
+    cols = ["index", "label", *[c for c in features.columns if c not in ("index", "label")]]
+    layer.features = features[cols].sort_index().reset_index(drop=True)
+    store.update_attrs(features=layer.features.to_dict("list"),
+                       max_label=max(int(store.attrs.get("max_label", 0)),
+                                     int(features["label"].max()) if len(features) else 0))
+
+
+def record_on_disk_write(layer, store, sel: PlaneSelection, region, table, old_counts, *, task: str,
+                         provenance: dict, before=None) -> None:
+    """After a run wrote ``region`` of plane ``sel`` into ``store``: features, provenance, undo step.
+
+    ``old_counts`` is the ``bincount`` of the region's labels before the write (None: it held none).
+    """
+    lead = tuple(i for i in sel.labels_index[:-2])
+    store.record(lead, region, before)
+    _apply_counts(layer, store, old_counts, table)
+    record = {"task": str(task), **provenance, "region": region.as_list(), "plane": sel.key}
+    planes = dict(store.attrs.get("planes", {}))
+    planes[sel.key] = record
+    store.update_attrs(provenance={"task": str(task), "source_image": record.get("source_image", "")},
+                       planes=planes, last=record)
+    meta = dict(layer.metadata.get(METADATA_KEY, {}))
+    meta.update({"task": str(task), "last": record, "planes": planes})
+    layer.metadata = {**layer.metadata, METADATA_KEY: meta}
+    layer.refresh()
+
+
+def write_region(viewer, image_layer, sel: PlaneSelection, region, block: np.ndarray, *, task: str,
+                 provenance: dict | None = None, table=None, name: str | None = None):
+    """Write a region's labels into an in-memory Labels layer (one undo step); the rest stays.
+
+    The region's old labels are replaced by ``block``; ``table`` rows (label, class, score ...)
+    go into ``features`` as in :func:`write_plane`.
+    """
+    name = resolve_output_name(viewer, name or output_layer_name(image_layer, task))
+    layer = find_or_create_labels(viewer, image_layer, sel, name)
+    idx = list(sel.labels_index)
+    idx[sel.axes[0]], idx[sel.axes[1]] = region.slices
+    old = np.asarray(layer.data[tuple(idx)])
+    changed = np.nonzero(old != block)
+    if changed[0].size:
+        full = []
+        k = 0
+        for a, i in enumerate(idx):
+            if isinstance(i, slice):
+                full.append(changed[k] + (region.r0 if a == sel.axes[0] else region.c0))
+                k += 1
+            else:
+                full.append(np.full(changed[0].size, i, dtype=np.intp))
+        layer.data_setitem(tuple(full), block[changed].astype(layer.data.dtype))
+    extra = None
+    if table is not None and len(table):
+        keep = [c for c in table.columns if c not in ("area",) and not c.startswith("bbox_")]
+        extra = {int(r["label"]): {k: v for k, v in r.items() if k != "label"}
+                 for r in table[keep].to_dict("records")}
+    _update_features(layer, tuple(sel.labels_index), extra)
+    meta = dict(layer.metadata.get(METADATA_KEY, {}))
+    record = {"task": str(task), **(provenance or {}), "region": region.as_list()}
+    meta.update({"task": str(task), "source_image": image_layer.name, "last": record})
+    layer.metadata = {**layer.metadata, METADATA_KEY: meta}
+    mark_written(layer)
+    return layer

@@ -108,8 +108,36 @@ def segment_chunked(
     merge_threshold: float = 0.5,
     normalize: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    id_offset: int = 0,
 ):
     """Segment ``plane`` chunk by chunk into ``out``; return the table of the whole plane.
+
+    The same as draining :func:`segment_chunked_job`, with ``progress`` called per chunk.
+    """
+    job = segment_chunked_job(plane, func, out, kind=kind, chunk=chunk, overlap=overlap,
+                              merge_threshold=merge_threshold, normalize=normalize, id_offset=id_offset)
+    while True:
+        try:
+            done, total = next(job)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(done, total)
+
+
+def segment_chunked_job(
+    plane,
+    func: Callable[[np.ndarray], tuple[np.ndarray, object]],
+    out,
+    *,
+    kind: str = "instance",
+    chunk: int = DEFAULT_CHUNK,
+    overlap: int = DEFAULT_OVERLAP,
+    merge_threshold: float = 0.5,
+    normalize: bool = True,
+    id_offset: int = 0,
+):
+    """Segment ``plane`` chunk by chunk into ``out`` (a generator); return the plane's table.
 
     Parameters
     ----------
@@ -127,8 +155,14 @@ def segment_chunked(
         Fraction of the smaller object's pixels in the halo that must overlap to merge.
     normalize : bool
         Map non-uint8 planes to uint8 with one global percentile scaling first.
-    progress : callable, optional
-        ``progress(chunks_done, chunks_total)``.
+    id_offset : int
+        Instance ids start after this (ids ``id_offset + 1 ..``), to add objects to labels that
+        hold ids up to ``id_offset`` outside ``out``.
+
+    Yields
+    ------
+    (int, int)
+        ``(chunks_done, chunks_total)`` after each chunk (a stop between chunks is a Cancel).
 
     Returns
     -------
@@ -144,7 +178,7 @@ def segment_chunked(
     uf = UnionFind()
     part_class: dict[int, object] = {}
     parts: list[pd.DataFrame] = []
-    next_id = 0
+    next_id = int(id_offset)
     done: set[int] = set()
     for tile in tiles:
         w0, w1, v0, v1 = tile.window
@@ -190,15 +224,14 @@ def segment_chunked(
         out[r0:r1, c0:c1] = core.astype(LABEL_DTYPE)
         parts.append(_core_rows(core, r0, c0, extras, kind))
         done.add(tile.index)
-        if progress is not None:
-            progress(len(done), len(tiles))
+        yield len(done), len(tiles)
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"label": []})
     if kind == "semantic":
         return _aggregate(table, table["label"].to_numpy())
     # Final ids: merged parts share one id; ids renumbered 1..N in order of first part.
     roots = np.array([uf.find(int(i)) for i in table["label"]], dtype=np.int64)
     uniq_roots = np.unique(roots)
-    final_of_root = {int(r): k + 1 for k, r in enumerate(uniq_roots)}
+    final_of_root = {int(r): int(id_offset) + k + 1 for k, r in enumerate(uniq_roots)}
     lut = np.zeros(next_id + 1, dtype=LABEL_DTYPE)
     for part, root in zip(table["label"].to_numpy(), roots, strict=True):
         lut[int(part)] = final_of_root[int(root)]

@@ -393,7 +393,13 @@ def array_job(
     lead, (h, w) = spatial[:-2], spatial[-2:]
     n = int(np.prod(lead)) if lead else 1
     out = np.zeros((n, h, w), dtype=LABEL_DTYPE)
-    flat = np.reshape(data, (n, *shape[len(lead):])) if lead else np.asarray(data)[None]
+    if isinstance(data, np.ndarray):
+        flat = np.reshape(data, (n, *shape[len(lead):])) if lead else data[None]
+    else:  # lazy (dask, zarr): each plane is read only where its chunks are read
+        from napari_segsuite.core.regions import LazyView
+
+        rest = (slice(None),) * (len(shape) - len(lead))
+        flat = [LazyView(data, tuple(int(i) for i in np.unravel_index(z, lead)) + rest) for z in range(n)]
     if unique_ids is None:
         unique_ids = spec.kind == "instance"
     total = progress_total if progress_total is not None else n

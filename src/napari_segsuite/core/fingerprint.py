@@ -4,7 +4,10 @@ A fingerprint is a BLAKE2b digest of an array's shape, dtype and pixels. Arrays
 up to :data:`FULL_HASH_BYTES` are hashed whole. Larger ones (big stacks, lazy
 dask/zarr data) are hashed from up to :data:`SAMPLED_PLANES` evenly spaced
 planes along the leading axes plus the shape, so the cost stays bounded; two
-such arrays that differ only in unsampled planes get the same fingerprint.
+such arrays that differ only in unsampled planes get the same fingerprint. A
+larger single plane (a whole-slide image) is hashed from a grid of
+:data:`SAMPLED_TILES` x :data:`SAMPLED_TILES` tiles of :data:`TILE` pixels a
+side, evenly spaced over it (the same bound, the same caveat).
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ import numpy as np
 FULL_HASH_BYTES = 512 << 20
 #: how many planes of a larger array are hashed
 SAMPLED_PLANES = 16
+#: a larger 2D array: this many tiles along each axis ...
+SAMPLED_TILES = 8
+#: ... of this side are hashed
+TILE = 256
 
 
 def _update(h, arr) -> None:
@@ -45,8 +52,14 @@ def fingerprint(data, *, extra: str = "") -> str:
     dtype = np.dtype(data.dtype)
     h.update(f"{shape}|{dtype.str}|{extra}".encode())
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if nbytes <= FULL_HASH_BYTES or len(shape) < 3:
+    if nbytes <= FULL_HASH_BYTES or len(shape) < 2:
         _update(h, data)
+    elif len(shape) == 2:
+        rows = np.unique(np.linspace(0, max(0, shape[0] - TILE), SAMPLED_TILES).astype(np.int64))
+        cols = np.unique(np.linspace(0, max(0, shape[1] - TILE), SAMPLED_TILES).astype(np.int64))
+        for r in rows:
+            for c in cols:
+                _update(h, data[int(r): int(r) + TILE, int(c): int(c) + TILE])
     else:
         lead = int(np.prod(shape[:-2], dtype=np.int64))
         for flat in np.unique(np.linspace(0, lead - 1, SAMPLED_PLANES).astype(np.int64)):

@@ -62,6 +62,15 @@ from napari_segsuite.core.tiling import Tile, TileReader, tile_grid
 WINDOW_FACTOR = 1.25
 #: a window spanning prompts may hold at most this many encoder inputs' worth of pixels
 MAX_WINDOW_INPUTS = 16
+#: working memory of a window per pixel: its RGB, the float copy of the resize, the masks
+WINDOW_BYTES_PER_PIXEL = 24
+#: the viewer's embedding cache: at most this many embeddings (windows or whole planes) ...
+CACHE_EMBEDDINGS = 48
+#: ... holding at most this many bytes (a SAM ViT window: 4 MiB of features plus the decoder's
+#: kept image side once prompted)
+CACHE_BYTES = 768 << 20
+#: a commit of windowed objects writes at most this many pixels at once
+MAX_COMMIT_PIXELS = 64 * 1024 * 1024
 
 
 def needs_windows(shape: tuple[int, ...], input_size: int) -> bool:
@@ -97,6 +106,10 @@ class PlaneView:
         for axis, k in zip(self.kept, key, strict=False):
             full[axis] = k
         return np.asarray(self.data[tuple(full)])
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[tuple(slice(None) for _ in self.shape)]
+        return out if dtype is None else out.astype(dtype)
 
 
 @dataclasses.dataclass
@@ -166,6 +179,15 @@ class WindowedPrompts:
         margin_r, margin_c = max(16, (r1 - r0) // 8), max(16, (c1 - c0) // 8)
         tile = Tile(max(0, r0 - margin_r), max(0, c0 - margin_c), min(h, r1 + margin_r), min(w, c1 + margin_c))
         pixels = (tile.r1 - tile.r0) * (tile.c1 - tile.c0)
+        from napari_segsuite.core.regions import MEMORY_SHARE, available_memory
+
+        need = pixels * WINDOW_BYTES_PER_PIXEL
+        if need > MEMORY_SHARE * available_memory():
+            raise InputError(
+                f"The prompts of one object span {tile.r1 - tile.r0:,} x {tile.c1 - tile.c0:,} pixels; a window that "
+                f"large needs about {need / 2**30:.1f} GiB, more than the memory available "
+                f"({available_memory() / 2**30:.1f} GiB). Prompt a smaller object, or draw a box around a part of it."
+            )
         if pixels > self.max_window_pixels:
             side = int(math.sqrt(self.max_window_pixels))
             raise InputError(
@@ -259,6 +281,8 @@ class WindowedPrompts:
             if obj.get("shape") is not None:  # an ellipse or polygon: its mask, drawn in the window only
                 shape = obj["shape"]
                 shifted["mask"] = dataclasses.replace(shape, vertices=np.asarray(shape.vertices) - origin).mask(size)
+            elif obj.get("mask_at") is not None:  # ((row, col), mask): a mask placed in the plane
+                shifted["mask"] = paste_mask(obj["mask_at"], window)
             elif obj.get("mask") is not None:
                 shifted["mask"] = np.asarray(obj["mask"])[window.slices]
             planned.append(WindowedObject(k, window, shifted))
@@ -327,6 +351,96 @@ def _centred(cr: float, cc: float, side_r: int, side_c: int, h: int, w: int) -> 
     r0 = int(min(max(0, round(cr - side_r / 2)), h - side_r))
     c0 = int(min(max(0, round(cc - side_c / 2)), w - side_c))
     return Tile(r0, c0, r0 + side_r, c0 + side_c)
+
+
+def paste_mask(placed: tuple, region: Tile) -> np.ndarray:
+    """A mask placed at ``(row, col)`` in the plane (``placed = ((row, col), mask)``), cut to ``region``."""
+    (r, c), mask = placed
+    mask = np.asarray(mask, dtype=bool)
+    out = np.zeros((region.r1 - region.r0, region.c1 - region.c0), dtype=bool)
+    r0, c0 = max(r, region.r0), max(c, region.c0)
+    r1, c1 = min(r + mask.shape[0], region.r1), min(c + mask.shape[1], region.c1)
+    if r1 > r0 and c1 > c0:
+        out[r0 - region.r0: r1 - region.r0, c0 - region.c0: c1 - region.c0] = mask[r0 - r: r1 - r, c0 - c: c1 - c]
+    return out
+
+
+def placed_iou(a: tuple, b: tuple) -> float:
+    """Intersection over union of two placed masks ``((row, col), mask)``."""
+    boxes = [Tile(r, c, r + m.shape[0], c + m.shape[1]) for (r, c), m in (a, b)]
+    union = Tile(min(t.r0 for t in boxes), min(t.c0 for t in boxes), max(t.r1 for t in boxes), max(t.c1 for t in boxes))
+    ma, mb = paste_mask(a, union), paste_mask(b, union)
+    return float((ma & mb).sum() / max(1, (ma | mb).sum()))
+
+
+def propagate_windowed_job(
+    session,
+    plane_at,
+    n_planes: int,
+    token: Hashable,
+    start_index: int,
+    placed: tuple,
+    *,
+    direction: str = "both",
+    max_planes: int | None = None,
+    iou_floor: float = 0.2,
+    min_area: int = 1,
+) -> Generator[Progress, None, dict[int, tuple]]:
+    """Carry a placed mask ``((row, col), mask)`` through the planes of a large volume, in windows.
+
+    The projection method of :mod:`napari_segsuite.tasks.propagation` on windows: on plane
+    ``k ± 1`` the previous mask's box (plus the mask as the decoder's mask prompt when the
+    model takes one, else a positive point at its most interior pixel) is decoded in the
+    window around it (:class:`WindowedPrompts`; only that window is read from
+    ``plane_at(k)``, a lazy plane). The same stop rules (the object vanished, IoU with the
+    previous plane under ``iou_floor``, ``max_planes``, the end of the stack).
+
+    Returns
+    -------
+    dict of int to ((int, int), ndarray)
+        Plane index -> the mask placed at its window's (row, col), without the start plane.
+    """
+    from napari_segsuite.tasks.propagation import _interior_point, _planned, _steps
+
+    (r0, c0), mask = placed
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        raise InputError("The object has no pixels on the start plane; commit or pick a label there first.")
+    if not 0 <= start_index < n_planes:
+        raise InputError(f"The start plane {start_index} is outside the stack of {n_planes} planes.")
+    steps = _steps(direction)
+    limit = n_planes if max_planes is None else max(0, int(max_planes))
+    total = _planned(n_planes, start_index, steps, limit)
+    takes_mask = session.prompt_model.takes_mask_prompt
+    done = 0
+    out: dict[int, tuple] = {}
+    for step in steps:
+        prev = ((int(r0), int(c0)), mask)
+        z = start_index
+        for _ in range(limit):
+            z += step
+            if not 0 <= z < n_planes:
+                break
+            yield Progress(done, total, f"Propagating: plane {z}")
+            (pr, pc), pm = prev
+            rows, cols = np.nonzero(pm)
+            box = np.array([rows.min() + pr, cols.min() + pc, rows.max() + pr + 1, cols.max() + pc + 1], dtype=float)
+            obj: dict[str, Any] = {"box": box, "points": np.zeros((0, 2)), "labels": np.zeros(0, int)}
+            if takes_mask:
+                obj["mask_at"] = prev
+            else:
+                obj["points"] = (_interior_point(pm) + np.array([pr, pc]))[None]
+                obj["labels"] = np.ones(1, int)
+            windows = WindowedPrompts(session, plane_at(z), (token, z))
+            (res,) = yield from windows.predict_job([obj], multimask=False)
+            new = (tuple(int(v) for v in res["origin"]), np.asarray(res["masks"][0], dtype=bool))
+            done += 1
+            if new[1].sum() < min_area or placed_iou(new, prev) < iou_floor:
+                break
+            out[z] = new
+            prev = new
+    yield Progress(total, total, f"Propagated to {len(out)} plane(s)")
+    return out
 
 
 def paste_objects(objects: list[dict], region: Tile) -> list[np.ndarray]:

@@ -349,6 +349,9 @@ def synthetic_volume(shape: tuple[int, int, int], chunks: tuple[int, int, int] =
 class ReadCounter:
     """Wraps an array (zarr, numpy, ...) and records every region read from it.
 
+    Used directly as an image (it has ``shape``, ``dtype``, ``__getitem__``), it records each
+    window code asks for, so ``largest`` tells whether some code read a whole level at once.
+
     ``dask.array.from_array(counter, chunks=...)`` makes a dask array that reads through it
     (see :func:`counting_dask`), so each chunk dask computes is one recorded read.
 
@@ -379,6 +382,10 @@ class ReadCounter:
             self.pixels += int(out.size)
             self.largest = max(self.largest, int(out.size))
         return out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[(slice(None),) * self.ndim]  # the whole array: recorded as one read of every element
+        return out.astype(dtype) if dtype is not None else out
 
     def reset(self) -> None:
         """Forget the reads so far."""

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox
 
 from napari_segsuite.core.device import DEVICE_CHOICES
 from napari_segsuite.core.errors import InputError, SegSuiteError
@@ -54,6 +54,9 @@ def refresh_model_pickers() -> None:
 
 CURRENT_PLANE, ALL_PLANES, ALL_IMAGES = Scope.CURRENT_PLANE, Scope.ALL_PLANES, Scope.ALL_IMAGES
 SCOPES = Scope.values()
+#: The "Region" choices: the whole plane, what the canvas shows, the last drawn rectangle.
+WHOLE_PLANE, FIELD_OF_VIEW, RECTANGLE = "whole plane", "field of view", "rectangle"
+REGIONS = (WHOLE_PLANE, FIELD_OF_VIEW, RECTANGLE)
 
 
 class ModelPicker(Container):
@@ -217,12 +220,26 @@ class SegmentationWidget(Dock):
         self.jobs.stop_with(self.native)
         #: asked when a result would replace hand edits (see :meth:`_guarded`)
         self.edit_question = EditQuestion()
-        self.inputs = Container(labels=True, widgets=[self.image])
+        self.region = ComboBox(
+            label="Region", choices=list(REGIONS), value=WHOLE_PLANE,
+            tooltip="Segment the whole plane (large planes in chunks, objects merged across chunks), "
+                    "what the canvas shows at full resolution, or the last rectangle drawn in "
+                    "'<image> [region]'",
+        )
+        self.on_disk_mpx = SpinBox(
+            label="Labels on disk above (Mpx)", value=64, min=0, max=1_000_000, step=16,
+            tooltip="Images with planes larger than this (and every zarr, dask or multiscale image) get "
+                    "their labels in a zarr store on disk, written chunk by chunk (0: always)",
+        )
+        self.inputs = Container(labels=True, widgets=[self.image, self.region])
         self.inputs.margins = (0, 0, 0, 0)
         self.models.remove(self.models.cache)
         self.body.extend([self.inputs, self.models, self.job_panel.controls, self.edit_question, self.results])
         self.options_group = self.add_group("Options", [self.task_options], collapsed=False, labels=False)
-        self.model_group = self.add_group("Model folder and device", [self.models.cache, self.device])
+        self.model_group = self.add_group("Model folder and device", [self.models.cache, self.device,
+                                                                      self.on_disk_mpx])
+        self.region.changed.connect(self._on_region_choice)
+        self._region_run = None
         self._runner = None
         self._runner_key = None
         self.run_button.changed.connect(self.run)
@@ -352,6 +369,12 @@ class SegmentationWidget(Dock):
             inputs.append((layer, data, rgb, int(np.prod(spatial[:-2], dtype=np.int64))))
         total = sum(n for *_, n in inputs)
         scope = self.scope.value
+        from napari_segsuite.core.regions import check_fits_memory
+
+        pixels = sum(n * int(np.prod(d.shape[-3:-1] if rgb else d.shape[-2:], dtype=np.int64))
+                     for _, d, rgb, n in inputs)
+        check_fits_memory(pixels, 8, f"The labels of {len(inputs)} image{'s' if len(inputs) != 1 else ''} "
+                                     f"({scope}, kept in memory)")
 
         def job():
             runner = yield from self.load_model_job()
@@ -437,6 +460,171 @@ class SegmentationWidget(Dock):
     def after_batch_write(self, layer) -> None:
         """Widget-specific touches on a written layer (legend ...). Subclasses override."""
 
+    # -- regions and large images (field of view, rectangle, whole plane in chunks, on disk) ----
+    def _on_region_choice(self, value=None) -> None:
+        """Choosing "rectangle" adds the image's ``"<image> [region]"`` Shapes layer (active, in
+        rectangle mode) where the user draws the region."""
+        from napari.layers import Shapes
+
+        from napari_segsuite.layers import aligned_layer_kwargs, region_layer_name
+
+        if self.region.value != RECTANGLE or self.image.value is None:
+            return
+        image = self.image.value
+        name = region_layer_name(image)
+        if name not in self.viewer.layers:
+            layer = Shapes(name=name, ndim=image.ndim - (1 if getattr(image, "rgb", False) else 0),
+                           edge_color="yellow", face_color="transparent", edge_width=2,
+                           **aligned_layer_kwargs(image))
+            self.viewer.add_layer(layer)
+        layer = self.viewer.layers[name]
+        self.viewer.layers.selection.active = layer
+        layer.mode = "add_rectangle"
+
+    def uses_region(self) -> bool:
+        """Whether Run goes through :meth:`make_region_job`: a field of view or rectangle, or an
+        image whose labels live on disk (zarr/dask/multiscale, or planes above the size set)."""
+        from napari_segsuite.layers import labels_on_disk
+
+        if self.batch_task is None or self.scope.value == ALL_IMAGES:
+            return False
+        if self.region.value != WHOLE_PLANE:
+            return True
+        try:
+            layer = self.selected_image()
+        except SegSuiteError:
+            return False
+        return labels_on_disk(layer, int(self.on_disk_mpx.value) * 1_000_000)
+
+    def make_region_job(self) -> tuple[Any, Any]:
+        """Read the region and options (GUI thread); the job segments it chunk by chunk.
+
+        The region (the whole plane, the field of view or the last rectangle of
+        ``"<image> [region]"``) of the current plane, or of every plane with *all planes*, goes
+        through the dock's batch task in chunks of
+        :data:`~napari_segsuite.batch.regions.REGION_CHUNK` pixels (objects merged across
+        chunk borders). With labels on disk the chunks are written into the
+        ``"<image> [<task>]"`` store as they come (plane by plane); otherwise the region's labels
+        are written into the in-memory Labels layer at the end (one undo step).
+        """
+        from napari_segsuite.batch.regions import REGION_CHUNK, n_chunks, segment_region_job
+        from napari_segsuite.batch.tasks import get_task
+        from napari_segsuite.core.label_store import UNDO_PIXELS
+        from napari_segsuite.core.regions import LazyView, Region, check_fits_memory
+        from napari_segsuite.layers import (
+            field_of_view,
+            labels_on_disk,
+            ondisk_labels_layer,
+            output_layer_name,
+            rectangle_region,
+        )
+        from napari_segsuite.widgets.semantic import plane_selections
+
+        layer = self.selected_image()
+        self.models.spec  # noqa: B018 - raises a user-facing error when no local file is chosen
+        params = self.batch_params()
+        sels = plane_selections(self.viewer, layer, self.scope.value == ALL_PLANES)
+        sel0 = sels[0]
+        choice = self.region.value
+        if choice == FIELD_OF_VIEW:
+            region = field_of_view(self.viewer, layer, sel0)
+        elif choice == RECTANGLE:
+            region = rectangle_region(self.viewer, layer, sel0)
+        else:
+            region = Region.whole(sel0.shape)
+        data = full_resolution(layer)
+        kind = get_task(self.batch_task).kind
+        n = len(sels)
+        name = output_layer_name(layer, self.task)
+        store, target, note, base_offset = None, None, "", 0
+        if labels_on_disk(layer, int(self.on_disk_mpx.value) * 1_000_000):
+            target, store, note = ondisk_labels_layer(self.viewer, layer, sel0, name,
+                                                      folder=Path(self.store.cache_dir) / "labels")
+        else:
+            what = f"The region ({region.shape[0]} x {region.shape[1]} pixels{f' x {n} planes' if n > 1 else ''})"
+            check_fits_memory(region.size * n, 8, what)
+            if name in self.viewer.layers and kind == "instance":
+                base_offset = int(np.asarray(self.viewer.layers[name].data).max(initial=0))
+        per = n_chunks(region.shape, REGION_CHUNK)
+        total = per * n
+        run = {"store": store, "layer": target, "region": region, "pending": None}
+        self._region_run = run
+        if store is not None:
+            self.jobs.abort_message = f"Cancelled; the chunks written so far stay in '{target.name}'."
+
+        def job():
+            runner = yield from self.load_model_job()
+            resolved = self.resolve_batch_params(runner, dict(params))
+            results, offset = [], base_offset
+            for k, sel in enumerate(sels):
+                view = LazyView(data, sel.index, region)
+                before = old = None
+                if store is not None:
+                    lead = tuple(sel.labels_index[:-2])
+                    if n == 1 and region.size <= UNDO_PIXELS:
+                        before = store.read(lead, region)
+                        old = np.bincount(before.ravel().astype(np.int64))
+                    elif sel.key in store.attrs.get("planes", {}):
+                        old = store.region_counts(lead, region)
+                    if kind == "instance":
+                        offset = max(offset, int(store.attrs.get("max_label", 0)))
+                    out = store.writer(lead, region)
+                    run["pending"] = (sel, before)
+                else:
+                    out = np.zeros(region.shape, LABEL_DTYPE)
+                table = yield from segment_region_job(
+                    self.batch_task, runner, view, out, params=resolved, chunk=REGION_CHUNK,
+                    id_offset=offset if kind == "instance" else 0, progress_offset=k * per,
+                    progress_total=total, prefix=f"Plane {k + 1}/{n}: " if n > 1 else "",
+                )
+                if kind == "instance" and len(table):
+                    offset = max(offset, int(table["label"].max()))
+                results.append((sel, _shift_boxes(table, region), out if store is None else None, before, old))
+            return runner, resolved, results
+
+        def on_result(value) -> None:
+            from napari_segsuite.layers import record_on_disk_write, write_region
+
+            runner, resolved, results = value
+            provenance = {"model": runner.provenance(), "parameters": dict(resolved), "scope": self.scope.value,
+                          "region_choice": choice, "batch_task": self.batch_task, "source_image": layer.name}
+            written = target
+            for sel, table, block, before, old in results:
+                if store is not None:
+                    record_on_disk_write(target, store, sel, region, table, old, task=self.task,
+                                         provenance=provenance, before=before)
+                else:
+                    written = write_region(self.viewer, layer, sel, region, block, task=self.task,
+                                           provenance=provenance, table=table)
+            run["pending"] = None
+            self.after_batch_write(written)
+            n_labels = len(written.features)
+            where = f"rows {region.r0}-{region.r1}, columns {region.c0}-{region.c1}"
+            disk = f" (on disk: {store.path})" if store is not None else ""
+            self.message.value = (f"{runner.name}: {choice} ({where}) of {n} plane{'s' if n != 1 else ''} "
+                                  f"written to '{written.name}'{disk}; {n_labels} labels in the layer."
+                                  + (f" {note}" if note else ""))
+
+        return job, on_result
+
+    def _finish_region_run(self, how: str) -> None:
+        """After a Cancel or an error of an on-disk run: the chunks written stay; the region can
+        be put back with Ctrl-Z on the layer when it was small enough to keep its old pixels."""
+        run, self._region_run = self._region_run, None
+        self.jobs.abort_message = "Cancelled; no layer was changed."
+        if run is None or run.get("store") is None or run.get("pending") is None or how == "returned":
+            return
+        sel, before = run["pending"]
+        store, layer = run["store"], run["layer"]
+        lead = tuple(sel.labels_index[:-2])
+        undoable = store.record(lead, run["region"], before)
+        layer.refresh()
+        extra = (" Ctrl-Z on the layer puts the region back." if undoable
+                 else " The region is too large to keep its old pixels, so it cannot be undone.")
+        lead_text = "Cancelled." if how == "aborted" else (self.message.value or "Stopped.")
+        self.message.value = (f"{lead_text} The chunks written before the stop stay in '{layer.name}' "
+                              f"({store.path}).{extra}")
+
     def run(self) -> None:
         """Read the inputs, then run the task in a worker.
 
@@ -447,9 +635,13 @@ class SegmentationWidget(Dock):
         try:
             self._run_model_key = None
             self._run_model_key = self.model_key()
-            job_factory, on_result = self.make_batch_job() if self.uses_batch() else self.make_job()
+            if self.uses_region():
+                job_factory, on_result = self.make_region_job()
+            else:
+                job_factory, on_result = self.make_batch_job() if self.uses_batch() else self.make_job()
             inputs = [(layer, full_resolution(layer)) for layer in
-                      (self.batch_images() if self.uses_batch() else [self.selected_image()])]
+                      (self.batch_images() if self.uses_batch() and not self.uses_region()
+                       else [self.selected_image()])]
         except SegSuiteError as exc:
             self._report(exc)
             return
@@ -554,6 +746,7 @@ class SegmentationWidget(Dock):
             self.message.value = self._cancel_note
         self._cancel_note = ""
         self._job_inputs = []
+        self._finish_region_run(str(how))
         self._on_done(how)
 
     def _on_done(self, how: str) -> None:
@@ -561,6 +754,19 @@ class SegmentationWidget(Dock):
 
     def smoke(self) -> None:
         """What the headless smoke mode runs in this widget (features extend it)."""
+
+
+def _shift_boxes(table, region):
+    """A region's table with its bounding boxes in plane pixels (region origin added)."""
+    if table is None or not len(table) or (region.r0 == 0 and region.c0 == 0):
+        return table
+    table = table.copy()
+    for col in table.columns:
+        if col.startswith("bbox_0") or col.startswith("bbox_row"):
+            table[col] = table[col] + region.r0
+        elif col.startswith("bbox_1") or col.startswith("bbox_col"):
+            table[col] = table[col] + region.c0
+    return table
 
 
 def batch_features(labels: np.ndarray, table):

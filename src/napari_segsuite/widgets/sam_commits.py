@@ -36,6 +36,7 @@ from napari_segsuite.layers import (
     current_plane,
     find_or_create_labels,
     output_layer_name,
+    plane_selection,
     write_plane,
 )
 from napari_segsuite.widgets.sam_sections import SamSection
@@ -44,10 +45,15 @@ from napari_segsuite.widgets.scaffold import Group, row
 
 @dataclass
 class Step:
-    """One write of the dock that changed labels (what Undo would undo)."""
+    """One write of the dock that changed labels (what Undo would undo).
+
+    ``region`` (a write into a region of a large plane) is the Labels index of that region:
+    Undo then reads and journals that region only.
+    """
 
     layer: object
     text: str
+    region: tuple | None = None
 
 
 @dataclass
@@ -58,6 +64,8 @@ class Committed:
     plane_index: tuple
     plane_key: str
     area: int
+    #: the Labels index of the region it was committed in (large planes: its area is re-read there)
+    region: tuple | None = None
 
     @property
     def key(self) -> str:
@@ -144,6 +152,9 @@ class CommitSection(SamSection):
             show_info("Nothing to commit: add prompts and wait for the preview.")
             dock.message.value = "Nothing to commit: add prompts and wait for the preview."
             return
+        if preview.windowed:
+            self.commit_windowed()
+            return
         try:
             image = dock.selected_image()
             _, sel = current_plane(self.viewer, image)
@@ -181,18 +192,122 @@ class CommitSection(SamSection):
                               f"Next id: {next_free_id(target.data)}.")
         self._journal_change(image, target, sel.labels_index, old, plan.labels, "commit")
 
+    def commit_windowed(self) -> None:
+        """Commit objects decoded in windows of a large plane: only their region is read and written.
+
+        The region is the rectangle of the objects' windows (at most
+        :data:`~napari_segsuite.tasks.sam_windows.MAX_COMMIT_PIXELS`). The write is one undo
+        step of that region; features, the next id and the autosave journal are updated from
+        the region alone (nothing reads the whole plane).
+        """
+        from napari_segsuite.layers import next_label, region_index, write_labels_region
+        from napari_segsuite.tasks.sam_windows import MAX_COMMIT_PIXELS
+
+        dock = self.dock
+        preview = dock.preview
+        try:
+            image = dock.selected_image()
+            sel = plane_selection(self.viewer, image)
+            preview.check_commit(dock.preview_source(image, sel))
+            region = preview.region(MAX_COMMIT_PIXELS)
+            target, store = self.windowed_target(image, sel)  # labels on disk persist: nothing to recover
+            restored = self._recover_deleted_target(image, sel) if store is None else ""
+            idx = region_index(sel, region)
+            shape2d = (region.r1 - region.r0, region.c1 - region.c0)
+            if store is not None:
+                from napari_segsuite.core.regions import Region
+
+                lead = tuple(sel.labels_index[:-2])
+                on_disk = Region(region.r0, region.r1, region.c0, region.c1)
+                old = store.read(lead, on_disk)
+                first = max(next_label(target), int(store.attrs.get("max_label", 0)) + 1)
+            else:
+                old = np.array(np.asarray(target.data[idx]).reshape(shape2d), copy=True)
+                first = next_label(target)
+            plan = preview.plan_commit(old, first, overwrite=bool(self.overwrite.value),
+                                       model=dock.session.runner.name, region=region)
+            if not plan.written:
+                dock.message.value = "The object has no free pixels left (tick 'overwrite' to replace labels)."
+                return
+            if store is not None:
+                self._write_on_disk(target, store, sel, on_disk, old, plan)
+            else:
+                write_labels_region(target, sel, region, plan.labels, extra_features=plan.features)
+        except SegSuiteError as exc:
+            dock.report(exc)
+            return
+        meta = dict(target.metadata.get("segsuite", {}))
+        record = {"task": "prompt", "model": dock.session.runner.provenance(), "last_ids": plan.written,
+                  "region": [region.r0, region.r1, region.c0, region.c1], "plane": sel.key}
+        meta.update({"task": "prompt", "source_image": image.name, "last": record,
+                     "max_label": max(int(meta.get("max_label", 0)), *plan.written)})
+        target.metadata = {**target.metadata, "segsuite": meta}
+        ids = ", ".join(map(str, plan.written))
+        self.record_step(target, f"commit of label{'s' if len(plan.written) > 1 else ''} {ids}", region=idx)
+        for label in plan.written:
+            self.committed = [c for c in self.committed if c.label != label or c.plane_key != sel.key]
+            self.committed.append(Committed(label, sel.labels_index, sel.key, int((plan.labels == label).sum()),
+                                            region=idx))
+        self.clear()
+        dock.prompts.reset_polarity()
+        dock.prompts.focus_points()
+        self.refresh(target)
+        dock.message.value = (f"{restored + ' ' if restored else ''}Committed label(s) {ids} to '{target.name}' "
+                              f"(rows {region.r0:,}-{region.r1:,}, columns {region.c0:,}-{region.c1:,}). "
+                              f"Next id: {next_label(target)}.")
+        full_shape = np.asarray(level0(target)[idx]).shape if store is None else region_shape_of(target, idx)
+        self._journal_change(image, target, idx, old.reshape(full_shape), plan.labels.reshape(full_shape), "commit")
+
+    def windowed_target(self, image, sel):
+        """The target of a windowed commit and its on-disk store (None for an in-memory layer).
+
+        The picked layer or ``<image> [sam]`` when it exists; else, for an image whose labels
+        live on disk (zarr, dask, multiscale or very large planes, see
+        :func:`~napari_segsuite.layers.labels_on_disk`), a new on-disk Labels layer with the
+        image's pyramid; else an in-memory layer.
+        """
+        from napari_segsuite.layers import label_store_of, labels_on_disk, ondisk_labels_layer
+
+        chosen = self.target.value
+        name = self.target_name(image)
+        if (chosen is None or chosen not in self.viewer.layers) and name not in self.viewer.layers \
+                and labels_on_disk(image):
+            target, store, note = ondisk_labels_layer(self.viewer, image, sel, name,
+                                                      folder=Path(self.dock.store.cache_dir) / "labels")
+            if note:
+                self.dock.message.value = note
+            return target, store
+        target = self.find_target(image, sel, create=True)
+        return target, label_store_of(target)
+
+    def _write_on_disk(self, target, store, sel, region, old, plan) -> None:
+        """Write a commit's region into an on-disk store (every pyramid level), with its undo step."""
+        import pandas as pd
+
+        from napari_segsuite.core.labels import label_table
+        from napari_segsuite.layers import record_on_disk_write
+
+        store.write(tuple(sel.labels_index[:-2]), region, plan.labels)
+        rows = pd.DataFrame(label_table(plan.labels))[["label", "area"]]
+        for col in ("score", "model"):
+            rows[col] = [plan.features.get(int(k), {}).get(col) for k in rows["label"]]
+        record_on_disk_write(target, store, sel, region, rows, np.bincount(old.ravel().astype(np.int64)),
+                             task="prompt", provenance={"model": self.dock.session.runner.provenance(),
+                                                        "source_image": self.dock.selected_image().name},
+                             before=old)
+
     def clear(self) -> None:
         """Remove all prompts and the preview."""
         self.dock.prompts.clear()
 
     # -- undo / redo -----------------------------------------------------------------------
-    def record_step(self, layer, text: str) -> None:
-        """Remember a write that changed labels (it becomes what Undo undoes).
+    def record_step(self, layer, text: str, region: tuple | None = None) -> None:
+        """Remember a write that changed labels (it becomes what Undo undoes); ``region``: see :class:`Step`.
 
         As many steps are kept as the layer keeps in its own undo history (napari's Labels
         keep the last 100), so the list stays bounded and every step listed can be undone.
         """
-        self.undo_steps.append(Step(layer, text))
+        self.undo_steps.append(Step(layer, text, region))
         del self.undo_steps[:-max(1, int(getattr(layer, "_history_limit", 100)))]
         self.redo_steps.clear()
         self._update_history_buttons()
@@ -208,14 +323,21 @@ class CommitSection(SamSection):
             return
         step = source.pop()
         layer = step.layer
-        before = np.array(layer.data, copy=True)
-        (layer.redo if redo else layer.undo)()
+        where = step.region if step.region is not None else ()
+        before = np.array(level0(layer)[where] if where else layer.data, copy=True)
+        from napari_segsuite.layers import label_store_of, undo_on_disk
+
+        if label_store_of(layer) is not None:  # labels on disk: the store keeps the last write's region
+            undo_on_disk(layer, redo=redo)
+        else:
+            (layer.redo if redo else layer.undo)()
         dest.append(step)
         self._update_history_buttons()
         self.refresh(layer)
         self.dock.message.value = f"{'Redid' if redo else 'Undid'} the {step.text} in '{layer.name}'."
         try:
-            self._journal_change(self.dock.selected_image(), layer, (), before, np.asarray(layer.data),
+            after = np.asarray(level0(layer)[where] if where else layer.data)
+            self._journal_change(self.dock.selected_image(), layer, where, before, after,
                                  "redo" if redo else "undo")
         except SegSuiteError:
             pass
@@ -240,16 +362,23 @@ class CommitSection(SamSection):
             self.next_id.value = "Next id: 1"
             self.objects.reset_choices()
             return
+        from napari_segsuite.layers import next_label
+
+        data = level0(target)
         by_plane: dict[str, list[Committed]] = {}
         for c in self.committed:
-            if len(c.plane_index) == target.data.ndim:
+            if len(c.plane_index) != data.ndim:
+                continue
+            if c.region is not None:  # a windowed commit on a large plane: read its region only
+                c.area = int(np.count_nonzero(np.asarray(data[c.region]) == c.label))
+            else:
                 by_plane.setdefault(c.plane_key, []).append(c)
         for items in by_plane.values():  # one pass over each plane, however many objects it holds
-            area = _label_areas(np.asarray(target.data[items[0].plane_index]))
+            area = _label_areas(np.asarray(data[items[0].plane_index]))
             for c in items:
                 c.area = int(area(c.label))
         self._target_for_list = target
-        self.next_id.value = f"Next id: {next_free_id(target.data)}"
+        self.next_id.value = f"Next id: {next_label(target)}"
         self.objects.reset_choices()
 
     def _object_choices(self, _widget=None):
@@ -292,6 +421,52 @@ class CommitSection(SamSection):
         target = getattr(self, "_target_for_list", None)
         if c is None or target is None or target not in self.viewer.layers:
             self.dock.message.value = "Pick a committed object first."
+            return
+        from napari_segsuite.layers import label_store_of
+
+        store = label_store_of(target)
+        if c.region is not None and store is not None:  # labels on disk: the store's region is rewritten
+            import pandas as pd
+
+            from napari_segsuite.core.labels import label_table
+            from napari_segsuite.core.regions import Region
+            from napari_segsuite.layers import record_on_disk_write
+
+            rs, cs = [i for i in c.region if isinstance(i, slice)]
+            region = Region(rs.start, rs.stop, cs.start, cs.stop)
+            lead = tuple(i for i in c.region if not isinstance(i, slice))
+            old = store.read(lead, region)
+            new = np.where(old == c.label, 0, old)
+            try:
+                store.write(lead, region, new)
+                sel = plane_selection(self.viewer, self.dock.selected_image())
+                record_on_disk_write(target, store, sel, region, pd.DataFrame(label_table(new))[["label", "area"]],
+                                     np.bincount(old.ravel().astype(np.int64)), task="prompt",
+                                     provenance={"deleted": c.label}, before=old)
+                self.record_step(target, f"delete of label {c.label}", region=c.region)
+                self._journal_change(self.dock.selected_image(), target, c.region, old.reshape(
+                    region_shape_of(target, c.region)), new.reshape(region_shape_of(target, c.region)), "delete")
+            except SegSuiteError as exc:
+                self.dock.report(exc)
+                return
+            target.show_selected_label = False
+            self.refresh(target)
+            self.dock.message.value = f"Deleted label {c.label} from plane {c.plane_key}."
+            return
+        if c.region is not None:  # committed in a region of a large plane: only that region is read
+            from napari_segsuite.layers import write_labels_at
+
+            old = np.array(target.data[c.region], copy=True)
+            if write_labels_at(target, c.region, np.where(old == c.label, 0, old)):
+                self.record_step(target, f"delete of label {c.label}", region=c.region)
+                try:
+                    self._journal_change(self.dock.selected_image(), target, c.region, old,
+                                         np.asarray(target.data[c.region]), "delete")
+                except SegSuiteError:
+                    pass
+            target.show_selected_label = False
+            self.refresh(target)
+            self.dock.message.value = f"Deleted label {c.label} from plane {c.plane_key}."
             return
         plane = np.array(target.data[c.plane_index], copy=True)
         where = np.nonzero(plane == c.label)
@@ -439,3 +614,18 @@ def _label_areas(plane: np.ndarray):
     ids, n = np.unique(flat, return_counts=True)
     table = dict(zip(ids.tolist(), n.tolist(), strict=True))
     return lambda label: table.get(label, 0)
+
+
+def level0(layer):
+    """A Labels layer's full-resolution data (level 0 of a multiscale layer)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def region_shape_of(target, idx: tuple) -> tuple[int, ...]:
+    """The shape of ``target.data[idx]`` (level 0 of a multiscale layer) without reading it."""
+    data = target.data[0] if getattr(target, "multiscale", False) else target.data
+    out = []
+    for i, n in zip(idx, data.shape, strict=False):
+        if isinstance(i, slice):
+            out.append(len(range(*i.indices(int(n)))))
+    return tuple(1 if not isinstance(i, slice) else out.pop(0) for i in idx)

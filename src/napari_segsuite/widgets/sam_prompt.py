@@ -188,9 +188,15 @@ class SamPromptWidget(SegmentationWidget):
         """(model spec, device, embedding folder) of the current choice."""
         return (*self.model_key(), str(self.embedding_dir.value))
 
-    def session_job(self, plane, token=None):
-        """Load the session for the chosen model (worker) and make ``plane`` current."""
+    def load_session_job(self):
+        """Load the session for the chosen model (worker) unless it is loaded; returns it.
+
+        Its embedding cache holds at most :data:`~napari_segsuite.tasks.sam_windows.CACHE_EMBEDDINGS`
+        embeddings and :data:`~napari_segsuite.tasks.sam_windows.CACHE_BYTES` bytes (planes
+        and windows of large planes alike).
+        """
         from napari_segsuite.tasks.sam_session import SamSession
+        from napari_segsuite.tasks.sam_windows import CACHE_BYTES, CACHE_EMBEDDINGS
 
         key = self.session_key()
         if self.session is None or self._session_key != key:
@@ -201,11 +207,43 @@ class SamPromptWidget(SegmentationWidget):
             store = self.store
             # loading has no yield points: on its own thread, so that Cancel and closing return at once
             self.session = yield from call_in_background(
-                lambda: SamSession(key[0], key[1], store=store, disk_cache=folder if folder not in ("", ".") else None),
+                lambda: SamSession(key[0], key[1], store=store, disk_cache=folder if folder not in ("", ".") else None,
+                                   cache_size=CACHE_EMBEDDINGS, cache_bytes=CACHE_BYTES),
                 f"Loading {Path(key[0]).name}")
             self._session_key = key
+            self._windowed = {}
+        return self.session
+
+    def session_job(self, plane, token=None):
+        """Load the session for the chosen model (worker) and make ``plane`` current."""
+        yield from self.load_session_job()
         yield from self.session.set_image_job(plane, token)
         return self.session
+
+    def windowed_prompts(self, image, sel):
+        """The :class:`~napari_segsuite.tasks.sam_windows.WindowedPrompts` of the plane ``sel`` of
+        ``image`` when it is prompted in windows (large planes), else None.
+
+        None too while no session is loaded for the chosen model (it is decided after loading).
+        Kept per plane (and data version), so a plane's intensity range is estimated once.
+        """
+        from napari_segsuite.layers import full_resolution
+        from napari_segsuite.tasks.sam_windows import PlaneView, WindowedPrompts, needs_windows
+
+        session = self.session
+        if session is None or self._session_key != self.session_key():
+            return None
+        if not needs_windows(sel.shape, session.prompt_model.input_size):
+            return None
+        token = self.plane_token(image, sel.index)
+        cache = getattr(self, "_windowed", None)
+        if cache is None:
+            cache = self._windowed = {}
+        if token not in cache:
+            while len(cache) >= 4:
+                cache.pop(next(iter(cache)))
+            cache[token] = WindowedPrompts(session, PlaneView(full_resolution(image), sel.index), token)
+        return cache[token]
 
     _session_job = session_job
 

@@ -33,13 +33,16 @@ from magicgui.widgets import CheckBox, Label, PushButton, SpinBox
 from napari_segsuite.core.errors import InputError, SegSuiteError
 from napari_segsuite.layers import (
     aligned_layer_kwargs,
-    current_plane,
     full_resolution,
     output_layer_name,
+    plane_selection,
     points_on_plane,
+    region_layer_kwargs,
+    region_shape,
     shapes_on_plane,
 )
 from napari_segsuite.tasks.sam_preview import objects_from_prompts, predict_objects
+from napari_segsuite.tasks.sam_windows import PlaneView
 from napari_segsuite.widgets.sam_sections import SamSection
 from napari_segsuite.widgets.scaffold import form, row
 
@@ -179,9 +182,18 @@ class PromptSection(SamSection):
         if name in self.viewer.layers and isinstance(self.viewer.layers[name], Labels):
             preview = self.viewer.layers[name]
         else:
-            _, sel = current_plane(self.viewer, image)
-            preview = Labels(np.zeros(sel.layer_shape, dtype=np.uint8), name=name, opacity=0.5,
-                             metadata={"segsuite": {"task": "sam preview", "role": "prompt"}}, **kwargs)
+            sel = plane_selection(self.viewer, image)
+            meta = {"task": "sam preview", "role": "prompt"}
+            if _large(sel.layer_shape):  # a large image: the preview holds the objects' windows only
+                from napari_segsuite.core.tiling import Tile
+
+                one = Tile(0, 0, 1, 1)
+                preview = Labels(np.zeros(region_shape(sel, one), dtype=np.uint8), name=name, opacity=0.5,
+                                 metadata={"segsuite": {**meta, "windowed": True}},
+                                 **region_layer_kwargs(image, sel, one))
+            else:
+                preview = Labels(np.zeros(sel.layer_shape, dtype=np.uint8), name=name, opacity=0.5,
+                                 metadata={"segsuite": meta}, **kwargs)
             self.viewer.add_layer(preview)
         self.points_layer, self.boxes_layer, self.preview_layer = points, boxes, preview
         self._sync_polarity()
@@ -282,9 +294,15 @@ class PromptSection(SamSection):
         self._timer.start()
 
     def gather_prompts(self):
-        """Read the prompts on the current plane (GUI thread). Returns (image, plane, sel, objects)."""
+        """Read the prompts on the current plane (GUI thread). Returns (image, plane, sel, objects).
+
+        ``plane`` is a lazy :class:`~napari_segsuite.tasks.sam_windows.PlaneView` (nothing is
+        read here); an ellipse or polygon keeps its ``shape`` (its mask is drawn for the
+        plane, or for its window on a large plane, when it is predicted).
+        """
         image = self.dock.selected_image()
-        plane, sel = current_plane(self.viewer, image)
+        sel = plane_selection(self.viewer, image)
+        plane = PlaneView(full_resolution(image), sel.index)
         coords = np.zeros((0, 2))
         labels = np.zeros(0, dtype=int)
         if self.points_layer is not None and self.points_layer in self.viewer.layers:
@@ -294,9 +312,12 @@ class PromptSection(SamSection):
         if self.boxes_layer is not None and self.boxes_layer in self.viewer.layers:
             positive = box_polarity(self.boxes_layer)
             shapes = [s for s in shapes_on_plane(self.viewer, self.boxes_layer, image, sel) if positive[s.index]]
-        objects = objects_from_prompts(coords, labels, shapes, sel.shape)
+        objects = objects_from_prompts(coords, labels, shapes, sel.shape, draw_masks=False)
         refine = int(self.refine_id.value)
-        if refine and len(objects) == 1 and "mask" not in objects[0]:
+        if refine and len(objects) == 1 and "shape" not in objects[0]:
+            if self.dock.windowed_prompts(image, sel) is not None:
+                raise InputError("'Refine label' works on planes prompted whole; on a large plane delete the label "
+                                 "and prompt the object again.")
             target = self.dock.find_target(image, sel, create=False)
             if target is not None:
                 prior = np.asarray(target.data[sel.labels_index]) == refine
@@ -333,22 +354,37 @@ class PromptSection(SamSection):
         multimask = bool(self.multimask.value) and len(objects) == 1
         token = dock.plane_token(image, sel.index)
         source = dock.preview_source(image, sel)
-        key = dock.cached_key(token)
+        windowed = dock.windowed_prompts(image, sel)
+        if windowed is not None:
+            try:
+                cached = windowed.all_cached(objects)
+            except SegSuiteError as exc:
+                dock.report(exc)
+                return
+            if cached:
+                self._submit_work(lambda: windowed.predict(objects, multimask), generation, sel, source)
+                return
+        key = dock.cached_key(token) if windowed is None else None
         if key is not None:
-            self._submit_decode(key, objects, multimask, generation, sel, source)
+            self._submit_decode(key, _whole_plane(objects, sel.shape), multimask, generation, sel, source)
             return
 
         def job():
+            yield from dock.load_session_job()
+            windows = dock.windowed_prompts(image, sel) if windowed is None else windowed
+            if windows is not None:
+                return (yield from windows.predict_job(objects, multimask))
             session = yield from dock.session_job(plane, token)
             with session.use(session.image_key):
-                return predict_objects(session, objects, multimask)
+                return predict_objects(session, _whole_plane(objects, sel.shape), multimask)
 
         def on_result(results) -> None:
             if self.preview.offer(results, source, generation):
                 self._show(sel)
             self.start_prefetch()
 
-        dock.start_job(job, on_result, "Encoding the plane" if dock.session is not None else "Loading SAM")
+        what = "Encoding the window" if windowed is not None else "Encoding the plane"
+        dock.start_job(job, on_result, what if dock.session is not None else "Loading SAM")
 
     def _bridge(self):
         if self._bridge_obj is None:
@@ -358,11 +394,22 @@ class PromptSection(SamSection):
 
     def _submit_decode(self, key: str, objects: list[dict], multimask: bool, generation: int, sel, source) -> None:
         session = self.dock.session
-        bridge = self._bridge()
 
         def work():
             with session.use(key):
                 return predict_objects(session, objects, multimask)
+
+        self._submit_work(work, generation, sel, source)
+
+    def _submit_work(self, work, generation: int, sel, source) -> None:
+        """Run ``work()`` (decoding only) on the prompt thread; its result comes back to the GUI thread."""
+        bridge = self._bridge()
+        if self.dock.session is not None:
+            inner = work
+
+            def work():
+                with self.dock.session.prompting():  # a prefetch pauses meanwhile
+                    return inner()
 
         def done(outcome) -> None:  # on the prompt thread (or here, for a dropped request)
             bridge.delivered.emit((outcome, generation, sel, source))
@@ -425,6 +472,8 @@ class PromptSection(SamSection):
             layer = self.preview_layer
         if layer is None or layer not in self.viewer.layers:
             return
+        if self._render_windowed(layer):
+            return
         if self._sel is None or tuple(layer.data.shape) != tuple(self._sel.layer_shape):
             if layer.data.any():
                 layer.data[...] = 0
@@ -443,6 +492,51 @@ class PromptSection(SamSection):
                 f"{len(objects)} object(s); candidate {best['choice'] + 1} "
                 f"(IoU {best['scores'][best['choice']]:.2f}). Shift-C commits."
             )
+
+    def _render_windowed(self, layer) -> bool:
+        """Show a windowed preview in a preview layer of the objects' region only; True when handled.
+
+        On a large plane the preview layer holds the region of the objects' windows (placed
+        by its translation), never a whole plane; with no objects it shrinks to one pixel.
+        """
+        sel, image = self._sel, self._image_for_prompts
+        meta = layer.metadata.get("segsuite", {})
+        if not self.preview.windowed:
+            if not meta.get("windowed"):
+                return False
+            if layer.data.any():
+                layer.data[...] = 0
+                layer.refresh()
+            if self.preview.objects and sel is not None and image is not None and not _large(sel.layer_shape):
+                layer.data = np.zeros(sel.layer_shape, dtype=np.uint8)  # back to a whole-plane preview
+                for key, value in aligned_layer_kwargs(image).items():
+                    setattr(layer, key, value)
+                layer.metadata = {**layer.metadata, "segsuite": {**meta, "windowed": False}}
+                return False
+            return True
+        from napari_segsuite.tasks.sam_windows import MAX_COMMIT_PIXELS, paste_objects
+
+        try:
+            region = self.preview.region(MAX_COMMIT_PIXELS)
+        except SegSuiteError as exc:
+            self.dock.report(exc)
+            return True
+        plane = np.zeros((region.r1 - region.r0, region.c1 - region.c0), dtype=np.uint8)
+        for k, mask in enumerate(paste_objects(self.preview.objects, region)):
+            plane[mask] = min(k + 1, 255)
+        layer.data = plane.reshape(region_shape(sel, region))
+        layer.translate = region_layer_kwargs(image, sel, region)["translate"]
+        layer.metadata = {**layer.metadata, "segsuite": {**meta, "windowed": True,
+                                                         "region": [region.r0, region.c0, region.r1, region.c1]}}
+        layer.refresh()
+        objects = self.preview.objects
+        best = objects[0]
+        self.dock.message.value = (
+            f"{len(objects)} object(s) in a {region.r1 - region.r0:,}x{region.c1 - region.c0:,} window at row "
+            f"{region.r0:,}, column {region.c0:,}; candidate {best['choice'] + 1} "
+            f"(IoU {best['scores'][best['choice']]:.2f}). Shift-C commits."
+        )
+        return True
 
     def select_candidate(self, index: int) -> None:
         """Show candidate ``index`` (0, 1, 2) of a single object."""
@@ -471,7 +565,7 @@ class PromptSection(SamSection):
         With ``tokens=True``, ``(token, plane)`` pairs (see the dock's ``plane_token``).
         """
         image = self.dock.selected_image()
-        _, sel = current_plane(self.viewer, image)
+        sel = plane_selection(self.viewer, image)
         data = full_resolution(image)
         planes = []
         for axis, i in enumerate(sel.index[: len(sel.layer_shape)]):
@@ -496,6 +590,9 @@ class PromptSection(SamSection):
         session = self.dock.session
         if not self.dock.prefetch.value or session is None or self._closed:
             return
+        if self.preview.windowed:
+            self._prefetch_windows()
+            return
         if self.prefetch_thread.busy:
             return
         try:
@@ -518,6 +615,46 @@ class PromptSection(SamSection):
 
         thread.submit(work)
 
+    #: windows around the last preview's window that a prefetch encodes
+    PREFETCH_WINDOWS = 8
+
+    def _prefetch_windows(self) -> None:
+        """Encode the grid windows nearest to the preview's window on the prefetch thread.
+
+        At most :attr:`PREFETCH_WINDOWS` (and never more than half the embedding cache), one
+        at a time, paused between encoder blocks while prompts decode; a prefetch around an
+        older window stops (between blocks) as soon as the preview moves to another window.
+        """
+        try:
+            image = self.dock.selected_image()
+            sel = plane_selection(self.viewer, image)
+        except SegSuiteError:
+            return
+        windows = self.dock.windowed_prompts(image, sel)
+        if windows is None:
+            return
+        around = self.preview.objects[0]["window"]
+        n = min(self.PREFETCH_WINDOWS, max(0, windows.session.cache_size // 2 - 1))
+        if getattr(self, "_prefetch_around", None) == (windows.token, around):
+            return
+        self._prefetch_around = (windows.token, around)
+        thread = self.prefetch_thread
+        mine = self._prefetch_around
+
+        def stop() -> bool:
+            return thread.closed or self._prefetch_around != mine
+
+        def work():
+            from napari_segsuite.core.progress import run_sync
+            from napari_segsuite.tasks.sam_session import EncodingStopped
+
+            try:
+                self.prefetched.extend(run_sync(windows.prefetch_job(around, n, stop=stop)))
+            except EncodingStopped:
+                pass
+
+        thread.submit(work)
+
     def shutdown(self) -> None:
         """Stop the prompt and prefetch threads. Idempotent."""
         if self._closed:
@@ -527,6 +664,24 @@ class PromptSection(SamSection):
             self._timer.stop()
         self.prompt_thread.close(timeout=10)
         self.prefetch_thread.close(timeout=10)
+
+
+#: a preview layer of more pixels than this is never made whole: it holds the objects' windows
+LARGE_PREVIEW_PIXELS = 4096 * 4096
+
+
+def _large(layer_shape) -> bool:
+    return int(np.prod(layer_shape, dtype=np.int64)) > LARGE_PREVIEW_PIXELS
+
+
+def _whole_plane(objects: list[dict], shape) -> list[dict]:
+    """Objects for a plane prompted whole: an ellipse's or polygon's mask drawn at the plane's size."""
+    out = []
+    for obj in objects:
+        if "shape" in obj:
+            obj = {k: v for k, v in obj.items() if k != "shape"} | {"mask": obj["shape"].mask(tuple(shape))}
+        out.append(obj)
+    return out
 
 
 def _bridge_class():

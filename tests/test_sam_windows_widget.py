@@ -1,0 +1,131 @@
+"""The SAM dock on a large multiscale zarr slide, with real clicks on the canvas.
+
+A click is decoded in the window around it at full resolution: the preview and the
+commit land where the user clicked (scaled, translated layer), equal to segment_anything's
+``SamPredictor`` run on the window's crop; a second click in the window reuses its
+embedding; only windows are read from level 0; bad input gives a clear message.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from segment_anything import SamPredictor
+
+from napari_segsuite.models.base import load_model
+from napari_segsuite.testing.canvas import click, key, wait_until
+from napari_segsuite.testing.large_images import counting_dask, open_slide, write_synthetic_slide
+from napari_segsuite.widgets.base import LOCAL
+from napari_segsuite.widgets.sam_prompt import SamPromptWidget
+
+pytestmark = pytest.mark.widget
+
+SIZE = 3000
+SCALE = np.array([0.5, 0.5])
+TRANSLATE = np.array([10.0, -20.0])
+
+
+@pytest.fixture
+def slide_viewer(make_napari_viewer, tiny_sam_path, tmp_path):
+    write_synthetic_slide(tmp_path / "slide.zarr", (SIZE, SIZE), chunk=512, min_side=512)
+    levels = open_slide(tmp_path / "slide.zarr")
+    level0, counter = counting_dask(levels[0])
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1920, 1080)
+    image = viewer.add_image([level0, *levels[1:]], multiscale=True, name="slide", scale=SCALE, translate=TRANSLATE)
+    dock = SamPromptWidget(viewer)
+    viewer.window.add_dock_widget(dock, name="SAM")
+    dock.models.model.value = LOCAL
+    dock.models.local.value = str(tiny_sam_path)
+    dock.device.value = "cpu"
+    dock.autosave_dir.value = str(tmp_path / "autosave")
+    wait_until(lambda: viewer.window._qt_viewer.canvas.native.isVisible(), 10, "the canvas")
+    return viewer, image, dock, levels, counter
+
+
+def _look_at(viewer, image, rc, zoom=2.0):
+    """Centre the camera on data pixel ``rc`` of ``image`` at ``zoom`` screen pixels per world unit."""
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    world = image.data_to_world(np.asarray(rc, dtype=float))
+    viewer.scene.camera.center = tuple(world)
+    viewer.scene.camera.zoom = zoom
+    end = time.monotonic() + 2.0  # let napari load and draw the tiles it shows
+    while time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def _preview_ready(dock):
+    return bool(dock.preview.objects) and not dock.preview_busy
+
+
+def test_a_click_on_a_large_slide_gives_a_full_resolution_mask_where_clicked(slide_viewer, tiny_sam_path):
+    viewer, image, dock, levels, counter = slide_viewer
+    where = (1830.0, 2210.0)
+    _look_at(viewer, image, where)
+    counter.reset()
+    click(viewer, image, where)
+    wait_until(lambda: _preview_ready(dock), 120, "the preview")
+    (obj,) = dock.preview.objects
+    window = obj["window"]
+    assert (window.r1 - window.r0, window.c1 - window.c0) == (256, 256)  # the tiny model's input, 1:1
+    assert window.r0 <= where[0] < window.r1 and window.c0 <= where[1] < window.c1
+    # the same pixels as segment_anything on the window's crop of level 0
+    crop = np.asarray(levels[0][window.slices])
+    ref = SamPredictor(load_model(tiny_sam_path, "cpu").model)
+    ref.set_image(np.repeat(crop[..., None], 3, axis=-1))
+    point = np.asarray(dock.points_layer.data[-1][-2:]) - [window.r0, window.c0]
+    rmasks, rscores, _ = ref.predict(point_coords=point[None, ::-1], point_labels=np.array([1]))
+    np.testing.assert_array_equal(np.asarray(obj["masks"]), rmasks)
+    np.testing.assert_allclose(obj["scores"], rscores, rtol=1e-6)
+    # the preview layer holds the window only, placed at the window through the image's transform
+    preview = dock.preview_layer
+    assert preview.data.shape == (256, 256)
+    np.testing.assert_allclose(preview.translate, TRANSLATE + SCALE * [window.r0, window.c0])
+    np.testing.assert_array_equal(preview.data > 0, rmasks[obj["choice"]])
+    # only the window's chunks were read from level 0 (at most 2 x 2 chunks of 512 pixels)
+    assert 256 * 256 <= counter.pixels <= 4 * 512 * 512, counter.reads
+
+    runs = dock.session.encoder_runs
+    key(viewer, "C", ("shift",))
+    # a zarr slide: the labels live on disk, in a pyramid like the image's, aligned with it
+    target = viewer.layers["slide [sam]"]
+    assert target.multiscale and len(target.data) == len(levels)
+    np.testing.assert_allclose(target.scale, SCALE)
+    np.testing.assert_allclose(target.translate, TRANSLATE)
+    full = np.zeros((SIZE, SIZE), bool)
+    full[window.slices] = rmasks[obj["choice"]]
+    assert np.array_equal(np.asarray(target.data[0]) == 1, full)
+    assert np.array_equal(np.asarray(target.data[1]) == 1, full[::2, ::2])
+    assert int(target.features.set_index("label").loc[1, "area"]) == int(full.sum())
+    assert dock.commits.next_id.value == "Next id: 2"
+    # Undo takes the region back (the store keeps the last write's region)
+    dock.commits.undo()
+    assert not np.asarray(target.data[0]).any()
+    dock.commits.undo(redo=True)
+    assert np.array_equal(np.asarray(target.data[0]) == 1, full)
+
+    # a second click in the same window: its embedding from the cache, no encoder run
+    near = (where[0] + 20, where[1] - 15)
+    click(viewer, image, near)
+    wait_until(lambda: _preview_ready(dock), 60, "the second preview")
+    assert dock.session.encoder_runs == runs
+    assert dock.preview.objects[0]["window"] == window
+
+
+def test_bad_input_on_a_large_slide_gives_clear_messages(slide_viewer):
+    viewer, image, dock, _levels, _counter = slide_viewer
+    _look_at(viewer, image, (40.0, 40.0), zoom=1.0)
+    # a point off the image
+    click(viewer, image, (-30.0, 40.0))
+    wait_until(lambda: "outside" in dock.message.value, 120, "the message")
+    assert "outside the 3,000x3,000 image" in dock.message.value
+    dock.prompts.clear()
+    # prompts of one object spanning more than the largest window
+    dock.points_layer.data = np.array([[100.0, 100.0], [2900.0, 2900.0]])
+    wait_until(lambda: "over the limit" in dock.message.value, 120, "the message")
+    assert not dock.preview.objects
+    assert "slide [sam]" not in viewer.layers
