@@ -192,22 +192,3 @@ def test_model_switched_mid_run_writes_the_first_models_result(make_napari_viewe
     _finish(qtbot, widget)
     assert str(second) in str(viewer.layers[f"A [{kind}]"].metadata["segsuite"]["model"])
 
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_closing_the_dock_mid_run_writes_nothing(make_napari_viewer, qtbot, models, kind):
-    from qtpy.QtWidgets import QApplication
-
-    viewer = make_napari_viewer(show=False)
-    a, _ = _images()
-    image = viewer.add_image(a, name="A")
-    widget = _dock(viewer, kind, models[kind][0])
-    dock = viewer.window.add_dock_widget(widget, name=kind)
-    widget.image.value = image
-    _start(widget)
-    runner = widget.jobs
-    viewer.window.remove_dock_widget(dock)
-    del widget, dock
-    qtbot.waitUntil(lambda: (QApplication.processEvents() or True) and not runner.busy, timeout=180000)
-    assert runner.closed  # the dock's jobs were shut down with it
-    assert _labels_layers(viewer) == []
-    assert [layer.name for layer in viewer.layers] == ["A"]
