@@ -14,7 +14,8 @@ architecture, not the weights):
   (a click in a random new window, the preview, Shift-C's commit), with the embedding cache's
   size and bound.
 
-The slide is ``$SEGSUITE_BENCH_SLIDE`` or ``/tmp/segsuite-large/slide40k.zarr`` (written by
+The slide's levels are opened with zarr and wrapped in dask (lazy); the labels go to an
+on-disk pyramid in a temporary folder. The slide is ``$SEGSUITE_BENCH_SLIDE`` or ``/tmp/segsuite-large/slide40k.zarr`` (written by
 ``python -m napari_segsuite.testing.large_images PATH --size 40000`` when missing: about ten
 minutes). ``python benchmarks/bench_sam_windows.py [--commits N] [--vit-commits N]`` prints the
 table; needs a display (``./dev bench sam_windows`` brings Xvfb).
@@ -252,12 +253,15 @@ def _model_rows(viewer, image, levels, name: str, path: Path, *, new_clicks: int
 
 def measure(commits: int = 200, vit_commits: int = 12, new_clicks: int = 3, cached_clicks: int = 10) -> list[dict]:
     """All rows (tiny SAM, then vit_b) in one viewer process."""
+    import dask.array as da
     import napari
 
     from napari_segsuite.demo.tiny_sam import build_tiny_sam
 
-    levels = _slide_levels()
     folder = Path(tempfile.mkdtemp(prefix="segsuite-bench-sam-windows-"))
+    # the committed labels go to an on-disk store in this run's own folder (never into the slide)
+    os.environ["NAPARI_SEGSUITE_CACHE"] = str(folder / "cache")
+    levels = [da.from_array(level, chunks=level.chunks) for level in _slide_levels()]
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1920, 1080)
     image = viewer.add_image(levels, multiscale=True, name="slide")

@@ -129,3 +129,72 @@ def test_bad_input_on_a_large_slide_gives_clear_messages(slide_viewer):
     wait_until(lambda: "over the limit" in dock.message.value, 120, "the message")
     assert not dock.preview.objects
     assert "slide [sam]" not in viewer.layers
+
+
+def test_segment_everything_on_the_field_of_view_of_a_slide(slide_viewer):
+    from napari_segsuite.core.progress import run_sync
+    from napari_segsuite.tasks.sam_automatic import automatic_job
+    from napari_segsuite.tasks.sam_session import SamSession
+    from napari_segsuite.widgets.base import FIELD_OF_VIEW
+
+    viewer, image, dock, levels, counter = slide_viewer
+    _look_at(viewer, image, (1500.0, 1500.0), zoom=8.0)  # about 480 x 270 pixels of level 0 in view
+    dock.region.value = FIELD_OF_VIEW
+    permissive = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    for name, value in permissive.items():
+        dock.everything.auto_params[name].value = value
+    counter.reset()
+    dock.everything.segment_everything()
+    dock.jobs.wait(600, "segment everything")
+    target = dock.everything.last_auto_layer
+    assert target is not None and target.name == "slide [sam auto]" and target.multiscale
+    region = target.metadata["segsuite"]["last"]["region"]
+    r0, r1, c0, c1 = region
+    assert (r1 - r0) * (c1 - c0) < 0.05 * SIZE * SIZE  # the field of view, not the plane
+    labels = np.asarray(target.data[0])
+    assert labels[r0:r1, c0:c1].any() and not labels[:r0].any() and not labels[r1:].any()
+    assert not labels[:, :c0].any() and not labels[:, c1:].any()
+    # only the region's chunks were read from level 0 (and what napari draws at zoom 8)
+    assert counter.pixels < 0.25 * SIZE * SIZE
+    # the same partition as segment everything on the region's crop, tiled at the model's input size
+    session = SamSession(dock.session.runner, device="cpu")
+    params = dock.everything.automatic_params()
+    params.tile_size, params.tile_overlap = 256, 64
+    crop = np.asarray(levels[0][r0:r1, c0:c1])
+    expected = run_sync(automatic_job(session, crop, params)).labels
+    ours = labels[r0:r1, c0:c1]
+    pairs = np.unique(np.stack([ours.ravel(), expected.ravel()]), axis=1)
+    assert len(pairs[0]) == len(np.unique(ours)) == len(np.unique(expected))  # a one-to-one relabelling
+
+
+def test_propagation_through_a_large_dask_volume_in_windows(make_napari_viewer, tiny_sam_path, tmp_path):
+    from napari_segsuite.testing.large_images import counting_dask, synthetic_volume
+
+    volume = synthetic_volume((3, 1600, 1600), chunks=(1, 512, 512))
+    data, counter = counting_dask(volume, chunks=(1, 512, 512))
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1920, 1080)
+    image = viewer.add_image(data, name="vol", scale=(2.0, 0.5, 0.5), translate=(0.0, 5.0, -5.0))
+    dock = SamPromptWidget(viewer)
+    viewer.window.add_dock_widget(dock, name="SAM")
+    dock.models.model.value = LOCAL
+    dock.models.local.value = str(tiny_sam_path)
+    dock.device.value = "cpu"
+    dock.autosave_dir.value = str(tmp_path / "autosave")
+    viewer.dims.set_point(0, 2.0)  # plane 1
+    _look_at(viewer, image, (1.0, 800.0, 800.0))
+    click(viewer, image, (1.0, 800.0, 800.0))
+    wait_until(lambda: _preview_ready(dock), 120, "the preview")
+    key(viewer, "C", ("shift",))
+    target = viewer.layers["vol [sam]"]
+    assert "on_disk" in target.metadata["segsuite"]  # a dask image: labels on disk
+    counter.reset()
+    dock.propagation.prop_floor.value = 0.0
+    dock.propagation.propagate()
+    dock.jobs.wait(300, "propagation")
+    assert "Propagated label 1 to 2 plane(s) in windows" in dock.message.value, dock.message.value
+    level0 = target.data[0] if target.multiscale else target.data
+    for z in (0, 2):
+        assert (np.asarray(level0[z]) == 1).any()
+    # only windows of planes 0 and 2 were read (chunks of 512 x 512 around them), never a whole plane
+    assert counter.pixels <= 2 * 9 * 512 * 512 and counter.largest <= 512 * 512

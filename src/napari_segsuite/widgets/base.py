@@ -63,7 +63,9 @@ class ModelPicker(Container):
     """Registry models for some tasks, or a local file/folder; with download and cache folder."""
 
     def __init__(self, tasks: tuple[str, ...], store: ModelStore, families: tuple[str, ...] | None = None):
-        super().__init__(labels=True)
+        from napari_segsuite.widgets.scaffold import form, wrapping
+
+        super().__init__(labels=False)
         self.tasks = tasks
         self.families = families
         self.store = store
@@ -72,15 +74,23 @@ class ModelPicker(Container):
         self.local_dir = PushButton(text="Use a folder instead…", visible=False)
         self.download = PushButton(text="Download", visible=False)
         self.cache = FileEdit(label="Model folder", mode="d", value=str(store.cache_dir))
-        self.status = Label(value="")
-        self.status.native.setWordWrap(True)
-        self.extend([self.model, self.local, self.local_dir, self.download, self.status, self.cache])
+        self.status = wrapping(Label(value=""))
+        # Model and Local file in the labelled column; the status line and the buttons span the width.
+        self.fields = form(self.model, self.local)
+        self.cache_fields = form(self.cache)
+        self.extend([self.fields, self.local_dir, self.status, self.download, self.cache_fields])
         self.model.changed.connect(self._update)
         self.local.changed.connect(self._update)
         self.cache.changed.connect(self._on_cache)
         self.local_dir.changed.connect(self._toggle_folder)
         self._update()
         _PICKERS.add(self)
+
+    def detach_cache(self):
+        """Take the *Model folder* field out of the picker (a dock shows it elsewhere); returns it."""
+        self.remove(self.cache_fields)
+        self.cache_fields.remove(self.cache)
+        return self.cache
 
     def _entries(self):
         seen, out = set(), []
@@ -233,11 +243,10 @@ class SegmentationWidget(Dock):
         )
         self.inputs = Container(labels=True, widgets=[self.image, self.region])
         self.inputs.margins = (0, 0, 0, 0)
-        self.models.remove(self.models.cache)
+        cache = self.models.detach_cache()
         self.body.extend([self.inputs, self.models, self.job_panel.controls, self.edit_question, self.results])
         self.options_group = self.add_group("Options", [self.task_options], collapsed=False, labels=False)
-        self.model_group = self.add_group("Model folder and device", [self.models.cache, self.device,
-                                                                      self.on_disk_mpx])
+        self.model_group = self.add_group("Model folder and device", [cache, self.device, self.on_disk_mpx])
         self.region.changed.connect(self._on_region_choice)
         self._region_run = None
         self._runner = None

@@ -3,6 +3,15 @@
 Fills ``<image> [sam auto]`` with class-agnostic masks of the current plane
 (:func:`napari_segsuite.tasks.sam_automatic.automatic_job`), with
 ``SamAutomaticMaskGenerator``'s parameters under their own names.
+
+On an image whose labels live on disk (zarr, dask, multiscale, or planes above the dock's
+size; :func:`~napari_segsuite.layers.labels_on_disk`) it runs on the dock's *Region* (the
+whole plane, the field of view or the drawn rectangle) chunk by chunk
+(:func:`~napari_segsuite.batch.regions.segment_region_job` with the ``sam-auto`` batch task:
+chunks of :data:`~napari_segsuite.batch.regions.REGION_CHUNK` pixels read alone, each
+segmented in tiles of the model's input size at full resolution, objects merged across
+chunk borders), writing into the on-disk ``<image> [sam auto]`` as the chunks come, with
+progress and Cancel (the chunks written stay).
 """
 
 from __future__ import annotations
@@ -54,10 +63,19 @@ class EverythingSection(SamSection):
 
     def segment_everything(self) -> None:
         """Class-agnostic masks for the current plane into ``<image> [sam auto]`` (in a worker)."""
+        from napari_segsuite.layers import labels_on_disk, plane_selection
         from napari_segsuite.tasks.sam_automatic import automatic_job
 
         dock = self.dock
         if dock.refuse_when_busy():
+            return
+        try:
+            image = dock.selected_image()
+            if labels_on_disk(image, int(dock.on_disk_mpx.value) * 1_000_000):
+                self.segment_region(image, plane_selection(self.viewer, image))
+                return
+        except SegSuiteError as exc:
+            dock.report(exc)
             return
         try:
             image, plane, sel = dock.job_plane()
@@ -84,5 +102,68 @@ class EverythingSection(SamSection):
             )
             self.last_auto_layer = layer
             dock.message.value = f"Segment everything: {len(result.table)} object(s) in '{layer.name}'."
+
+        dock.start_job(job, on_result, "Segment everything")
+
+    def segment_region(self, image, sel) -> None:
+        """Segment everything on the dock's region of a large plane, chunk by chunk, into on-disk labels."""
+        from pathlib import Path
+
+        import numpy as np
+
+        from napari_segsuite.batch.regions import REGION_CHUNK, segment_region_job
+        from napari_segsuite.core.label_store import UNDO_PIXELS
+        from napari_segsuite.core.regions import LazyView, Region
+        from napari_segsuite.layers import (
+            field_of_view,
+            full_resolution,
+            ondisk_labels_layer,
+            output_layer_name,
+            record_on_disk_write,
+            rectangle_region,
+        )
+        from napari_segsuite.widgets.base import FIELD_OF_VIEW, RECTANGLE
+
+        dock = self.dock
+        dock.models.spec  # noqa: B018 - raises a user-facing error when no local file is chosen
+        params = self.automatic_params()
+        kw = {k: v for k, v in params.__dict__.items() if k != "point_grids"}
+        choice = dock.region.value
+        if choice == FIELD_OF_VIEW:
+            region = field_of_view(self.viewer, image, sel)
+        elif choice == RECTANGLE:
+            region = rectangle_region(self.viewer, image, sel)
+        else:
+            region = Region.whole(sel.shape)
+        target, store, note = ondisk_labels_layer(self.viewer, image, sel, output_layer_name(image, "sam auto"),
+                                                  folder=Path(dock.store.cache_dir) / "labels")
+        lead = tuple(sel.labels_index[:-2])
+        before = store.read(lead, region) if region.size <= UNDO_PIXELS else None
+        if before is not None:
+            old = np.bincount(before.ravel().astype(np.int64))
+        else:
+            old = store.region_counts(lead, region) if sel.key in store.attrs.get("planes", {}) else None
+        view = LazyView(full_resolution(image), sel.index, region)
+        dock.jobs.abort_message = f"Cancelled; the chunks written so far stay in '{target.name}'."
+
+        def job():
+            session = yield from dock.load_session_job()
+            if not kw["tile_size"]:  # tiles of the model's input (full resolution), a quarter of it overlapping
+                kw["tile_size"] = session.prompt_model.input_size
+                kw["tile_overlap"] = min(int(kw["tile_overlap"]), kw["tile_size"] // 4)
+            offset = int(store.attrs.get("max_label", 0))
+            table = yield from segment_region_job("sam-auto", session.runner, view, store.writer(lead, region),
+                                                  params=kw, chunk=REGION_CHUNK, id_offset=offset)
+            return session, table
+
+        def on_result(value) -> None:
+            session, table = value
+            record_on_disk_write(target, store, sel, region, table, old, task="sam auto", before=before,
+                                 provenance={"model": session.runner.provenance(), "params": dict(kw),
+                                             "region_choice": choice, "source_image": image.name})
+            self.last_auto_layer = target
+            dock.message.value = (f"Segment everything: {len(table)} object(s) in rows {region.r0:,}-{region.r1:,}, "
+                                  f"columns {region.c0:,}-{region.c1:,} of '{target.name}' ({store.path})."
+                                  + (f" {note}" if note else ""))
 
         dock.start_job(job, on_result, "Segment everything")

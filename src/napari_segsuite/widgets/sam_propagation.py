@@ -59,6 +59,12 @@ class PropagationSection(SamSection):
         if dock.refuse_when_busy():
             return
         try:
+            from napari_segsuite.layers import labels_on_disk, plane_selection
+
+            image = dock.selected_image()
+            if labels_on_disk(image, int(dock.on_disk_mpx.value) * 1_000_000):
+                self.propagate_windowed(image, plane_selection(self.viewer, image))
+                return
             image, plane, sel = dock.job_plane()
             axis = self.propagation_axis(sel)
             target = dock.find_target(image, sel, create=False)
@@ -137,6 +143,94 @@ class PropagationSection(SamSection):
             failure = self.dock.commits.journal_write(self.dock.selected_image() if image is None else image,
                                                       target, full, np.concatenate(values), "propagation")
         return written, n_changed, failure
+
+
+    def propagate_windowed(self, image, sel) -> None:
+        """Propagation on a large volume: each plane's window around the previous mask, read alone.
+
+        Starts from an object committed in this session on the current plane (its region is
+        known, so nothing reads the whole plane); the masks are written region by region into
+        the target (on disk: the last region is what Undo restores).
+        """
+        from napari_segsuite.core.regions import Region
+        from napari_segsuite.layers import full_resolution, label_store_of
+        from napari_segsuite.tasks.sam_windows import PlaneView, propagate_windowed_job
+
+        dock = self.dock
+        dock.models.spec  # noqa: B018 - raises a user-facing error when no local file is chosen
+        axis = self.propagation_axis(sel)
+        target = dock.find_target(image, sel, create=False)
+        if target is None:
+            raise InputError("Commit an object first: propagation starts from a committed label.")
+        label = int(self.prop_label.value) or self.last_committed(target)
+        found = [c for c in dock.commits.committed if c.label == label and c.plane_key == sel.key and c.region]
+        if not found:
+            raise InputError(f"On a large image propagation starts from an object committed on this plane in this "
+                             f"session; label {label} is not one. Commit the object here first.")
+        idx = found[-1].region
+        rs, cs = [i for i in idx if isinstance(i, slice)]
+        data0 = target.data[0] if getattr(target, "multiscale", False) else target.data
+        start_mask = np.asarray(data0[idx]).reshape(rs.stop - rs.start, cs.stop - cs.start) == label
+        if not start_mask.any():
+            raise InputError(f"Label {label} is not on this plane; pick the object id to propagate.")
+        data = full_resolution(image)
+        n = int(data.shape[axis])
+        token = dock.plane_token(image, sel.index)[:2]
+        start = int(sel.labels_index[axis])
+        options = {"direction": self.prop_direction.value, "iou_floor": float(self.prop_floor.value),
+                   "max_planes": int(self.prop_max.value) or None}
+
+        def plane_at(z):
+            index = list(sel.index)
+            index[axis] = int(z)
+            return PlaneView(data, tuple(index))
+
+        def job():
+            session = yield from dock.load_session_job()
+            return (yield from propagate_windowed_job(session, plane_at, n, token, start,
+                                                      ((rs.start, cs.start), start_mask), **options))
+
+        def on_result(placed) -> None:
+            from napari_segsuite.layers import write_labels_at
+
+            store = label_store_of(target)
+            overwrite = bool(dock.commits.overwrite.value)
+            changed = 0
+            for z, ((r0, c0), mask) in sorted(placed.items()):
+                lead = list(sel.labels_index)
+                lead[axis] = int(z)
+                region = Region(r0, r0 + mask.shape[0], c0, c0 + mask.shape[1])
+                where = list(lead)
+                where[sel.axes[0]], where[sel.axes[1]] = region.slices
+                where = tuple(where)
+                old = (store.read(tuple(lead[:-2]), region) if store is not None
+                       else np.asarray(data0[where]).reshape(mask.shape))
+                new = old.copy()
+                new[new == label] = 0
+                new[mask & ((new == 0) | overwrite)] = label
+                if store is not None:
+                    import pandas as pd
+
+                    from napari_segsuite.core.labels import label_table
+                    from napari_segsuite.layers import PlaneSelection, record_on_disk_write
+
+                    store.write(tuple(lead[:-2]), region, new)
+                    psel = PlaneSelection((*where[:-2], slice(None), slice(None)), sel.axes, sel.shape,
+                                          sel.layer_shape)
+                    record_on_disk_write(target, store, psel, region, pd.DataFrame(label_table(new))[["label", "area"]],
+                                         np.bincount(old.ravel().astype(np.int64)), task="prompt",
+                                         provenance={"propagated": label}, before=old)
+                    changed += int((new != old).sum())
+                else:
+                    changed += write_labels_at(target, where, new.reshape(np.asarray(data0[where]).shape))
+            if changed:
+                dock.commits.record_step(target, f"propagation of label {label}")
+                dock.commits.refresh(target)
+            written = sorted(placed)
+            dock.message.value = (f"Propagated label {label} to {len(written)} plane(s) in windows"
+                                  + (f": {min(written)}…{max(written)}" if written else "") + ".")
+
+        dock.start_job(job, on_result, "Propagation")
 
 
 class _PlaneStack:
