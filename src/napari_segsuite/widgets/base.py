@@ -15,6 +15,15 @@ image is done: one Labels layer ``"<image> [<task>]"`` per image, aligned with i
 its spatial shape (an nD layer for a stack; the planes are the last two spatial axes),
 one row per label in ``features`` and the model, parameters and planes in
 ``metadata["segsuite"]``. A cancelled run changes no layer.
+
+The "Region" choice (:attr:`SegmentationWidget.region`) and large images: a field of view,
+a drawn rectangle (``"<image> [region]"``), or the whole plane of an image whose labels live
+on disk (zarr, dask or multiscale data, or planes above *Labels on disk above*) run through
+:meth:`SegmentationWidget.make_region_job`: the region of the current plane (or of every plane)
+goes through the batch task in chunks (:mod:`napari_segsuite.batch.regions`), read lazily, and
+is written into an on-disk Labels pyramid chunk by chunk (:func:`napari_segsuite.layers.ondisk_labels_layer`)
+or, for in-memory layers, into the region of the Labels layer at the end. A Cancel keeps the
+chunks already on disk (the message says so).
 """
 
 from __future__ import annotations
@@ -534,11 +543,12 @@ class SegmentationWidget(Dock):
         params = self.batch_params()
         sels = plane_selections(self.viewer, layer, self.scope.value == ALL_PLANES)
         sel0 = sels[0]
+        current = plane_selections(self.viewer, layer, False)[0]  # the region is read on the shown plane
         choice = self.region.value
         if choice == FIELD_OF_VIEW:
-            region = field_of_view(self.viewer, layer, sel0)
+            region = field_of_view(self.viewer, layer, current)
         elif choice == RECTANGLE:
-            region = rectangle_region(self.viewer, layer, sel0)
+            region = rectangle_region(self.viewer, layer, current)
         else:
             region = Region.whole(sel0.shape)
         data = full_resolution(layer)
