@@ -785,7 +785,7 @@ class SegmentationWidget(Dock):
 
     def _after_job(self, how: Outcome) -> None:
         self.models.download.enabled = True
-        if how == "aborted" and getattr(self, "_cancel_note", ""):
+        if how == Outcome.ABORTED and getattr(self, "_cancel_note", ""):
             self.message.value = self._cancel_note
         self._cancel_note = ""
         self._job_inputs = []
