@@ -7,15 +7,16 @@ height its scroll area's content asks for, option groups as they start). Then al
 opened one after the other from the Plugins menu in one viewer: the window height, the canvas
 height and whether the docks are tabified are reported.
 
-Measured 2026-12-01 on the 2-core dev VM (Xvfb 1920x1080, software OpenGL, load average ~15
-from other work), default content height in px: Semantic 517, Instance 540, Panoptic 524,
-SAM 787, Evaluate 521 (goal <= 800 each). All five opened from the Plugins menu: the window
-stays 1080 px tall, the canvas keeps its 1031 px (as with no dock), 4 of 4 later docks
-tabified with the first.
+Measured 2026-12-01 (late evening) on the 2-core dev VM (Xvfb 1920x1080, software OpenGL, load
+average ~24 from other work; heights do not depend on load), default content height in px:
+Semantic 515, Instance 675, Panoptic 522, SAM 792, Evaluate 608 (goal <= 800 each). All five
+opened from the Plugins menu: the window stays 1080 px tall, the canvas keeps its 1031 px (as
+with no dock), 4 of 4 later docks tabified with the first.
 
 ``python benchmarks/bench_docks.py --shots docs/`` also saves a screenshot of each dock at its
 default size (``docs/dock_<name>.png``) and of the window with all docks open
-(``docs/screenshot.png``).
+(``docks_all.png``). The README's ``docs/screenshot.png`` is a SAM session:
+``benchmarks/shot_sam_session.py``.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def measure(shots: str | None = None) -> dict:
     out["all"] = {"docks": len(docks), "window_px": window.height(), "canvas_px": canvas.height(),
                   "canvas_alone_px": alone, "tabified_with_first": tabified}
     if shots:
-        viewer.window._qt_window.grab().save(str(Path(shots) / "screenshot.png"))
+        viewer.window._qt_window.grab().save(str(Path(shots) / "docks_all.png"))
     viewer.close()
     return out
 
@@ -136,7 +137,7 @@ def docks(repeats: int) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     """Measure (and optionally save screenshots); print JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shots", help="folder for dock_<name>.png and screenshot.png")
+    parser.add_argument("--shots", help="folder for dock_<name>.png and docks_all.png")
     args = parser.parse_args(argv)
     print(json.dumps(measure(args.shots), indent=1))
     return 0

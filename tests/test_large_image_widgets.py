@@ -211,3 +211,28 @@ def test_whole_plane_in_chunks_cancel_keeps_written_chunks(make_napari_viewer, q
     plane = label_store_of(labels).read((), Region.whole(shape))
     assert plane.min() >= 1 and int(labels.features["area"].sum()) == plane.size
     assert "chunk 2/9" in notes[0] and "whole plane" in dock.message.value
+
+
+def test_labels_go_to_the_ome_zarr_labels_group(make_napari_viewer, qtbot, models, tmp_path):
+    write_synthetic_slide(tmp_path / "img.zarr", (2500, 2000), chunk=512, min_side=600, seed=5)
+    viewer = make_napari_viewer(show=False)
+    layer = viewer.add_image(open_slide(tmp_path / "img.zarr"), name="img", multiscale=True)
+    dock = _dock(SemanticWidget, viewer, layer, models["semantic"], region=RECTANGLE, tile_size=0)
+    viewer.layers["img [region]"].data = [np.array([[100, 200], [100, 700], [600, 700], [600, 200]], float)]
+    _run(qtbot, dock)
+    labels = viewer.layers["img [semantic]"]
+    store = label_store_of(labels)
+    assert store.path == tmp_path / "img.zarr" / "labels" / "img_semantic"
+    import json
+
+    group = json.loads((tmp_path / "img.zarr" / "labels" / "zarr.json").read_text())
+    assert group["attributes"]["ome"]["labels"] == ["img_semantic"]
+    attrs = json.loads((store.path / "zarr.json").read_text())["attributes"]
+    # corners on pixel centres 100 and 600: pixels 100..600 inclusive (napari's pixel i spans i +- 0.5)
+    assert attrs["segsuite"]["last"]["region"] == [100, 601, 200, 701]
+    assert attrs["segsuite"]["last"]["model"]["name"] and attrs["ome"]["image-label"]
+    # a new viewer re-opens the same labels from the store
+    viewer.layers.remove(labels)
+    _run(qtbot, dock)
+    again = viewer.layers["img [semantic]"]
+    assert "Re-opened" in dock.message.value and label_store_of(again).path == store.path

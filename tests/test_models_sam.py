@@ -70,3 +70,38 @@ def test_sam_runner_rejects_non_sam_state_dict_named_as_sam(tmp_path):
     torch.save({"image_encoder.foo": torch.zeros(1), "mask_decoder.bar": torch.zeros(1)}, path)
     with pytest.raises(CheckpointError, match="not a Segment Anything model"):
         load_model(path, device="cpu")
+
+
+def test_family_detection_maps_the_tensors_and_reads_legacy_files(tiny_sam_path, tmp_path, monkeypatch):
+    from napari_segsuite.models import detect
+
+    seen = []
+    real_load = torch.load
+
+    def recording_load(*args, **kwargs):
+        seen.append(bool(kwargs.get("mmap")))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    assert detect.detect_family(tiny_sam_path) == "sam"
+    assert seen == [True]  # a zip checkpoint: the keys only, its tensors memory-mapped, not read
+    legacy = tmp_path / "legacy.pth"
+    torch.save(real_load(tiny_sam_path, weights_only=True), legacy, _use_new_zipfile_serialization=False)
+    seen.clear()
+    assert detect.detect_family(legacy) == "sam"
+    assert seen == [False]  # the old format cannot be mapped: read in full
+    runner = load_model(str(legacy), "cpu")
+    assert isinstance(runner, SamRunner)
+
+
+def test_a_half_precision_checkpoint_loads_as_float32_with_its_weights(tiny_sam_path, tmp_path):
+    state = torch.load(tiny_sam_path, weights_only=True)
+    half = tmp_path / "half.pth"
+    torch.save({k: v.half() for k, v in state.items()}, half)
+    runner = load_model(str(half), "cpu")
+    loaded = runner.model.state_dict()
+    for name, value in state.items():
+        assert loaded[name].dtype == torch.float32
+        assert torch.equal(loaded[name], value.half().float()), name
+    assert runner.model.pixel_mean.flatten().tolist() == pytest.approx([123.675, 116.28, 103.53])
+    assert not any(p.is_meta for p in runner.model.parameters())

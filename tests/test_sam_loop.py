@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_segsuite.testing.canvas import annotate_objects, click, coin_centres, key, wait_until
+from napari_segsuite.testing.canvas import (
+    _process,
+    annotate_objects,
+    click,
+    coin_centres,
+    key,
+    wait_until,
+)
 from napari_segsuite.widgets.base import LOCAL
 from napari_segsuite.widgets.sam_prompt import SamPromptWidget
 
@@ -30,8 +37,10 @@ def coins_viewer(make_napari_viewer, tiny_sam_path, tmp_path):
     viewer.window._qt_window.resize(1920, 1080)
     image = viewer.add_image(data.coins(), name="coins")
     dock = _dock(viewer, tiny_sam_path, tmp_path)
-    viewer.reset_view()
     wait_until(lambda: viewer.window._qt_viewer.canvas.native.isVisible(), 10, "the canvas")
+    _process(0.3)  # the dock is shown and laid out: the canvas has its final size
+    viewer.reset_view()
+    _process(0.1)
     return viewer, image, dock
 
 
@@ -178,3 +187,25 @@ def test_committed_objects_can_be_deleted_and_reprompted(make_napari_viewer, tin
     dock.commits.delete_selected()
     assert not (target.data == shown[-1].label).any()
     assert dock.commits.undo_steps[-1].text == f"delete of label {shown[-1].label}"
+
+
+def test_the_first_click_on_a_new_plane_encodes_at_once_and_below_the_gui_priority(coins_viewer):
+    import os
+
+    from napari_segsuite.widgets.sam_prompt import DEBOUNCE_MS, job_nice
+
+    viewer, image, dock = coins_viewer
+    (r, c), = coin_centres(1)
+    click(viewer, image, (r, c))
+    # the plane is not encoded: no debounce before the encoding starts
+    assert dock.prompts._timer.interval() == 0
+    wait_until(lambda: bool(dock.preview.objects) and not dock.preview_busy, 60, "the preview")
+    job_thread = dock.jobs._job_thread.thread
+    gui = os.getpriority(os.PRIO_PROCESS, 0)  # the GUI thread keeps its priority
+    assert os.getpriority(os.PRIO_PROCESS, job_thread.native_id) == min(19, gui + job_nice())
+    assert job_nice() == 0 or gui < os.getpriority(os.PRIO_PROCESS, job_thread.native_id)
+    click(viewer, image, (r + 5, c))
+    # the plane is encoded now: prompt changes are debounced again
+    assert dock.prompts._timer.interval() == DEBOUNCE_MS
+    wait_until(lambda: len(dock.points_layer.data) == 2 and not dock.preview_busy, 60, "the second preview")
+    assert dock.session.encoder_runs == 1

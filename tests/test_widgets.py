@@ -187,3 +187,35 @@ def test_smoke_mode_writes_a_screenshot(tmp_path):
     shot = imread(png)
     assert shot.shape[0] >= 600 and shot.shape[1] >= 1000
     assert shot[..., :3].std() > 10  # not a blank window
+
+
+def test_status_spans_the_dock_and_fields_line_up(make_napari_viewer, qtbot):
+    from napari_segsuite.widgets.evaluation import EvaluationWidget
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1920, 1080)
+    viewer.add_image(np.zeros((32, 32), np.uint8), name="img")
+    sam = SamPromptWidget(viewer)
+    viewer.window.add_dock_widget(sam, name="SAM")
+    sam.models.model.value = "sam_vit_b"  # a registry model that is not downloaded: a long status
+    evaluation = EvaluationWidget(viewer)
+    viewer.window.add_dock_widget(evaluation, name="Evaluate")
+    qtbot.wait(300)
+    status, model_row = sam.models.status.native, sam.models.fields.native
+    text = status.text()
+    assert text.startswith("Not downloaded")
+    # the status line starts at the dock's left edge (not in the value column) and spans its width
+    left = model_row.mapTo(sam.native, model_row.rect().topLeft()).x()
+    assert status.mapTo(sam.native, status.rect().topLeft()).x() == left
+    assert status.width() >= 0.9 * model_row.width()
+    # its lines all fit: the height it has is the height its wrapped text needs
+    assert status.height() >= status.heightForWidth(status.width())
+    # every labelled field of the Evaluate dock (its groups opened) starts at the same x
+    for group in evaluation.groups.values():
+        group.expand()
+    qtbot.wait(200)
+    from napari_segsuite.widgets.scaffold import _labeled_rows
+
+    xs = {w.native.mapTo(evaluation.native, w.native.rect().topLeft()).x()
+          for w, _ in _labeled_rows(evaluation.body) if w.native.isVisible()}
+    assert len(xs) == 1, xs

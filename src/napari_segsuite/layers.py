@@ -16,6 +16,13 @@
   that was edited since raises :class:`LayerEditedError` ("ask"), writes over it
   ("overwrite", the default outside the widgets) or goes to a new layer ("new").
 
+- Large images: :func:`field_of_view` and :func:`rectangle_region` give the region of a
+  plane to segment; :func:`ondisk_labels_layer` makes (or re-opens) a Labels layer backed by a
+  zarr pyramid (:class:`~napari_segsuite.core.label_store.LabelStore`, OME-Zarr labels),
+  :func:`record_on_disk_write` updates its features and provenance after a region was written,
+  :func:`undo_on_disk` undoes the last bounded write, and :func:`write_region` writes a region
+  into an in-memory Labels layer.
+
 Call these on the GUI thread only.
 """
 
@@ -909,12 +916,23 @@ def _register_label_name(store_path) -> None:
         raise _write_error(exc, group) from exc
 
 
+def _lazy_levels(store) -> list:
+    """The store's levels as dask arrays for napari: napari slices a multiscale level over every
+    non-displayed axis before it picks the plane, which dask keeps lazy (a zarr array would read
+    the region of every plane)."""
+    import dask.array as da
+
+    return [da.from_array(level, chunks=level.chunks, asarray=False, fancy=False, lock=False)
+            for level in store.levels]
+
+
 def label_store_of(layer):
     """The :class:`~napari_segsuite.core.label_store.LabelStore` of an on-disk Labels layer (or None)."""
     from napari_segsuite.core.label_store import LabelStore
 
     store = _STORES.get(id(layer))
-    if store is not None and store.levels[0] is full_resolution(layer):
+    path = layer.metadata.get(METADATA_KEY, {}).get("store")
+    if store is not None and str(store.path) == str(path):
         return store
     path = layer.metadata.get(METADATA_KEY, {}).get("store")
     if not path:
@@ -970,9 +988,10 @@ def ondisk_labels_layer(viewer, image_layer, sel: PlaneSelection, name: str, *, 
         store = LabelStore.create(path, shapes, source=image_layer.name)
         if path.parent.name == "labels":
             _register_label_name(path)
-    levels = store.levels if len(store.levels) > 1 else store.levels[0]
-    layer = Labels(levels, name=name, multiscale=len(store.levels) > 1,
+    levels = _lazy_levels(store)
+    layer = Labels(levels if len(levels) > 1 else levels[0], name=name, multiscale=len(levels) > 1,
                    **aligned_layer_kwargs(image_layer, sel.channel_axis))
+    layer.editable = False  # the pixels live on disk; the docks write them, napari's brush does not
     layer.metadata = {**layer.metadata, METADATA_KEY: {
         **store.attrs.get("provenance", {}), "store": str(path), "on_disk": True, "source_image": image_layer.name}}
     if store.attrs.get("features"):

@@ -27,6 +27,11 @@ KNOWN_ENCODERS = {
 _PREFIXES = ("module.", "sam.", "model.")
 
 
+#: SAM's input normalisation (segment_anything's ``build_sam``), not stored in checkpoints
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
 def normalize_sam_state_dict(state: dict) -> dict:
     """Strip wrapper prefixes (``module.``, ``sam.``, ``model.``) so keys start with ``image_encoder.``."""
     changed = True
@@ -174,8 +179,8 @@ def build_sam(cfg: dict[str, Any]):
             iou_head_depth=cfg.get("iou_head_depth", 3),
             iou_head_hidden_dim=cfg.get("iou_head_hidden_dim", 256),
         ),
-        pixel_mean=[123.675, 116.28, 103.53],
-        pixel_std=[58.395, 57.12, 57.375],
+        pixel_mean=list(PIXEL_MEAN),
+        pixel_std=list(PIXEL_STD),
     )
 
 
@@ -189,16 +194,30 @@ def load_sam_model(path, device: str = "cpu"):
     """
     from pathlib import Path
 
+    import torch
+
     state = normalize_sam_state_dict(read_state_dict(Path(path)))
+    # float32 like the built model's parameters (half-precision fine-tunes are widened, as copying would)
+    state = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() and v.dtype != torch.float32 else v
+             for k, v in state.items()}
     cfg = infer_sam_config(state)
-    model = build_sam(cfg)
-    result = model.load_state_dict(state, strict=False)
+    # Built without memory or random initialisation (every weight comes from the file): the
+    # checkpoint's tensors become the parameters. Only the normalisation constants, which
+    # checkpoints do not hold, are made afresh.
+    with torch.device("meta"):
+        model = build_sam(cfg)
+    result = model.load_state_dict(state, strict=False, assign=True)
     unexpected = [k for k in result.unexpected_keys if not k.startswith(("pixel_mean", "pixel_std"))]
     if result.missing_keys or unexpected:
         raise CheckpointError(
             f"{Path(path).name} looks like SAM but does not fit the inferred architecture "
             f"({cfg['arch']}): missing {result.missing_keys[:3]}, unexpected {unexpected[:3]}."
         )
+    model.pixel_mean = torch.tensor(PIXEL_MEAN).view(-1, 1, 1)
+    model.pixel_std = torch.tensor(PIXEL_STD).view(-1, 1, 1)
+    on_meta = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if on_meta:
+        raise CheckpointError(f"{Path(path).name} does not hold {', '.join(on_meta[:3])}.")
     model.eval().to(device)
     return model, cfg
 

@@ -54,6 +54,7 @@ def click(viewer, layer, data_coords, *, button: str = "left", modifiers: tuple[
     for m in modifiers:
         mods |= {"ctrl": Qt.KeyboardModifier.ControlModifier, "shift": Qt.KeyboardModifier.ShiftModifier,
                  "alt": Qt.KeyboardModifier.AltModifier}[m]
+    _process()  # a user clicks on a settled window: pending resizes and draws first
     x, y = canvas_position(viewer, layer, data_coords)
     canvas = viewer.window._qt_viewer.canvas.native
     QTest.mouseMove(canvas, QPoint(x, y))
@@ -72,6 +73,7 @@ def drag(viewer, layer, start, end, *, modifiers: tuple[str, ...] = (), steps: i
     for m in modifiers:
         mods |= {"ctrl": Qt.KeyboardModifier.ControlModifier, "shift": Qt.KeyboardModifier.ShiftModifier,
                  "alt": Qt.KeyboardModifier.AltModifier}[m]
+    _process()  # pending resizes and draws first
     (x0, y0), (x1, y1) = canvas_position(viewer, layer, start), canvas_position(viewer, layer, end)
     canvas = viewer.window._qt_viewer.canvas.native
     QTest.mouseMove(canvas, QPoint(x0, y0))

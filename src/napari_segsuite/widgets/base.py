@@ -15,6 +15,15 @@ image is done: one Labels layer ``"<image> [<task>]"`` per image, aligned with i
 its spatial shape (an nD layer for a stack; the planes are the last two spatial axes),
 one row per label in ``features`` and the model, parameters and planes in
 ``metadata["segsuite"]``. A cancelled run changes no layer.
+
+The "Region" choice (:attr:`SegmentationWidget.region`) and large images: a field of view,
+a drawn rectangle (``"<image> [region]"``), or the whole plane of an image whose labels live
+on disk (zarr, dask or multiscale data, or planes above *Labels on disk above*) run through
+:meth:`SegmentationWidget.make_region_job`: the region of the current plane (or of every plane)
+goes through the batch task in chunks (:mod:`napari_segsuite.batch.regions`), read lazily, and
+is written into an on-disk Labels pyramid chunk by chunk (:func:`napari_segsuite.layers.ondisk_labels_layer`)
+or, for in-memory layers, into the region of the Labels layer at the end. A Cancel keeps the
+chunks already on disk (the message says so).
 """
 
 from __future__ import annotations
@@ -63,7 +72,9 @@ class ModelPicker(Container):
     """Registry models for some tasks, or a local file/folder; with download and cache folder."""
 
     def __init__(self, tasks: tuple[str, ...], store: ModelStore, families: tuple[str, ...] | None = None):
-        super().__init__(labels=True)
+        from napari_segsuite.widgets.scaffold import form, wrapping
+
+        super().__init__(labels=False)
         self.tasks = tasks
         self.families = families
         self.store = store
@@ -72,15 +83,23 @@ class ModelPicker(Container):
         self.local_dir = PushButton(text="Use a folder instead…", visible=False)
         self.download = PushButton(text="Download", visible=False)
         self.cache = FileEdit(label="Model folder", mode="d", value=str(store.cache_dir))
-        self.status = Label(value="")
-        self.status.native.setWordWrap(True)
-        self.extend([self.model, self.local, self.local_dir, self.download, self.status, self.cache])
+        self.status = wrapping(Label(value=""))
+        # Model and Local file in the labelled column; the status line and the buttons span the width.
+        self.fields = form(self.model, self.local)
+        self.cache_fields = form(self.cache)
+        self.extend([self.fields, self.local_dir, self.status, self.download, self.cache_fields])
         self.model.changed.connect(self._update)
         self.local.changed.connect(self._update)
         self.cache.changed.connect(self._on_cache)
         self.local_dir.changed.connect(self._toggle_folder)
         self._update()
         _PICKERS.add(self)
+
+    def detach_cache(self):
+        """Take the *Model folder* field out of the picker (a dock shows it elsewhere); returns it."""
+        self.remove(self.cache_fields)
+        self.cache_fields.remove(self.cache)
+        return self.cache
 
     def _entries(self):
         seen, out = set(), []
@@ -233,11 +252,10 @@ class SegmentationWidget(Dock):
         )
         self.inputs = Container(labels=True, widgets=[self.image, self.region])
         self.inputs.margins = (0, 0, 0, 0)
-        self.models.remove(self.models.cache)
+        cache = self.models.detach_cache()
         self.body.extend([self.inputs, self.models, self.job_panel.controls, self.edit_question, self.results])
         self.options_group = self.add_group("Options", [self.task_options], collapsed=False, labels=False)
-        self.model_group = self.add_group("Model folder and device", [self.models.cache, self.device,
-                                                                      self.on_disk_mpx])
+        self.model_group = self.add_group("Model folder and device", [cache, self.device, self.on_disk_mpx])
         self.region.changed.connect(self._on_region_choice)
         self._region_run = None
         self._runner = None
@@ -519,11 +537,12 @@ class SegmentationWidget(Dock):
         params = self.batch_params()
         sels = plane_selections(self.viewer, layer, self.scope.value == ALL_PLANES)
         sel0 = sels[0]
+        current = plane_selections(self.viewer, layer, False)[0]  # the region is read on the shown plane
         choice = self.region.value
         if choice == FIELD_OF_VIEW:
-            region = field_of_view(self.viewer, layer, sel0)
+            region = field_of_view(self.viewer, layer, current)
         elif choice == RECTANGLE:
-            region = rectangle_region(self.viewer, layer, sel0)
+            region = rectangle_region(self.viewer, layer, current)
         else:
             region = Region.whole(sel0.shape)
         data = full_resolution(layer)

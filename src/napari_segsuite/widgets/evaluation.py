@@ -198,6 +198,9 @@ class EvaluationWidget(Dock):
 
     def _update_mode_note(self, _value=None) -> None:
         mode = self.resolved_mode()
+        if self.mode.value == AUTO and self.pred_layer.value is None:
+            self.mode_note.value = "Mode: picked from the prediction's provenance and features"
+            return
         how = "from the prediction's provenance and features" if self.mode.value == AUTO else "chosen"
         self.mode_note.value = f"Mode: {mode} ({how})"
         if mode == SEMANTIC:

@@ -97,8 +97,8 @@ class CommitSection(SamSection):
         self.target_group = Group("Target and autosave", [
             self.target, self.overwrite, self.autosave_dir, self.restore_button], collapsed=True)
         self.extend([
-            row(self.commit_button, self.clear_button), row(self.undo_button, self.redo_button, self.next_id),
-            self.objects, row(self.delete_button, self.reprompt_button), self.target_group,
+            row(self.commit_button, self.clear_button, self.undo_button, self.redo_button),
+            self.objects, row(self.delete_button, self.reprompt_button, self.next_id), self.target_group,
         ])
         from napari_segsuite.widgets.sam_autosave import SamAutosave
 

@@ -51,6 +51,19 @@ from napari_segsuite.widgets.sam_propagation import PropagationSection
 __all__ = ["COLORS", "DEBOUNCE_MS", "POSITIVE", "SamPromptWidget"]
 
 _VERSIONS = itertools.count(1)
+#: CPU niceness added to the dock's job thread (model loading, encoding, segment everything,
+#: propagation); ``NAPARI_SEGSUITE_JOB_NICE`` in the environment sets another (0: none)
+JOB_NICE = 5
+
+
+def job_nice() -> int:
+    """The niceness for the dock's job thread: ``NAPARI_SEGSUITE_JOB_NICE``, else :data:`JOB_NICE`."""
+    import os
+
+    try:
+        return max(0, min(19, int(os.environ.get("NAPARI_SEGSUITE_JOB_NICE", JOB_NICE))))
+    except ValueError:
+        return JOB_NICE
 
 
 class SamPromptWidget(SegmentationWidget):
@@ -72,6 +85,9 @@ class SamPromptWidget(SegmentationWidget):
         # Progress shows in this dock's own bar: napari's activity animation would slow the encoder
         # by a third where OpenGL is software-rendered (see JobRunner.napari_progress).
         self.jobs.napari_progress = False
+        # Encoding runs below the GUI's CPU priority (the job thread and the library threads it
+        # starts): the viewer keeps drawing while the encoder takes every core the GUI leaves.
+        self.jobs.nice = job_nice()
         self.session = None
         self._session_key = None
         self._data_versions: dict[int, list] = {}

@@ -91,7 +91,7 @@ class PromptSection(SamSection):
         self.multimask = CheckBox(text="Three candidates", value=True)
         self.refine_id = SpinBox(label="Refine label", value=0, min=0, max=2**31 - 1,
                                  tooltip="0: a new object; else this label is the mask prompt and is replaced")
-        self.extend([self.hint, self.candidates, form(self.negative, self.multimask, self.refine_id)])
+        self.extend([self.hint, self.candidates, row(self.negative, self.multimask), form(self.refine_id)])
         self.points_layer = None
         self.boxes_layer = None
         self.preview_layer = None
@@ -115,7 +115,7 @@ class PromptSection(SamSection):
             button.changed.connect(lambda _=None, i=i: self.select_candidate(i))
         self.negative.changed.connect(self._sync_polarity)
         self.multimask.changed.connect(self.schedule_preview)
-        self.viewer.dims.events.current_step.connect(self.schedule_preview)
+        self.viewer.dims.events.current_step.connect(self._on_step)
 
     @property
     def preview(self):
@@ -233,14 +233,14 @@ class PromptSection(SamSection):
     def _negative_gesture(self, layer, event):
         """Before napari's add-point handler: a right click or Ctrl-click adds a negative point."""
         negative = event.button == 2 or "Control" in {getattr(m, "name", str(m)) for m in event.modifiers}
-        layer.feature_defaults = {POSITIVE: not (negative or self.negative.value)}
+        _set_default(layer, POSITIVE, not (negative or self.negative.value))
         yield
 
     @staticmethod
     def _box_gesture(layer, event):
         """Before napari's drawing handler: a box drawn with Ctrl held is a "not like this" exemplar."""
         negative = "Control" in {getattr(m, "name", str(m)) for m in event.modifiers}
-        layer.feature_defaults = {EXEMPLAR: 0 if negative else 1}
+        _set_default(layer, EXEMPLAR, 0 if negative else 1)
         yield
 
     def _on_boxes_changed(self, event=None) -> None:
@@ -289,9 +289,40 @@ class PromptSection(SamSection):
 
     # -- prompts -> preview -------------------------------------------------------------------
     def schedule_preview(self, event=None) -> None:
-        """Ask for a new preview after the prompts settle (debounced)."""
+        """Ask for a new preview after the prompts settle (debounced).
+
+        On a plane that is not encoded yet the encoding starts at once: it does not
+        depend on the prompts, and prompts added meanwhile are decoded when it ends.
+        """
         self.preview.new_prompts()
+        settled = not str(getattr(event, "action", "") or "").endswith(("ing", "ING"))  # not mid-drag
+        self._timer.setInterval(0 if settled and self._plane_needs_encoding() else DEBOUNCE_MS)
         self._timer.start()
+
+    def _on_step(self, event=None) -> None:
+        """The slider moved: a preview of the new plane's prompts after the usual debounce (no encode while scrubbing)."""
+        self.preview.new_prompts()
+        self._timer.setInterval(DEBOUNCE_MS)
+        self._timer.start()
+
+    def _plane_needs_encoding(self) -> bool:
+        """Whether the current plane of an in-memory image has no embedding yet (no job running).
+
+        Lazy (dask, zarr) images and large planes prompted in windows answer False (debounced as before).
+        """
+        dock = self.dock
+        if dock.jobs.busy or self.points_layer is None:
+            return False
+        image = dock.image.value
+        if image is None or image not in self.viewer.layers or not isinstance(full_resolution(image), np.ndarray):
+            return False
+        try:
+            sel = plane_selection(self.viewer, image)
+        except SegSuiteError:
+            return False
+        if dock.windowed_prompts(image, sel) is not None:  # a large plane: its windows are encoded per prompt
+            return False
+        return dock.cached_key(dock.plane_token(image, sel.index)) is None
 
     def gather_prompts(self):
         """Read the prompts on the current plane (GUI thread). Returns (image, plane, sel, objects).
@@ -662,6 +693,14 @@ class PromptSection(SamSection):
             self._timer.stop()
         self.prompt_thread.close(timeout=10)
         self.prefetch_thread.close(timeout=10)
+
+
+def _set_default(layer, column: str, value) -> None:
+    """Set a layer's feature default for the next shape or point, only when it differs (one DataFrame less per click)."""
+    current = layer.feature_defaults
+    if column in current.columns and len(current) and current[column].iloc[0] == value:
+        return
+    layer.feature_defaults = {column: value}
 
 
 #: a preview layer of more pixels than this is never made whole: it holds the objects' windows

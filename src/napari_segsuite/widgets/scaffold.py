@@ -201,10 +201,82 @@ def align_labels(container: Container, minimum: int = 0) -> int:
 
     measure = use_app().get_obj("get_text_width")
     rows = _labeled_rows(container)
-    width = max([minimum, *(measure(w.label) for w, _ in rows)])
+
+    try:  # the font the dock shows (the viewer's stylesheet), also for labels of collapsed groups
+        metrics = container.native.fontMetrics()
+    except RuntimeError:
+        metrics = None
+
+    def needed(w, labeled) -> int:
+        # the plain text measure can be narrower than the label as shown (its font and margins)
+        widths = [measure(w.label)]
+        try:
+            native = labeled._label_widget.native
+            widths.append(native.sizeHint().width())
+            if metrics is not None:
+                margins = native.contentsMargins()
+                widths.append(metrics.horizontalAdvance(w.label) + margins.left() + margins.right()
+                              + 2 * native.margin() + 2)
+        except (AttributeError, RuntimeError):
+            pass
+        return max(widths)
+
+    width = max([minimum, *(needed(w, labeled) for w, labeled in rows)])
     for _w, labeled in rows:
         labeled.label_width = width
     return width
+
+
+def wrapping(label: Label) -> Label:
+    """Let ``label`` wrap its text over the dock's width and keep the height its lines need.
+
+    A word-wrapped ``QLabel`` in nested layouts can be given the height of fewer lines
+    than it shows (its text is then cut at the top and bottom); its minimum height follows
+    its width and text instead. Returns ``label``.
+    """
+    from qtpy.QtCore import QEvent, QObject
+    from qtpy.QtWidgets import QSizePolicy
+
+    native = label.native
+    native.setWordWrap(True)
+    native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+
+    def fit(*_) -> None:
+        try:
+            width = native.width()
+            need = native.heightForWidth(width) if width > 0 else -1
+            if need > 0 and native.minimumHeight() != need:
+                native.setMinimumHeight(need)
+        except RuntimeError:  # deleted
+            pass
+
+    class Watch(QObject):
+        def eventFilter(self, obj, event):
+            if event.type() == QEvent.Type.Resize:
+                fit()
+            return False
+
+    watch = Watch(native)
+    native.installEventFilter(watch)
+    label.changed.connect(fit)
+    return label
+
+
+def _EventWatch(widget, kinds: tuple[str, ...], callback):
+    """Call ``callback()`` after ``widget`` receives an event of one of ``kinds`` (``QEvent.Type`` names)."""
+    from qtpy.QtCore import QEvent, QObject
+
+    types = {getattr(QEvent.Type, kind) for kind in kinds}
+
+    class Watch(QObject):
+        def eventFilter(self, obj, event):
+            if event.type() in types:
+                callback()
+            return False
+
+    watch = Watch(widget)
+    widget.installEventFilter(watch)
+    return watch
 
 
 def _LayoutWatch(widget, callback):
@@ -251,6 +323,8 @@ class Dock(Container):
         self.native.layout().addWidget(scroll)
         self.scroll_area = scroll
         self._width_watch = _LayoutWatch(self.body.native, self.fit_width)
+        # the viewer's stylesheet (its font) reaches the dock when it is shown: line the labels up again
+        self._style_watch = _EventWatch(self.native, ("Show", "StyleChange", "FontChange"), self._realign)
         self.native.setProperty(DOCK_PROPERTY, True)
         events = napari_viewer.layers.events
         for ev in (events.inserted, events.removed, events.reordered):
@@ -277,6 +351,13 @@ class Dock(Container):
         align_labels(self.body)
         self.results.visible = len(self.results) > 0
         self.fit_width()
+
+    def _realign(self) -> None:
+        try:
+            align_labels(self.body)
+            self.fit_width()
+        except RuntimeError:  # deleted
+            pass
 
     def fit_width(self) -> None:
         """Make the dock at least as wide as its content (the content never scrolls sideways)."""
@@ -349,8 +430,7 @@ class JobPanel:
         self.buttons = Container(layout="horizontal", labels=False, widgets=[self.cancel_button])
         self.buttons.margins = (0, 0, 0, 0)
         self.progress = ProgressBar(value=0, min=0, max=100, label="")
-        self.message = Label(value="")
-        self.message.native.setWordWrap(True)
+        self.message = wrapping(Label(value=""))
         self.controls = Container(labels=False, widgets=[self.buttons, self.progress, self.message])
         self.controls.margins = (0, 0, 0, 0)
         self._extra_progress = on_progress

@@ -84,6 +84,9 @@ class JobRunner:
         self.napari_progress = True
         #: set by :meth:`shutdown`: no result is written and no message shown afterwards
         self.closed = False
+        #: CPU niceness added to the job thread (and the library threads it starts), set before
+        #: the first job: long work then takes only the CPU time that the GUI leaves
+        self.nice = 0
         #: the notification of a Cancel (a job that writes as it goes says what stays)
         self.abort_message = "Cancelled; no layer was changed."
         self._job_thread = None
@@ -148,7 +151,7 @@ class JobRunner:
         from napari_segsuite.core.threads import ServiceThread
 
         if self._job_thread is None:
-            self._job_thread = ServiceThread("segsuite-job", keep="all")
+            self._job_thread = ServiceThread("segsuite-job", keep="all", nice=self.nice)
         items: queue.SimpleQueue = queue.SimpleQueue()
         stop = threading.Event()
 
