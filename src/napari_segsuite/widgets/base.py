@@ -284,11 +284,17 @@ class SegmentationWidget(Dock):
         """(model spec, device) of the current choice."""
         return self.models.spec, self.device.value
 
+    def job_model_key(self) -> tuple[str, str]:
+        """(model spec, device) for the running job: the choice at Run (read on the GUI thread),
+        so a model picked while the job runs is used by the next run, not this one."""
+        key = getattr(self, "_run_model_key", None)
+        return key if key is not None else self.model_key()
+
     def load_model_job(self) -> Generator[Progress, None, Any]:
         """Load the chosen model in the worker (cached between runs)."""
         from napari_segsuite.models.base import load_model
 
-        key = self.model_key()
+        key = self.job_model_key()
         if self._runner is not None and self._runner_key == key:
             return self._runner
         from napari_segsuite.core.threads import call_in_background
@@ -639,16 +645,50 @@ class SegmentationWidget(Dock):
                               f"({store.path}).{extra}")
 
     def run(self) -> None:
-        """Read the inputs, then run the task in a worker."""
+        """Read the inputs, then run the task in a worker.
+
+        The result is written only when every input image is still open with the pixels
+        it had at Run (:meth:`_inputs_unchanged`); otherwise it is dropped with a message
+        and no layer changes.
+        """
         try:
+            self._run_model_key = None
+            self._run_model_key = self.model_key()
             if self.uses_region():
                 job_factory, on_result = self.make_region_job()
             else:
                 job_factory, on_result = self.make_batch_job() if self.uses_batch() else self.make_job()
+            inputs = [(layer, full_resolution(layer)) for layer in
+                      (self.batch_images() if self.uses_batch() and not self.uses_region()
+                       else [self.selected_image()])]
         except SegSuiteError as exc:
             self._report(exc)
             return
-        self._start(job_factory, on_result, f"{self.task.capitalize()} segmentation")
+        self._start(job_factory, self._inputs_unchanged(inputs, on_result),
+                    f"{self.task.capitalize()} segmentation", inputs=[layer for layer, _ in inputs])
+
+    def _inputs_unchanged(self, inputs: list, on_result):
+        """``on_result`` that first checks that each ``(image layer, data at Run)`` is unchanged.
+
+        Raises :class:`InputError` (shown in the dock; nothing written) when an image was
+        removed from the viewer, or its data replaced, while the job ran.
+        """
+
+        def checked(value) -> None:
+            for layer, data in inputs:
+                if layer not in self.viewer.layers:
+                    raise InputError(
+                        f"Image '{layer.name}' was removed while the {self.task} job ran; its result was "
+                        "dropped and no layer was changed."
+                    )
+                if full_resolution(layer) is not data:
+                    raise InputError(
+                        f"Image '{layer.name}' got other pixels while the {self.task} job ran; its result was "
+                        "dropped and no layer was changed. Run again."
+                    )
+            on_result(value)
+
+        return checked
 
     def _guarded(self, on_result):
         """``on_result`` run under the "ask" edit policy: hand-edited output layers raise a question.
@@ -687,17 +727,44 @@ class SegmentationWidget(Dock):
     def _report(self, exc: BaseException) -> None:
         self.job_panel.report(exc)
 
-    def _start(self, job_factory, on_result, description: str) -> None:
+    def _start(self, job_factory, on_result, description: str, inputs=()) -> None:
+        """Run a job; removing one of the ``inputs`` (Image layers) from the viewer cancels it."""
         self.edit_question.drop()
         on_result = self._guarded(on_result)
         self.models.download.enabled = False
+        self._job_inputs = list(inputs)
+        self._cancel_note = ""
+        if not getattr(self, "_watching_removals", False):
+            self.viewer.layers.events.removed.connect(self._on_layer_removed)
+            self._watching_removals = True
         self.job_panel.start(job_factory, on_result, description)
+
+    def _on_layer_removed(self, event=None) -> None:
+        """An input of the running job left the viewer (deleted, or the viewer closing): cancel the job.
+
+        Its result could only be dropped (see :meth:`_inputs_unchanged`), and a job that goes on
+        computing slows the closing viewer down.
+        """
+        from napari.utils.notifications import show_info
+
+        layer = getattr(event, "value", None)
+        if layer is None or not self.jobs.busy or self.jobs.closed:
+            return
+        if any(layer is item for item in getattr(self, "_job_inputs", ())):
+            self._cancel_note = (f"Image '{layer.name}' was removed while the {self.task} job ran; the job was "
+                                 "cancelled and no layer was changed.")
+            self.jobs.cancel()
+            show_info(self._cancel_note)
 
     def _on_progress(self, item: Progress) -> None:
         self.job_panel.on_progress(item)
 
     def _after_job(self, how: str) -> None:
         self.models.download.enabled = True
+        if how == "aborted" and getattr(self, "_cancel_note", ""):
+            self.message.value = self._cancel_note
+        self._cancel_note = ""
+        self._job_inputs = []
         self._finish_region_run(str(how))
         self._on_done(how)
 

@@ -35,6 +35,7 @@ class DatasetImportWidget(Container):
         self.message = self.panel.message
         self.jobs = self.panel.jobs
         self.jobs.napari_progress = False
+        self.jobs.abort_message = "Cancelled; no layer was added."
         self.extend([form(self.path), self.panel.controls])
         self.last_result = None
         self.added: list = []

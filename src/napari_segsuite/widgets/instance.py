@@ -182,14 +182,18 @@ class InstanceWidget(SegmentationWidget):
 
     # -- models (worker) --------------------------------------------------------------
     def _load_detector_job(self, allow_boxes: bool):
+        from napari_segsuite.core.threads import call_in_background
         from napari_segsuite.models.base import load_model
         from napari_segsuite.tasks.instance import check_instance_model
 
-        key = self.model_key()
+        key = self.job_model_key()
         if self._runner is None or self._runner_key != key:
             yield Progress(0, None, f"Loading {Path(key[0]).name}")
             self._runner, self._runner_key = None, None
-            runner = load_model(key[0], key[1], store=self.store)
+            store = self.store
+            # loading has no yield points: on its own thread, so that Cancel and closing return at once
+            runner = yield from call_in_background(lambda: load_model(key[0], key[1], store=store),
+                                                   f"Loading {Path(key[0]).name}")
             self._runner, self._runner_key = runner, key
         check_instance_model(self._runner, allow_boxes=allow_boxes)
         return self._runner

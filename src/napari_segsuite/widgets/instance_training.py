@@ -80,6 +80,8 @@ class TrainingCurve:
         ax2.clear()
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel("training loss", fontsize=8, color="#25a")
+        ax2.yaxis.set_label_position("right")  # clear() puts a twin's label back on the left
+        ax2.yaxis.tick_right()
         ax2.set_ylabel(self.score_label, fontsize=8, color="#e62")
         ax2.set_ylim(0, 1)
         ax.tick_params(labelsize=7)
@@ -390,7 +392,7 @@ class InstanceTrainingPanel(_TrainingPanelBase):
             best = runner.training.get("best_val_ap50")
             kept = "" if best is None else f"; held-out mask AP50 {best:.3f} (epoch {runner.training['best_epoch']})"
             how = "Stopped early" if state.stopped_early else "Trained"
-            self.message.value = f"{how}: saved '{runner.name}' in {store.cache_dir / 'trained'}{kept}."
+            self.message.value = f"{how}: saved '{runner.name}' in the model folder's trained/{kept}."
             self.start_from.reset_choices()
 
         self._start(job, on_result, f"Training {family} on " + "; ".join(summary))

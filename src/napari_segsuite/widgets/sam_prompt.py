@@ -161,8 +161,9 @@ class SamPromptWidget(SegmentationWidget):
     _report = report
 
     def start_job(self, job_factory, on_result, description: str) -> None:
-        """Run a job with the dock's progress bar and Cancel."""
-        self._start(job_factory, on_result, description)
+        """Run a job with the dock's progress bar and Cancel (removing the dock's image cancels it)."""
+        image = self.image.value
+        self._start(job_factory, on_result, description, inputs=[image] if image is not None else [])
 
     def refuse_when_busy(self) -> bool:
         """True (and a message) when a job is running: one job at a time."""

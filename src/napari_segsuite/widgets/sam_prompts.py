@@ -496,6 +496,11 @@ class PromptSection(SamSection):
 
     def _render_preview(self) -> None:
         layer = self.preview_layer
+        image = self._image_for_prompts
+        if (layer is not None and layer not in self.viewer.layers and self.preview.objects
+                and image is not None and image in self.viewer.layers):
+            self.attach(image, activate=False)  # the user deleted the preview layer: it comes back
+            layer = self.preview_layer
         if layer is None or layer not in self.viewer.layers:
             return
         if self._render_windowed(layer):
