@@ -30,6 +30,7 @@ from magicgui.widgets import (
 
 from napari_segsuite.core.errors import InputError, SegSuiteError
 from napari_segsuite.core.progress import Progress
+from napari_segsuite.core.vocabulary import Family, Outcome, Task
 from napari_segsuite.models.store import ModelStore
 
 FAMILY_CHOICES = [("YOLO-seg (ultralytics)", "yolo"), ("Mask R-CNN (torchvision)", "maskrcnn")]
@@ -268,7 +269,7 @@ class _TrainingPanelBase(Container):
         if isinstance(row, dict):
             self.curve.add(row, draw=self.curve.score_key in row or int(row.get("step", 0)) % 5 == 0)
 
-    def _on_done(self, how: str) -> None:
+    def _on_done(self, how: Outcome) -> None:
         self.curve.draw()
 
     def _saved(self, runner) -> None:
@@ -321,9 +322,11 @@ class InstanceTrainingPanel(_TrainingPanelBase):
         self._refresh_layers()
 
     def _start_choices(self, _widget=None):
-        family = {"yolo": "yolo", "maskrcnn": "torchvision"}[self.family.value] if hasattr(self, "family") else None
+        from napari_segsuite.tasks.instance_training import RUNNER_FAMILY
+
+        family = RUNNER_FAMILY[self.family.value] if hasattr(self, "family") else None
         items = [("New model (from scratch)", NEW_MODEL)]
-        for card in self.store.trained_models("instance"):
+        for card in self.store.trained_models(Task.INSTANCE):
             if family is None or card.family == family:
                 items.append((f"{card.name} ({', '.join(card.class_names.values())})", f"trained/{card.name}"))
         items.append(("Checkpoint file…", LOCAL_CHECKPOINT))
@@ -362,7 +365,7 @@ class InstanceTrainingPanel(_TrainingPanelBase):
             init = self._init_model(continue_training)
             family = self.family.value
             if continue_training and self.model is not None:
-                family = "yolo" if self.model.family == "yolo" else "maskrcnn"
+                family = "yolo" if self.model.family == Family.YOLO else "maskrcnn"
             name = str(self.name.value).strip() or None
             if name is not None:  # never over an existing model: my-cells, my-cells-2, ...
                 from napari_segsuite.models.trained import unique_name
@@ -397,7 +400,7 @@ class InstanceTrainingPanel(_TrainingPanelBase):
 
         self._start(job, on_result, f"Training {family} on " + "; ".join(summary))
 
-    def _on_done(self, how: str) -> None:
+    def _on_done(self, how: Outcome) -> None:
         super()._on_done(how)
         self.continue_button.enabled = self.model is not None
 
@@ -411,7 +414,7 @@ class SamFinetunePanel(_TrainingPanelBase):
         super().__init__(napari_viewer, store, on_saved, "held-out single-point IoU", "val_iou")
         from napari_segsuite.widgets.base import ModelPicker
 
-        self.sam = ModelPicker(("prompt",), self.store, families=("sam",))
+        self.sam = ModelPicker((Task.PROMPT,), self.store, families=(Family.SAM,))
         self.steps = SpinBox(label="Steps", value=200, min=1, max=100_000)
         self.learning_rate = FloatSpinBox(label="Learning rate", value=1e-4, min=1e-6, max=1e-1, step=1e-5)
         self.name = LineEdit(label="Save as", value="")
