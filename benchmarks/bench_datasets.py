@@ -15,27 +15,7 @@ need) and ``api.import_dataset`` (every image and label image in memory at the e
 ``cpu_s`` is the CPU time of the measured part (user + system): on a shared machine it moves
 far less with the load than the wall time.
 
-Measured 2026-12-01 on the 2-core dev VM shared with five other developers, load average
-14-19 (so each process got a fraction of a core and wall times are several times what an idle
-machine gives), ``benchmarks/run.py datasets --repeats 1``, 1,000 images, 100,000 objects:
-
-====================================  =========  ======  ========  ======
-case                                  seconds    only_s  peak_mb   disk_mb
-====================================  =========  ======  ========  ======
-generate 1000 scenes (no export)       90.1                 52
-export coco                           247.7      141.1     339      241
-import coco (streamed)                 73.7                146
-import coco (api.import_dataset)       83.8               1513
-export yolo                           306.1      230.5     317      335
-import yolo (streamed)                 62.9                 97
-import yolo (api.import_dataset)       60.1               1488
-====================================  =========  ======  ========  ======
-
-Every YOLO object read back equal to its label (min polygon IoU 1.0, none below 0.95).
-Memory: the exports stay at 320-340 MB (the same with 20 images: 200-270 MB, most of it the
-libraries; COCO keeps the annotations until the JSON is written); streamed imports at
-100-150 MB; ``api.import_dataset`` holds every image and int32 label image (about 1.25 MB
-per 512 x 512 image, 1.5 GB here).
+Measured figures are in ``docs/datasets_and_training.md``.
 
 ``SEGSUITE_BENCH_SMOKE=1`` uses 20 images (to check that the benchmark runs).
 """

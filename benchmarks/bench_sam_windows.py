@@ -137,6 +137,19 @@ class Clicker:
         return self.shown[-1] - self.fired[0]
 
 
+class _Rows(list):
+    """Rows that are also printed as they come (a long run shows its progress)."""
+
+    def append(self, row):
+        print(" | ".join(str(v) for v in row.values()), flush=True)
+        super().append(row)
+
+    def __iadd__(self, rows):
+        for row in rows:
+            self.append(row)
+        return self
+
+
 def _model_rows(viewer, image, levels, name: str, path: Path, *, new_clicks: int, cached_clicks: int,
                 commits: int, rng) -> list[dict]:
     from segment_anything import SamPredictor
@@ -145,7 +158,7 @@ def _model_rows(viewer, image, levels, name: str, path: Path, *, new_clicks: int
     from napari_segsuite.widgets.base import LOCAL
     from napari_segsuite.widgets.sam_prompt import SamPromptWidget
 
-    rows = []
+    rows = _Rows()
     dock = SamPromptWidget(viewer)
     viewer.window.add_dock_widget(dock, name=f"SAM {name}")
     dock.models.model.value = LOCAL

@@ -156,3 +156,36 @@ def test_sam_auto_chunked_and_bad_parameters(sam_path, tmp_path):
     wrong = api.run_batch("sam-auto", str(lraspp), tmp_path / "big.tif", tmp_path / "o3")
     ((_, reason),) = wrong.failed
     assert "automatic" in reason
+
+
+def test_every_batch_task_checks_its_parameters_against_its_dataclass_fields():
+    from dataclasses import fields
+
+    from napari_segsuite.batch.tasks import (
+        INSTANCE_PARAMS,
+        TASKS,
+        InstanceBatchExtras,
+        SemanticBatchParams,
+        ThresholdParams,
+    )
+    from napari_segsuite.core.errors import InputError
+    from napari_segsuite.tasks.instance import InstanceParams
+    from napari_segsuite.tasks.panoptic import PanopticParams
+    from napari_segsuite.tasks.sam_automatic import AutoParams
+
+    names = lambda cls, skip=(): {f.name for f in fields(cls)} - set(skip)  # noqa: E731
+    expected = {
+        "semantic": names(SemanticBatchParams),
+        "panoptic": names(PanopticParams),
+        "instance": names(InstanceParams, ("concepts", "exemplars", "exemplar_labels")) | names(InstanceBatchExtras),
+        "sam-auto": names(AutoParams, ("point_grids",)),
+        "threshold": names(ThresholdParams),
+    }
+    assert set(INSTANCE_PARAMS) == expected["instance"]
+    assert set(TASKS) == set(expected)
+    image = np.zeros((8, 8), np.uint8)
+    for task, known in expected.items():
+        with pytest.raises(InputError, match=r"unknown parameters \['nonsense'\]") as info:
+            TASKS[task].func(image, None, nonsense=1)
+        listed = str(info.value).split("known: ", 1)[1].rstrip(".").split(", ")
+        assert set(listed) == known, task

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from napari_segsuite.core.instance_tiling import (
-    Tile,
     detections_from_arrays,
     merge_tiled,
     tile_grid,
@@ -51,7 +50,7 @@ def _reference_groups(dets, tiles, min_agreement=0.5):
             if a.tile == b.tile or a.class_id != b.class_id:
                 continue
             shared = tiles[a.tile].intersect(tiles[b.tile])
-            if shared is None or Tile(*a.window).intersect(Tile(*b.window)) is None:
+            if shared is None or a.crop.intersect(b.crop) is None:
                 continue
             ra, rb = a.region(shared), b.region(shared)
             sa, sb = int(ra.sum()), int(rb.sum())

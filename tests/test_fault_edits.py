@@ -185,3 +185,31 @@ def test_segment_everything_rerun_asks(make_napari_viewer, qtbot, tiny_sam_path,
     np.testing.assert_array_equal(layer.data, edited)
     widget.edit_question.new_button.native.click()
     np.testing.assert_array_equal(viewer.layers["img [sam auto] (new)"].data, first)
+
+
+def test_semantic_all_open_images_scope_asks_and_writes_nothing_before_the_answer(make_napari_viewer, qtbot,
+                                                                                   models, rng):
+    from napari_segsuite.widgets.semantic import SemanticWidget
+
+    viewer = make_napari_viewer(show=False)
+    viewer.add_image(_image(rng), name="one")
+    viewer.add_image(_image(rng)[::-1].copy(), name="two")
+    widget = _setup(SemanticWidget(viewer), models["segformer"])
+    widget.scope.value = "all open images"
+    _run(qtbot, widget)
+    one, two = viewer.layers["one [semantic]"], viewer.layers["two [semantic]"]
+    first_one, first_two = np.array(one.data, copy=True), np.array(two.data, copy=True)
+    _paint(two, (4, 4), 99)
+    edited_two = np.array(two.data, copy=True)
+    widget.run()
+    qtbot.waitUntil(lambda: widget.edit_question.open, timeout=60000)
+    assert "two [semantic]" in widget.edit_question.text.value
+    assert "one [semantic]" not in widget.edit_question.text.value  # not edited: not asked about
+    np.testing.assert_array_equal(two.data, edited_two)  # nothing written before the answer
+    widget.edit_question.cancel_button.native.click()
+    np.testing.assert_array_equal(two.data, edited_two)
+    assert "Not written" in widget.message.value
+    _run(qtbot, widget)
+    widget.edit_question.overwrite_button.native.click()
+    np.testing.assert_array_equal(two.data, first_two)
+    np.testing.assert_array_equal(one.data, first_one)

@@ -236,3 +236,19 @@ def test_full_disk_is_shown_and_leaves_no_partial_file(tiny_sam_path, images, tm
     assert not _leftovers(tmp_path)
     journal_dirs = list((tmp_path / "auto").glob("*.segsuite-journal"))
     assert len(journal_dirs) == 1 and len(list(journal_dirs[0].glob("*.npz"))) == 1  # the first commit
+
+
+@pytest.mark.parametrize("which", ["sam points", "sam preview"])
+def test_prompt_layer_deleted_while_the_preview_runs(setup, qtbot, which, notes):
+    viewer, _a, widget = setup
+    points, _ = widget.ensure_prompt_layers()
+    points.add([30, 30])
+    qtbot.waitUntil(lambda: widget.preview_busy, timeout=10000)  # the plane encodes, then the prompt decodes
+    viewer.layers.remove(f"A [{which}]")
+    _idle(qtbot, widget)
+    assert not any("Traceback" in n or "Error:" in n for n in notes), notes
+    assert "A [sam]" not in viewer.layers  # nothing was committed by the deletion
+    # the loop goes on: the prompt layers come back and the next object commits
+    _click_commit(qtbot, widget, 15, 20)
+    assert _ids(viewer.layers["A [sam]"]) == [1]
+    assert f"A [{which}]" in viewer.layers

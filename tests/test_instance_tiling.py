@@ -36,8 +36,8 @@ def test_tile_grid_covers_the_image_with_the_overlap():
         cover[t.slices] += 1
         assert t.r1 - t.r0 == TILE and t.c1 - t.c0 == TILE
     assert cover.min() >= 1
-    assert tile_grid((50, 40), TILE, OVERLAP) == [Tile(0, 0, 50, 40)]
-    assert tile_grid((50, 40), None) == [Tile(0, 0, 50, 40)]
+    assert tile_grid((50, 40), TILE, OVERLAP) == [Tile(slice(0, 50), slice(0, 40))]
+    assert tile_grid((50, 40), None) == [Tile(slice(0, 50), slice(0, 40))]
     with pytest.raises(api.InputError, match="overlap"):
         tile_grid((100, 100), 32, 32)
 
@@ -61,7 +61,7 @@ def test_objects_on_tile_borders_come_out_once_and_whole():
 def test_objects_of_different_classes_are_not_merged():
     a = np.zeros((1, 40, 40), bool)
     a[0, 10:20, 10:30] = True
-    tiles = [Tile(0, 0, 40, 30), Tile(0, 10, 40, 40)]
+    tiles = [Tile(slice(0, 40), slice(0, 30)), Tile(slice(0, 40), slice(10, 40))]
     d0 = detections_from_arrays(np.array([[10, 10, 20, 30]]), [0.9], [1], a[:, :, :30], tile=0)
     d1 = detections_from_arrays(np.array([[10, 0, 20, 20]]), [0.8], [2], a[:, :, 10:], offset=(0, 10), tile=1)
     assert len(merge_tiled(d0 + d1, tiles)) == 2

@@ -65,7 +65,8 @@ def test_train_in_the_dock_then_pick_the_model_and_segment(scene, qtbot, tmp_pat
     _click(panel.start_button)
     assert panel.cancel_button.enabled
     qtbot.waitUntil(lambda: not panel.busy, timeout=600_000)
-    assert f"saved 'my-cells' in {tmp_path / 'trained'}" in panel.message.value, panel.message.value
+    assert "saved 'my-cells' in the model folder's trained/" in panel.message.value, panel.message.value
+    assert (tmp_path / "trained" / "my-cells").is_dir()
     assert panel.curve.loss and len(panel.curve.score) == 2  # live loss and AP50 per epoch
     # every model picker lists it with its class names; the instance run uses it
     choices = {value: text for text, value in widget.models._choices()}

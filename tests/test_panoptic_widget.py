@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -219,3 +221,18 @@ def test_writes_the_current_plane_of_a_stack(make_napari_viewer, qtbot, tiny_pan
     np.testing.assert_array_equal(layer.data[2], expected.labels)
     assert not layer.data[[0, 1, 3]].any()
     assert "0:2" in layer.metadata["segsuite"]["planes"]
+
+
+
+def test_picking_a_model_shows_its_library_defaults(make_napari_viewer):
+    from napari_segsuite.models.hf_segmentation import Mask2FormerRunner
+
+    viewer = make_napari_viewer(show=False)
+    widget = PanopticWidget(viewer)
+    widget.threshold.value, widget.mask_threshold.value, widget.overlap.value = 0.3, 0.2, 0.1
+    widget.models.model.value = "mask2former_swin_large_coco_panoptic"
+    declared = inspect.signature(Mask2FormerRunner.predict_panoptic).parameters
+    shown = {"threshold": widget.threshold.value, "mask_threshold": widget.mask_threshold.value,
+             "overlap_mask_area_threshold": widget.overlap.value}
+    assert shown == {name: declared[name].default for name in shown} == {
+        "threshold": 0.8, "mask_threshold": 0.5, "overlap_mask_area_threshold": 0.8}

@@ -100,7 +100,7 @@ def test_point_mask_equals_sam_on_the_crop_at_full_resolution(session, reference
     np.testing.assert_array_equal(np.asarray(obj["masks"]), rmasks)
     np.testing.assert_allclose(obj["scores"], rscores, rtol=1e-6)
     # the mask lands in the plane at the window's place
-    region = Tile(0, 0, *image.shape)
+    region = Tile(slice(0, image.shape[0]), slice(0, image.shape[1]))
     (placed,) = paste_objects([obj], region)
     expected = np.zeros(image.shape, bool)
     expected[window.slices] = rmasks[obj["choice"]]

@@ -115,6 +115,25 @@ def test_a_click_on_a_large_slide_gives_a_full_resolution_mask_where_clicked(sli
     assert dock.session.encoder_runs == runs
     assert dock.preview.objects[0]["window"] == window
 
+    # prefetch: the windows nearest to the preview's are encoded in the background
+    dock.prefetch.value = True
+    dock.prompts.start_prefetch()
+    from napari_segsuite.layers import plane_selection
+
+    windows = dock.windowed_prompts(image, plane_selection(viewer, image))
+    wait_until(lambda: len(dock.prompts.prefetched) >= 8 and not dock.prefetch_thread.busy, 120, "the prefetch")
+    assert all(windows.cached_key(t) is not None for t in windows.neighbours(window, 8))
+    # a click in a prefetched window is decoded at once, no encoder run
+    dock.prefetch.value = False  # (no new prefetch around it, so every encoder run would be the click's)
+    dock.prompts.clear()  # a new object: the earlier points would make one object with it
+    runs = dock.session.encoder_runs
+    neighbour = windows.neighbours(window, 1)[0]
+    click(viewer, image, ((neighbour.r0 + neighbour.r1) / 2, (neighbour.c0 + neighbour.c1) / 2))
+    wait_until(lambda: _preview_ready(dock) and dock.preview.objects[0]["window"] != window, 60, "the preview")
+    got = dock.preview.objects[0]["window"]
+    assert got == neighbour, (got, neighbour, dock.points_layer.data[-1])
+    assert dock.session.encoder_runs == runs, (got, [windows.cached_key(t) is not None for t in windows.grid])
+
 
 def test_bad_input_on_a_large_slide_gives_clear_messages(slide_viewer):
     viewer, image, dock, _levels, _counter = slide_viewer

@@ -47,10 +47,10 @@ def test_halo_grid_cores_partition_and_windows_add_the_halo():
 
 
 def test_one_blending_window_ramps_only_where_tiles_meet():
-    t = Tile(0, 48, 64, 112)  # first row of tiles, an inner column
+    t = Tile(slice(0, 64), slice(48, 112))  # first row of tiles, an inner column
     win = tile_window(t, (150, 230), 16)
     assert win.shape == (64, 64) and win.dtype == np.float32
     np.testing.assert_allclose(win[:, 32], axis_window(0, 64, 150, 16)[:, None][:, 0])
     assert win[0, 32] == 1.0  # top edge lies on the image border: weight 1
     assert win[32, 0] < 0.1 and win[32, -1] < 0.1  # left and right edges meet other tiles
-    assert tile_grid((50, 40), None) == [Tile(0, 0, 50, 40)]
+    assert tile_grid((50, 40), None) == [Tile(slice(0, 50), slice(0, 40))]

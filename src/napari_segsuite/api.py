@@ -26,6 +26,7 @@ from napari_segsuite.core.errors import (
 )
 from napari_segsuite.core.image import percentile_normalize, prepare_rgb_float, prepare_rgb_uint8
 from napari_segsuite.core.progress import Progress, run_sync
+from napari_segsuite.core.vocabulary import LayerTask, Task
 from napari_segsuite.models.base import Runner, load_model
 from napari_segsuite.models.registry import ModelEntry, entries_for, get_entry
 from napari_segsuite.models.store import ModelSource, ModelStore, default_store
@@ -227,7 +228,7 @@ def segment_panoptic(
                   "overlap_mask_area_threshold": overlap_mask_area_threshold}
         if label_ids_to_fuse is not None:
             kwargs["label_ids_to_fuse"] = [int(i) for i in label_ids_to_fuse]
-        labels, table = _chunked("panoptic", image, runner, kwargs, out, chunk_size, progress)
+        labels, table = _chunked(Task.PANOPTIC, image, runner, kwargs, out, chunk_size, progress)
         return PanopticResult(labels, table, dict(runner.class_names), None,
                               {**kwargs, "model": runner.name, "chunk_size": int(chunk_size)})
     return run_sync(panoptic_job(model, image, params, device=device, channels_last=channels_last), progress)
@@ -364,7 +365,7 @@ def segment_semantic(
 
     image = _full_resolution(image)
     runner = load_model(model, device, store=store)
-    runner.require("semantic")
+    runner.require(Task.SEMANTIC)
     job = segment_semantic_job(
         image, runner, tile_size=tile_size, overlap=overlap, confidence=confidence,
         out=out, confidence_out=confidence_out,
@@ -408,7 +409,7 @@ def _instance_run(image, runner, sam, boxes, *, conf, iou, mask_threshold, class
     ), progress)
     result = combine_planes(results) if is_stack else results[0]
     result.provenance = {
-        "task": "instance",
+        "task": Task.INSTANCE,
         "model": runner.provenance() if runner is not None else "boxes",
         "sam": sam.runner.provenance() if sam is not None else None,
         "parameters": {k: v for k, v in asdict(params).items() if not isinstance(v, np.ndarray)},
@@ -502,11 +503,11 @@ def segment_instances(
                   "classes": None if classes is None else (classes if isinstance(classes, str) else
                                                            ",".join(str(c) for c in classes))}
         params = {k: v for k, v in params.items() if v is not None}
-        labels, table = _chunked("instance", image, runner, params, out, chunk_size, progress)
+        labels, table = _chunked(Task.INSTANCE, image, runner, params, out, chunk_size, progress)
         table = table.rename(columns={"bbox_0_min": "bbox_row0", "bbox_1_min": "bbox_col0",
                                       "bbox_0_max": "bbox_row1", "bbox_1_max": "bbox_col1"})
         result = InstanceResult(labels, table, [], "" if len(table) else "No instances found.")
-        result.provenance = {"task": "instance", "model": runner.provenance(), "parameters": params,
+        result.provenance = {"task": Task.INSTANCE, "model": runner.provenance(), "parameters": params,
                              "chunk_size": int(chunk_size)}
         return result
     return _instance_run(
@@ -770,7 +771,7 @@ def propagate(image, model, *, start_index: int, mask, device: str = "auto", pro
     start = np.asarray(mask, dtype=bool)
     return PropagationResult(
         masks, (len(image), *start.shape), int(start_index), start,
-        provenance={"task": "propagation", "model": session.runner.provenance(), "parameters": dict(options)},
+        provenance={"task": LayerTask.PROPAGATION, "model": session.runner.provenance(), "parameters": dict(options)},
     )
 
 
@@ -781,13 +782,13 @@ def export_dataset(
     images,
     labels,
     out,
+    *,
     format: str = "coco",
     class_names=None,
     label_classes=None,
     val_fraction: float = 0.2,
     overwrite: bool = False,
     progress=None,
-    *,
     names=None,
     image_format: str = "png",
 ):

@@ -28,6 +28,7 @@ import numpy as np
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.labels import LABEL_DTYPE
 from napari_segsuite.core.tiling import Tile, halo_grid
+from napari_segsuite.core.vocabulary import Task
 
 DEFAULT_CHUNK = 2048
 DEFAULT_OVERLAP = 64
@@ -102,7 +103,7 @@ def segment_chunked(
     func: Callable[[np.ndarray], tuple[np.ndarray, object]],
     out,
     *,
-    kind: str = "instance",
+    kind: Task | str = Task.INSTANCE,
     chunk: int = DEFAULT_CHUNK,
     overlap: int = DEFAULT_OVERLAP,
     merge_threshold: float = 0.5,
@@ -130,7 +131,7 @@ def segment_chunked_job(
     func: Callable[[np.ndarray], tuple[np.ndarray, object]],
     out,
     *,
-    kind: str = "instance",
+    kind: Task | str = Task.INSTANCE,
     chunk: int = DEFAULT_CHUNK,
     overlap: int = DEFAULT_OVERLAP,
     merge_threshold: float = 0.5,
@@ -192,7 +193,7 @@ def segment_chunked_job(
         labels = labels.astype(np.int64)
         table = table if table is not None else pd.DataFrame({"label": []})
         extras = table.set_index("label") if "label" in table and len(table) else None
-        if kind == "instance":
+        if kind == Task.INSTANCE:
             n = int(labels.max(initial=0))
             nz = labels != 0
             labels[nz] += next_id
@@ -226,7 +227,7 @@ def segment_chunked_job(
         done.add(tile.index)
         yield len(done), len(tiles)
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"label": []})
-    if kind == "semantic":
+    if kind == Task.SEMANTIC:
         return _aggregate(table, table["label"].to_numpy())
     # Final ids: merged parts share one id; ids renumbered 1..N in order of first part.
     roots = np.array([uf.find(int(i)) for i in table["label"]], dtype=np.int64)

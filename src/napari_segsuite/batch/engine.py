@@ -48,6 +48,7 @@ from napari_segsuite.batch.inputs import Item, expand_inputs, layout, open_item
 from napari_segsuite.core.errors import InputError, SegSuiteError
 from napari_segsuite.core.labels import LABEL_DTYPE
 from napari_segsuite.core.progress import Progress, run_sync
+from napari_segsuite.core.vocabulary import Task
 
 SIDECAR = ".done.json"
 MANIFEST = "manifest.json"
@@ -401,7 +402,7 @@ def array_job(
         rest = (slice(None),) * (len(shape) - len(lead))
         flat = [LazyView(data, tuple(int(i) for i in np.unravel_index(z, lead)) + rest) for z in range(n)]
     if unique_ids is None:
-        unique_ids = spec.kind == "instance"
+        unique_ids = spec.kind == Task.INSTANCE
     total = progress_total if progress_total is not None else n
     tables = []
     next_id = 0

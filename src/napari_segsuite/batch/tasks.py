@@ -12,8 +12,11 @@ The :class:`TaskSpec` says how the engine treats the labels when it stitches chu
   table has that column).
 
 Register a task with :func:`register_task` (a task registered under an existing name
-replaces it). A task's ``--param`` names are checked against the fields of its parameter
-dataclass (:func:`param_names`, :func:`check_params`).
+replaces it). Every task's ``--param`` names are the fields of its parameter dataclasses
+(:class:`SemanticBatchParams`, ``PanopticParams``, ``InstanceParams`` with
+:class:`ModelTiling` and :class:`InstanceBatchExtras`, ``AutoParams``,
+:class:`ThresholdParams`) and are checked against them (:func:`param_names`,
+:func:`check_params`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.labels import LABEL_DTYPE
-from napari_segsuite.core.vocabulary import Task
+from napari_segsuite.core.vocabulary import Family, Task
 from napari_segsuite.tasks.instance import InstanceParams
 
 
@@ -55,7 +58,7 @@ class TaskSpec:
 
     name: str
     func: Callable
-    kind: str = "instance"
+    kind: Task = Task.INSTANCE
     needs_model: bool = True
     model_task: str = ""
     help: str = ""
@@ -66,11 +69,11 @@ TASKS: dict[str, TaskSpec] = {}
 
 
 def register_task(
-    name: str, func: Callable, *, kind: str = "instance", needs_model: bool = True,
+    name: str, func: Callable, *, kind: Task = Task.INSTANCE, needs_model: bool = True,
     model_task: str | None = None, help: str = "", normalize: bool = True,
 ) -> TaskSpec:
     """Register (or replace) the batch task ``name``; returns its :class:`TaskSpec`."""
-    if kind not in ("semantic", "instance"):
+    if kind not in (Task.SEMANTIC, Task.INSTANCE):
         raise ValueError(f"kind must be 'semantic' or 'instance', not {kind!r}")
     spec = TaskSpec(name, func, kind, needs_model, name if model_task is None else model_task, help, normalize)
     TASKS[name] = spec
@@ -95,6 +98,65 @@ def check_params(task: str, params: dict, known) -> None:
     unknown = set(params) - set(known)
     if unknown:
         raise InputError(f"{task}: unknown parameters {sorted(unknown)}; known: {', '.join(sorted(known))}.")
+
+
+@dataclass(frozen=True)
+class ModelTiling:
+    """Tiled inference inside one plane or chunk (``--param tile_size=... overlap=...``).
+
+    Attributes
+    ----------
+    tile_size : int, optional
+        Side of the model's tiles in pixels; absent or 0: the model sees the plane (or chunk) whole.
+    overlap : int, optional
+        Pixels shared by neighbouring tiles; absent: the task's default.
+    """
+
+    tile_size: int | None = None
+    overlap: int | None = None
+
+
+@dataclass(frozen=True)
+class SemanticBatchParams(ModelTiling):
+    """The ``semantic`` task's parameters.
+
+    Attributes
+    ----------
+    background_zero : bool
+        True: label = class id (class 0 is background); False: label = class id + 1, every
+        pixel labelled, as in the widget.
+    """
+
+    background_zero: bool = True
+
+
+@dataclass(frozen=True)
+class InstanceBatchExtras(ModelTiling):
+    """What the ``instance`` task takes besides ``InstanceParams``' plain fields.
+
+    Attributes
+    ----------
+    sam : str, optional
+        A prompt model (registry name or path) whose masks replace the model's for its boxes.
+    """
+
+    sam: str | None = None
+
+
+@dataclass(frozen=True)
+class ThresholdParams:
+    """The ``threshold`` task's parameters.
+
+    Attributes
+    ----------
+    level : float, optional
+        Threshold in the image's units; absent: Otsu's threshold of the plane.
+    min_size : int
+        Components smaller than this many pixels are dropped.
+    """
+
+    level: float | None = None
+    min_size: int = 0
 
 
 def _opt(value, kind):
@@ -123,12 +185,9 @@ def semantic_task(image, runner, **params):
     """
     from napari_segsuite.core.image import prepare_rgb_uint8
 
-    known = ("background_zero", "tile_size", "overlap")
-    unknown = set(params) - set(known)
-    if unknown:
-        raise InputError(f"semantic: unknown parameters {sorted(unknown)}; known: {', '.join(known)}.")
-    background_zero = _as_bool(params.get("background_zero", True))
-    runner.require("semantic")
+    check_params(Task.SEMANTIC, params, param_names(SemanticBatchParams))
+    background_zero = _as_bool(params.get("background_zero", SemanticBatchParams.background_zero))
+    runner.require(Task.SEMANTIC)
     plane = np.asarray(image)
     if "tile_size" in params:
         from napari_segsuite.core.progress import run_sync
@@ -141,7 +200,7 @@ def semantic_task(image, runner, **params):
         plus_one = np.asarray(result.labels).astype(LABEL_DTYPE)  # class id + 1
         labels = plus_one - 1 if background_zero else plus_one
         return labels, semantic_table(labels, runner.class_names, background_zero=background_zero)
-    if runner.family != "unet":  # U-Nets normalise with their own config
+    if runner.family != Family.UNET:  # U-Nets normalise with their own config
         plane = prepare_rgb_uint8(plane)
     logits = runner.predict_semantic(plane)
     classes = np.argmax(logits, axis=0).astype(LABEL_DTYPE)
@@ -171,7 +230,7 @@ def panoptic_task(image, runner, **params):
     from napari_segsuite.tasks.panoptic import PanopticParams, panoptic_job
 
     allowed = set(param_names(PanopticParams))
-    check_params("panoptic", params, allowed)
+    check_params(Task.PANOPTIC, params, allowed)
     kwargs = {k: float(v) for k, v in params.items() if k in allowed - {"label_ids_to_fuse", "label_divisor"}}
     if "label_ids_to_fuse" in params:
         value = params["label_ids_to_fuse"]
@@ -191,7 +250,7 @@ def panoptic_task(image, runner, **params):
 #: values (concepts go through ``classes``), plus tiling and the SAM refinement
 INSTANCE_PARAMS = (
     *param_names(InstanceParams, exclude=("concepts", "exemplars", "exemplar_labels")),
-    "tile_size", "overlap", "sam",
+    *param_names(InstanceBatchExtras),
 )
 _PROMPT_RUNNERS: dict = {}
 _PROMPT_RUNNERS_LOCK = __import__("threading").Lock()
@@ -236,7 +295,7 @@ def instance_task(image, runner, **params):
         takes_concepts,
     )
 
-    check_params("instance", params, INSTANCE_PARAMS)
+    check_params(Task.INSTANCE, params, INSTANCE_PARAMS)
     p = InstanceParams(
         conf=_opt(params.get("conf"), float), iou=_opt(params.get("iou"), float),
         mask_threshold=float(params.get("mask_threshold", 0.5)),
@@ -306,14 +365,13 @@ def _as_list(value):
 def threshold_task(image, runner=None, **params):
     """Objects = connected components above a threshold (no model; cheap, for huge images).
 
-    Parameters (``--param``): ``level`` (a number in the image's units; default: Otsu's
-    threshold of the plane), ``min_size`` (pixels; smaller components are dropped).
+    Parameters (``--param``) are those of :class:`ThresholdParams`: ``level`` (a number in
+    the image's units; default: Otsu's threshold of the plane), ``min_size`` (pixels; smaller
+    components are dropped).
     """
     from scipy import ndimage
 
-    unknown = set(params) - {"level", "min_size"}
-    if unknown:
-        raise InputError(f"threshold: unknown parameters {sorted(unknown)}; known: level, min_size.")
+    check_params("threshold", params, param_names(ThresholdParams))
     plane = np.asarray(image)
     if plane.ndim == 3:
         plane = plane.mean(axis=-1)
@@ -325,7 +383,7 @@ def threshold_task(image, runner=None, **params):
         level = float(threshold_otsu(plane)) if plane.min() != plane.max() else np.inf
     labels, n = ndimage.label(plane > level)
     labels = labels.astype(LABEL_DTYPE)
-    min_size = int(params.get("min_size", 0))
+    min_size = int(params.get("min_size", ThresholdParams.min_size))
     if min_size > 1 and n:
         sizes = np.bincount(labels.ravel())
         small = sizes < min_size
@@ -349,16 +407,16 @@ def _as_bool(value) -> bool:
 
 
 register_task(
-    "semantic", semantic_task, kind=Task.SEMANTIC,
+    Task.SEMANTIC, semantic_task, kind=Task.SEMANTIC,
     help="a class per pixel (argmax of a semantic model: torchvision DeepLabV3/LRASPP/FCN, U-Net)",
 )
 register_task(
-    "panoptic", panoptic_task, kind=Task.INSTANCE,
+    Task.PANOPTIC, panoptic_task, kind=Task.INSTANCE,
     help="things and stuff segments (Mask2Former panoptic); --param threshold=0.8 ...",
 )
 register_task(
     # no model_task: the task checks its model itself (a box-only detector is fine with sam=...)
-    "instance", instance_task, kind=Task.INSTANCE, model_task="",
+    Task.INSTANCE, instance_task, kind=Task.INSTANCE, model_task="",
     help="one id per object (YOLO-seg, Mask R-CNN, Mask2Former instance, SAM 3 concepts, Grounding DINO / "
          "OWLv2 + --param sam=MODEL); --param conf=0.25 classes=cell,nucleus ...",
 )

@@ -68,11 +68,17 @@ class Detection:
         out[r0:r1, c0:c1] = True if self.mask is None else self.mask
         return out
 
+    @property
+    def crop(self) -> Tile:
+        """The mask crop (``window``) as a :class:`~napari_segsuite.core.tiling.Tile`."""
+        r0, c0, r1, c1 = self.window
+        return Tile(slice(r0, r1), slice(c0, c1))
+
     def region(self, rect: Tile) -> np.ndarray:
         """The mask's pixels inside ``rect``, as a (rect rows, rect cols) bool array."""
-        out = np.zeros((rect.r1 - rect.r0, rect.c1 - rect.c0), dtype=bool)
+        out = np.zeros(rect.shape, dtype=bool)
         r0, c0, r1, c1 = self.window
-        inter = Tile(r0, c0, r1, c1).intersect(rect)
+        inter = self.crop.intersect(rect)
         if inter is None:
             return out
         src = (
@@ -152,7 +158,7 @@ def _union(dets: list[Detection]) -> Detection:
     c0 = min(d.window[1] for d in dets)
     r1 = max(d.window[2] for d in dets)
     c1 = max(d.window[3] for d in dets)
-    rect = Tile(r0, c0, r1, c1)
+    rect = Tile(slice(r0, r1), slice(c0, c1))
     box = np.array([
         min(d.box[0] for d in dets), min(d.box[1] for d in dets),
         max(d.box[2] for d in dets), max(d.box[3] for d in dets),
@@ -219,7 +225,7 @@ def merge_tiled(detections: list[Detection], tiles: list[Tile], min_agreement: f
                 neighbours[u].append(t)
     # (tile pair, class) -> {tile: [detection indices whose window meets the shared strip]}
     buckets: dict[tuple[int, int, int], dict[int, list[int]]] = {}
-    windows = [Tile(*d.window) for d in detections]
+    windows = [d.crop for d in detections]
     for i, d in enumerate(detections):
         for u in neighbours.get(d.tile, ()):
             pair = (min(d.tile, u), max(d.tile, u))

@@ -1,8 +1,8 @@
 """Tiles: the one place that cuts an image into windows and blends what they give.
 
-- :class:`Tile`: a window ``[r0:r1, c0:c1]`` of the image (``slices``), and
-  the part of the image it owns (its *core*, ``core_slices``), for tasks that
-  keep each pixel from one tile only;
+- :class:`Tile`: a window of the image as slices (``image[tile.slices]``),
+  and the part of the image it owns (its *core*, ``core_slices``), for tasks
+  that keep each pixel from one tile only;
 - :func:`axis_starts`: the one rule for where tiles start along an axis
   (advance by ``tile - overlap``, the last tile flush with the image end);
 - :func:`tile_grid`: overlapping tiles of one size covering an image, row by
@@ -84,59 +84,88 @@ def axis_starts(length: int, tile: int, overlap: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Tile:
-    """A window ``[r0:r1, c0:c1]`` of an image and the part of the image it owns.
+    """A window of an image, as slices, and the part of the image it owns.
 
     Parameters
     ----------
-    r0, c0, r1, c1 : int
-        The window's first row and column and its ends (exclusive).
-    core : (int, int, int, int), optional
-        The part of the image this tile owns, as ``(r0, r1, c0, c1)`` (the
-        order of :attr:`slices`); the whole window when not given.
+    rows, cols : slice
+        The window: ``image[tile.slices]`` is ``image[rows, cols]`` (steps of 1,
+        ends exclusive).
+    owned : (slice, slice), optional
+        The part of the image this tile owns (its *core*), for tasks that keep
+        each pixel from one tile only; the whole window when not given.
     index : int
         Position in its grid (raster order).
 
-    Two tiles are equal when their windows are.
+    Two tiles are equal when their windows are. :attr:`r0`, :attr:`r1`,
+    :attr:`c0`, :attr:`c1` and :attr:`window` / :attr:`core` (``(r0, r1, c0,
+    c1)``, the order of the slices) give the same bounds as numbers.
     """
 
-    r0: int
-    c0: int
-    r1: int
-    c1: int
-    core_bounds: tuple[int, int, int, int] | None = field(default=None, compare=False)
+    rows: slice
+    cols: slice
+    owned: tuple[slice, slice] | None = field(default=None, compare=False)
     index: int = field(default=0, compare=False)
+
+    def __post_init__(self):
+        if not (isinstance(self.rows, slice) and isinstance(self.cols, slice)):
+            raise TypeError(f"Tile takes slices: Tile(slice(r0, r1), slice(c0, c1)), not {self.rows!r}, {self.cols!r}")
+
+    def __hash__(self) -> int:
+        return hash(self.window)
+
+    def __repr__(self) -> str:
+        return f"Tile[{self.r0}:{self.r1}, {self.c0}:{self.c1}]"
 
     @property
     def slices(self) -> tuple[slice, slice]:
         """The window as an index of a (H, W, ...) array."""
-        return slice(self.r0, self.r1), slice(self.c0, self.c1)
-
-    @property
-    def window(self) -> tuple[int, int, int, int]:
-        """The window as ``(r0, r1, c0, c1)``, the order of :attr:`slices`."""
-        return self.r0, self.r1, self.c0, self.c1
-
-    @property
-    def core(self) -> tuple[int, int, int, int]:
-        """The owned part as ``(r0, r1, c0, c1)``."""
-        return self.core_bounds if self.core_bounds is not None else self.window
+        return self.rows, self.cols
 
     @property
     def core_slices(self) -> tuple[slice, slice]:
         """The owned part as an index of the image."""
-        r0, r1, c0, c1 = self.core
-        return slice(r0, r1), slice(c0, c1)
+        return self.owned if self.owned is not None else self.slices
+
+    #: The window's first row, end row (exclusive), first column and end column.
+    r0 = property(lambda self: self.rows.start)
+    r1 = property(lambda self: self.rows.stop)
+    c0 = property(lambda self: self.cols.start)
+    c1 = property(lambda self: self.cols.stop)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Rows and columns of the window."""
+        return self.r1 - self.r0, self.c1 - self.c0
+
+    @property
+    def window(self) -> tuple[int, int, int, int]:
+        """The window's bounds ``(r0, r1, c0, c1)``, the order of :attr:`slices`."""
+        return self.r0, self.r1, self.c0, self.c1
+
+    @property
+    def core(self) -> tuple[int, int, int, int]:
+        """The owned part's bounds ``(r0, r1, c0, c1)``."""
+        rows, cols = self.core_slices
+        return rows.start, rows.stop, cols.start, cols.stop
 
     def core_in_window(self) -> tuple[slice, slice]:
         """The owned part as an index of the window's own array."""
-        r0, r1, c0, c1 = self.core
-        return slice(r0 - self.r0, r1 - self.r0), slice(c0 - self.c0, c1 - self.c0)
+        rows, cols = self.core_slices
+        return slice(rows.start - self.r0, rows.stop - self.r0), slice(cols.start - self.c0, cols.stop - self.c0)
+
+    @staticmethod
+    def bounding(tiles) -> Tile:
+        """The smallest window holding every one of ``tiles``."""
+        tiles = list(tiles)
+        return Tile(slice(min(t.r0 for t in tiles), max(t.r1 for t in tiles)),
+                    slice(min(t.c0 for t in tiles), max(t.c1 for t in tiles)))
 
     def intersect(self, other: Tile) -> Tile | None:
         """The window both tiles cover, or None."""
         r0, c0 = max(self.r0, other.r0), max(self.c0, other.c0)
         r1, c1 = min(self.r1, other.r1), min(self.c1, other.c1)
-        return Tile(r0, c0, r1, c1) if r1 > r0 and c1 > c0 else None
+        return Tile(slice(r0, r1), slice(c0, c1)) if r1 > r0 and c1 > c0 else None
 
 
 def axis_cores(starts: list[int], tile: int, length: int) -> list[tuple[float, float]]:
@@ -173,7 +202,7 @@ def tile_grid(shape: tuple[int, int], tile_size: int | None, overlap: int = 64) 
     """
     h, w = int(shape[0]), int(shape[1])
     if tile_size is None or tile_size <= 0:
-        return [Tile(0, 0, h, w)]
+        return [Tile(slice(0, h), slice(0, w))]
     tile_size, overlap = int(tile_size), int(overlap)
     if not 0 <= overlap < tile_size:
         raise InputError(f"The tile overlap ({overlap}) must be at least 0 and smaller than the tile ({tile_size}).")
@@ -182,8 +211,8 @@ def tile_grid(shape: tuple[int, int], tile_size: int | None, overlap: int = 64) 
     tiles = []
     for y, (cy0, cy1) in zip(ys, ycores, strict=True):
         for x, (cx0, cx1) in zip(xs, xcores, strict=True):
-            core = (math.ceil(cy0), math.ceil(cy1), math.ceil(cx0), math.ceil(cx1))
-            tiles.append(Tile(y, x, min(y + tile_size, h), min(x + tile_size, w), core, len(tiles)))
+            core = slice(math.ceil(cy0), math.ceil(cy1)), slice(math.ceil(cx0), math.ceil(cx1))
+            tiles.append(Tile(slice(y, min(y + tile_size, h)), slice(x, min(x + tile_size, w)), core, len(tiles)))
     return tiles
 
 
@@ -197,8 +226,8 @@ def halo_grid(shape: tuple[int, int], core: int, halo: int) -> list[Tile]:
     for r0 in range(0, h, core):
         for c0 in range(0, w, core):
             r1, c1 = min(r0 + core, h), min(c0 + core, w)
-            tiles.append(Tile(max(r0 - halo, 0), max(c0 - halo, 0), min(r1 + halo, h), min(c1 + halo, w),
-                              (r0, r1, c0, c1), len(tiles)))
+            window = slice(max(r0 - halo, 0), min(r1 + halo, h)), slice(max(c0 - halo, 0), min(c1 + halo, w))
+            tiles.append(Tile(*window, (slice(r0, r1), slice(c0, c1)), len(tiles)))
     return tiles
 
 

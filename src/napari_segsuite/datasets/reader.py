@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_segsuite.core.errors import DatasetError
+from napari_segsuite.core.vocabulary import LayerTask
 
 SUFFIXES = (".json", ".yaml", ".yml")
 
@@ -90,7 +91,7 @@ def records_layers(records: list[dict], path, fmt: str, class_names: dict[int, s
         raise DatasetError(f"{path}: the dataset lists no images.")
     path = Path(path)
     title = _title(path)
-    meta = {"task": "dataset", "format": fmt, "path": str(path), "class_names": class_names}
+    meta = {"task": LayerTask.DATASET, "format": fmt, "path": str(path), "class_names": class_names}
     if _stackable(records):
         groups = [(title, records)]
     else:

@@ -35,12 +35,29 @@ def _label_maps(num_labels: int) -> dict:
     return {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
 
 
-def _save(folder: str | os.PathLike, model, processor) -> Path:
+def save_folder(folder: str | os.PathLike, model, processor) -> Path:
+    """Write ``model`` and ``processor`` with ``save_pretrained`` into ``folder`` (created); returns it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def tiny_transformers():
+    """transformers, imported offline after the LLVM-clash guard (every builder's first step)."""
+    guard_llvm_clash()
+    from napari_segsuite.models.offline import import_transformers
+
+    return import_transformers()
+
+
+def seeded(model_class, config, seed: int):
+    """``model_class(config)`` in eval mode, its weights drawn right after ``torch.manual_seed(seed)``."""
+    import torch
+
+    torch.manual_seed(seed)
+    return model_class(config).eval()
 
 
 # -- SAM 2.1 -------------------------------------------------------------------
@@ -67,9 +84,7 @@ def tiny_sam2_config(*, video: bool = True, image_size: int = 64, hidden_size: i
     -------
     transformers.Sam2Config or transformers.Sam2VideoConfig
     """
-    from napari_segsuite.models.offline import import_transformers
-
-    t = import_transformers()
+    t = tiny_transformers()
     if image_size % 64:
         raise ValueError(f"image_size must be a multiple of 64, not {image_size}")
     s = image_size
@@ -140,27 +155,20 @@ def make_tiny_sam2(*, video: bool = True, image_size: int = 64, seed: int = 0, h
     model : transformers.Sam2VideoModel or transformers.Sam2Model
     processor : transformers.Sam2VideoProcessor or transformers.Sam2Processor
     """
-    guard_llvm_clash()
-    import torch
-
-    from napari_segsuite.models.offline import import_transformers
-
-    t = import_transformers()
+    t = tiny_transformers()
     config = tiny_sam2_config(video=video, image_size=image_size, hidden_size=hidden_size)
     size = {"height": image_size, "width": image_size}
     image_processor = t.Sam2ImageProcessor(
         size=size, mask_size={"height": image_size // 4, "width": image_size // 4}
     )
-    torch.manual_seed(seed)
+    model = seeded(t.Sam2VideoModel if video else t.Sam2Model, config, seed)
     if video:
-        model = t.Sam2VideoModel(config)
         processor = t.Sam2VideoProcessor(
             image_processor=image_processor, video_processor=t.Sam2VideoVideoProcessor(size=size)
         )
     else:
-        model = t.Sam2Model(config)
         processor = t.Sam2Processor(image_processor=image_processor)
-    return model.eval(), processor
+    return model, processor
 
 
 def build_tiny_sam2(
@@ -181,7 +189,7 @@ def build_tiny_sam2(
         ``folder``.
     """
     model, processor = make_tiny_sam2(video=video, image_size=image_size, seed=seed, hidden_size=hidden_size)
-    return _save(folder, model, processor)
+    return save_folder(folder, model, processor)
 
 
 # -- SegFormer -----------------------------------------------------------------
@@ -204,12 +212,7 @@ def make_tiny_segformer(num_labels: int = 3, *, image_size: int = 64, seed: int 
     model : transformers.SegformerForSemanticSegmentation
     processor : transformers.SegformerImageProcessor
     """
-    guard_llvm_clash()
-    import torch
-
-    from napari_segsuite.models.offline import import_transformers
-
-    t = import_transformers()
+    t = tiny_transformers()
     config = t.SegformerConfig(
         hidden_sizes=[8, 16, 32, 64],
         depths=[1, 1, 1, 1],
@@ -218,8 +221,7 @@ def make_tiny_segformer(num_labels: int = 3, *, image_size: int = 64, seed: int 
         drop_path_rate=0.0,
         **_label_maps(num_labels),
     )
-    torch.manual_seed(seed)
-    model = t.SegformerForSemanticSegmentation(config).eval()
+    model = seeded(t.SegformerForSemanticSegmentation, config, seed)
     processor = t.SegformerImageProcessor(size={"height": image_size, "width": image_size})
     return model, processor
 
@@ -242,7 +244,7 @@ def build_tiny_segformer(
         ``folder``.
     """
     model, processor = make_tiny_segformer(num_labels, image_size=image_size, seed=seed)
-    return _save(folder, model, processor)
+    return save_folder(folder, model, processor)
 
 
 # -- Mask2Former ---------------------------------------------------------------
@@ -273,15 +275,11 @@ def make_tiny_mask2former(
     model : transformers.Mask2FormerForUniversalSegmentation
     processor : transformers.Mask2FormerImageProcessor
     """
-    guard_llvm_clash()
-    import torch
-
     from napari_segsuite.models.hf_segmentation import SEGMENTATION_TASKS, TASK_KEY
-    from napari_segsuite.models.offline import import_transformers
 
     if task is not None and task not in SEGMENTATION_TASKS:
         raise ValueError(f"task must be one of {', '.join(SEGMENTATION_TASKS)} or None, not {task!r}")
-    t = import_transformers()
+    t = tiny_transformers()
     # transformers 5 builds the backbone from this config object; nothing is downloaded.
     swin = t.SwinConfig(
         image_size=image_size,
@@ -306,8 +304,7 @@ def make_tiny_mask2former(
         num_queries=5,
         **_label_maps(num_labels),
     )
-    torch.manual_seed(seed)
-    model = t.Mask2FormerForUniversalSegmentation(config).eval()
+    model = seeded(t.Mask2FormerForUniversalSegmentation, config, seed)
     extra = {TASK_KEY: task} if task is not None else {}
     processor = t.Mask2FormerImageProcessor(
         size={"shortest_edge": image_size, "longest_edge": image_size},
@@ -340,7 +337,7 @@ def build_tiny_mask2former(
         ``folder``.
     """
     model, processor = make_tiny_mask2former(task, num_labels, image_size=image_size, seed=seed)
-    return _save(folder, model, processor)
+    return save_folder(folder, model, processor)
 
 
 # -- torchvision, YOLO, U-Net (plain state dicts, ultralytics .pt, safetensors) --

@@ -39,19 +39,19 @@ if TYPE_CHECKING:
     from napari_segsuite.models.prompt import PromptModel
 
 #: family name -> "module:RunnerClass", imported only when a model is loaded.
-FAMILIES: dict[str, str] = {
-    "sam": "napari_segsuite.models.sam:SamRunner",
-    "sam2": "napari_segsuite.models.sam2:Sam2Runner",
-    "yolo": "napari_segsuite.models.yolo:YoloRunner",
-    "torchvision": "napari_segsuite.models.torchvision_models:TorchvisionRunner",
-    "segformer": "napari_segsuite.models.hf_segmentation:SegformerRunner",
-    "mask2former": "napari_segsuite.models.hf_segmentation:Mask2FormerRunner",
-    "unet": "napari_segsuite.models.unet:UnetRunner",
-    "sam3": "napari_segsuite.models.sam3:Sam3Runner",
-    "sam3_tracker": "napari_segsuite.models.sam2_family:Sam3TrackerRunner",
-    "edgetam": "napari_segsuite.models.sam2_family:EdgeTamRunner",
-    "grounding_dino": "napari_segsuite.models.open_vocab_detectors:GroundingDinoRunner",
-    "owlv2": "napari_segsuite.models.open_vocab_detectors:Owlv2Runner",
+FAMILIES: dict[Family, str] = {
+    Family.SAM: "napari_segsuite.models.sam:SamRunner",
+    Family.SAM2: "napari_segsuite.models.sam2:Sam2Runner",
+    Family.YOLO: "napari_segsuite.models.yolo:YoloRunner",
+    Family.TORCHVISION: "napari_segsuite.models.torchvision_models:TorchvisionRunner",
+    Family.SEGFORMER: "napari_segsuite.models.hf_segmentation:SegformerRunner",
+    Family.MASK2FORMER: "napari_segsuite.models.hf_segmentation:Mask2FormerRunner",
+    Family.UNET: "napari_segsuite.models.unet:UnetRunner",
+    Family.SAM3: "napari_segsuite.models.sam3:Sam3Runner",
+    Family.SAM3_TRACKER: "napari_segsuite.models.sam2_family:Sam3TrackerRunner",
+    Family.EDGETAM: "napari_segsuite.models.sam2_family:EdgeTamRunner",
+    Family.GROUNDING_DINO: "napari_segsuite.models.open_vocab_detectors:GroundingDinoRunner",
+    Family.OWLV2: "napari_segsuite.models.open_vocab_detectors:Owlv2Runner",
 }
 
 
@@ -175,10 +175,10 @@ class Runner:
 
     def provenance(self) -> dict:
         """Plain data for ``layer.metadata``: source, device, architecture."""
-        return {**self.source.provenance(), "device": self.device, "tasks": list(self.tasks), **self.info}
+        return {**self.source.provenance(), "device": self.device, "tasks": [str(t) for t in self.tasks], **self.info}
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name!r} on {self.device}, tasks={self.tasks}>"
+        return f"<{type(self).__name__} {self.name!r} on {self.device}, tasks={tuple(map(str, self.tasks))}>"
 
 
 def runner_class(family: str) -> type[Runner]:

@@ -13,23 +13,32 @@ import zipfile
 from pathlib import Path
 
 from napari_segsuite.core.errors import CheckpointError
+from napari_segsuite.core.vocabulary import Family
 
 UNET_CONFIG = "unet_config.json"
-HF_MODEL_TYPES = {
-    "segformer": "segformer",
-    "mask2former": "mask2former",
-    "sam2": "sam2",
-    "sam2_video": "sam2",
-    "sam3": "sam3",
-    "sam3_video": "sam3",
-    "sam3_tracker": "sam3_tracker",
-    "sam3_tracker_video": "sam3_tracker",
-    "edgetam": "edgetam",
-    "edgetam_video": "edgetam",
-    "grounding-dino": "grounding_dino",
-    "mm-grounding-dino": "grounding_dino",
-    "owlv2": "owlv2",
+#: transformers ``model_type`` -> (napari-segsuite family, human-readable name).
+MODEL_TYPE_NAMES: dict[str, tuple[str, str]] = {
+    "segformer": (Family.SEGFORMER, "SegFormer"),
+    "mask2former": (Family.MASK2FORMER, "Mask2Former"),
+    "sam2": (Family.SAM2, "SAM 2.1"),
+    "sam2_video": (Family.SAM2, "SAM 2.1"),
+    "sam3": (Family.SAM3, "SAM 3"),
+    "sam3_video": (Family.SAM3, "SAM 3"),
+    "sam3_tracker": (Family.SAM3_TRACKER, "SAM 3 tracker"),
+    "sam3_tracker_video": (Family.SAM3_TRACKER, "SAM 3 tracker"),
+    "edgetam": (Family.EDGETAM, "EdgeTAM"),
+    "edgetam_video": (Family.EDGETAM, "EdgeTAM"),
+    "grounding-dino": (Family.GROUNDING_DINO, "Grounding DINO"),
+    "mm-grounding-dino": (Family.GROUNDING_DINO, "MM-Grounding-DINO"),
+    "owlv2": (Family.OWLV2, "OWLv2"),
+    "maskformer": ("", "MaskFormer"),
+    "oneformer": ("", "OneFormer"),
+    "sam": ("", "SAM (transformers)"),
+    "upernet": ("", "UperNet"),
+    "dpt": ("", "DPT"),
 }
+#: transformers ``model_type`` -> the family that loads it.
+HF_MODEL_TYPES = {model_type: family for model_type, (family, _) in MODEL_TYPE_NAMES.items() if family}
 
 
 def detect_family(path: Path) -> str:
@@ -44,7 +53,7 @@ def detect_family(path: Path) -> str:
     if path.is_dir():
         return _detect_folder(path)
     if path.suffix == ".safetensors" and (path.parent / UNET_CONFIG).is_file():
-        return "unet"
+        return Family.UNET
     if path.suffix in {".yaml", ".yml", ".json"}:
         raise CheckpointError(
             f"{path.name} is a configuration file, not a checkpoint. Pick the weights file or the model folder."
@@ -54,7 +63,7 @@ def detect_family(path: Path) -> str:
 
 def _detect_folder(path: Path) -> str:
     if (path / UNET_CONFIG).is_file():
-        return "unet"
+        return Family.UNET
     config = path / "config.json"
     if not config.is_file():
         raise CheckpointError(
@@ -140,11 +149,11 @@ def family_from_state_dict(keys) -> str | None:
         return any(k.startswith(part) or f".{part}" in k for k in keys)
 
     if has("image_encoder.") and has("mask_decoder."):
-        return "sam"
+        return Family.SAM
     if any(k.startswith("roi_heads.") for k in keys) or any(k.startswith("backbone.body.") for k in keys):
-        return "torchvision"
+        return Family.TORCHVISION
     if any(k.startswith("backbone.") for k in keys) and any(k.startswith("classifier.") for k in keys):
-        return "torchvision"
+        return Family.TORCHVISION
     return None
 
 
@@ -152,7 +161,7 @@ def _detect_file(path: Path) -> str:
     if not path.is_file():
         raise CheckpointError(f"{path} is not a file.")
     if _looks_like_ultralytics(path):
-        return "yolo"
+        return Family.YOLO
     state = read_state_dict(path, mapped=True)  # the keys are enough: no tensor is read
     family = family_from_state_dict(state.keys())
     if family is None:

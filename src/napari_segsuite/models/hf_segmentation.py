@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from napari_segsuite.core.errors import CheckpointError, SegSuiteError
-from napari_segsuite.core.vocabulary import Family
+from napari_segsuite.core.vocabulary import Family, Task
 from napari_segsuite.models.base import Runner
+from napari_segsuite.models.detect import MODEL_TYPE_NAMES
 from napari_segsuite.models.offline import import_transformers
 from napari_segsuite.models.store import WEIGHT_FILES, ModelSource
 
@@ -41,29 +42,8 @@ TASK_KEY = "segsuite_task"
 #: Files in which ``save_pretrained`` writes a processor's configuration.
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 #: The tasks a Mask2Former checkpoint can be trained for.
-SEGMENTATION_TASKS = ("semantic", "instance", "panoptic")
+SEGMENTATION_TASKS = (Task.SEMANTIC, Task.INSTANCE, Task.PANOPTIC)
 
-#: transformers ``model_type`` -> (napari-segsuite family, human-readable name).
-MODEL_TYPE_NAMES: dict[str, tuple[str, str]] = {
-    "segformer": ("segformer", "SegFormer"),
-    "mask2former": ("mask2former", "Mask2Former"),
-    "sam2": ("sam2", "SAM 2.1"),
-    "sam2_video": ("sam2", "SAM 2.1"),
-    "sam3": ("sam3", "SAM 3"),
-    "sam3_video": ("sam3", "SAM 3"),
-    "sam3_tracker": ("sam3_tracker", "SAM 3 tracker"),
-    "sam3_tracker_video": ("sam3_tracker", "SAM 3 tracker"),
-    "edgetam": ("edgetam", "EdgeTAM"),
-    "edgetam_video": ("edgetam", "EdgeTAM"),
-    "grounding-dino": ("grounding_dino", "Grounding DINO"),
-    "mm-grounding-dino": ("grounding_dino", "MM-Grounding-DINO"),
-    "owlv2": ("owlv2", "OWLv2"),
-    "maskformer": ("", "MaskFormer"),
-    "oneformer": ("", "OneFormer"),
-    "sam": ("", "SAM (transformers)"),
-    "upernet": ("", "UperNet"),
-    "dpt": ("", "DPT"),
-}
 
 
 @dataclass
@@ -96,6 +76,26 @@ class HFFolder:
     processor_note: str
     processor_from_folder: bool
     notes: list[str] = field(default_factory=list)
+    model_class: str = ""
+
+    def info(self, *, note: str = "", **details) -> dict:
+        """Provenance of the loaded folder: the model class, ``model_type``, ``details``,
+        then the input size, parameter count, dtype and where the processor came from
+        (``note`` appended)."""
+        return {
+            "architecture": self.model_class,
+            "model_type": self.raw_config.get("model_type"),
+            **details,
+            "input_size": processor_input_size(self.processor),
+            "num_parameters": count_parameters(self.model),
+            "dtype": "float32",
+            "processor": self.processor_note + (f"; {note}" if note else ""),
+        }
+
+    def runner(self, cls, source, device: str, tasks, info: dict, class_names: dict | None = None):
+        """``cls`` (a :class:`~napari_segsuite.models.base.Runner`) around this model and processor."""
+        return cls(self.model, source, device, tasks, class_names=class_names or {}, processor=self.processor,
+                   info=info)
 
 
 @contextlib.contextmanager
@@ -327,8 +327,46 @@ def load_hf_folder(
         from_folder = False
     return HFFolder(
         model=model, processor=processor, config=config, raw_config=raw,
-        processor_note=note, processor_from_folder=from_folder,
+        processor_note=note, processor_from_folder=from_folder, model_class=model_class,
     )
+
+
+class HfFolderRunner(Runner):
+    """A runner of a transformers ``save_pretrained`` folder, described by its class attributes.
+
+    :meth:`load_folder` loads the folder with :func:`load_hf_folder`: a family
+    names its transformers classes (:attr:`MODEL_CLASS`, :attr:`CONFIG_CLASS`,
+    :attr:`PROCESSOR_CLASS`), the ``model_type`` values it accepts, a title for
+    messages, a hint for folders without its head, and how to build a processor
+    when the folder has none (:attr:`default_processor`); a family whose
+    processor holds a tokenizer sets :attr:`NEEDS_PROCESSOR_FILES` instead.
+    """
+
+    MODEL_CLASS = ""
+    CONFIG_CLASS = ""
+    PROCESSOR_CLASS = ""
+    MODEL_TYPES: tuple[str, ...] = ()
+    TITLE = ""
+    HINT = ""
+    NEEDS_PROCESSOR_FILES = False
+    #: ``default_processor(config)``, for folders without a processor configuration.
+    default_processor: Callable[[Any], Any] | None = None
+
+    @classmethod
+    def load_folder(cls, source: ModelSource, device: str, **classes) -> HFFolder:
+        """Load ``source`` as this family (``classes`` override ``model_class`` ... for variants)."""
+        if cls.NEEDS_PROCESSOR_FILES:
+            from napari_segsuite.models.open_vocab_common import check_processor_files
+
+            check_processor_files(source.path, cls.TITLE)
+
+        def no_default(config):  # the folder check above makes this unreachable
+            raise CheckpointError(f"{cls.TITLE} needs the processor and tokenizer files of its folder.")
+
+        spec = {"model_class": cls.MODEL_CLASS, "config_class": cls.CONFIG_CLASS,
+                "processor_class": cls.PROCESSOR_CLASS, "model_types": cls.MODEL_TYPES, **classes}
+        return load_hf_folder(source, device, title=cls.TITLE, architectures_hint=cls.HINT,
+                              default_processor=cls.default_processor or no_default, **spec)
 
 
 def class_names_from_config(config) -> dict[int, str]:
@@ -384,7 +422,7 @@ def hf_semantic_scores(runner: Runner, image_rgb_uint8) -> Any:
     inputs = {k: v.to(runner.device) for k, v in inputs.items() if k in ("pixel_values", "pixel_mask")}
     with torch.inference_mode():
         outputs = runner.model(**inputs)
-        if runner.family == "segformer":
+        if runner.family == Family.SEGFORMER:
             # The very operation of SegformerImageProcessor.post_process_semantic_segmentation,
             # without its argmax (tests check the equality).
             scores = torch.nn.functional.interpolate(
@@ -404,47 +442,35 @@ def _default_segformer_processor(config):
     return import_transformers().SegformerImageProcessor()
 
 
-class SegformerRunner(Runner):
+class SegformerRunner(HfFolderRunner):
     """SegFormer semantic segmentation (``SegformerForSemanticSegmentation``)."""
 
     family = Family.SEGFORMER
+    MODEL_CLASS = "SegformerForSemanticSegmentation"
+    CONFIG_CLASS = "SegformerConfig"
+    PROCESSOR_CLASS = "SegformerImageProcessor"
+    MODEL_TYPES = ("segformer",)
+    TITLE = "SegFormer"
+    HINT = (
+        " A SegFormer backbone or image classifier (nvidia/mit-b0 and similar) has no "
+        "segmentation head: pick a checkpoint fine-tuned for segmentation "
+        "(nvidia/segformer-b0-finetuned-ade-512-512 and similar)."
+    )
+    default_processor = staticmethod(_default_segformer_processor)
 
     @classmethod
     def _load(cls, source: ModelSource, device: str) -> SegformerRunner:
-        loaded = load_hf_folder(
-            source, device,
-            model_class="SegformerForSemanticSegmentation",
-            config_class="SegformerConfig",
-            processor_class="SegformerImageProcessor",
-            model_types=("segformer",),
-            title="SegFormer",
-            default_processor=_default_segformer_processor,
-            architectures_hint=(
-                " A SegFormer backbone or image classifier (nvidia/mit-b0 and similar) has no "
-                "segmentation head: pick a checkpoint fine-tuned for segmentation "
-                "(nvidia/segformer-b0-finetuned-ade-512-512 and similar)."
-            ),
-        )
+        loaded = cls.load_folder(source, device)
         config = loaded.config
-        info = {
-            "architecture": "SegformerForSemanticSegmentation",
-            "model_type": loaded.raw_config.get("model_type"),
-            "hidden_sizes": _as_list(config.hidden_sizes),
-            "depths": _as_list(config.depths),
-            "num_attention_heads": _as_list(config.num_attention_heads),
-            "sr_ratios": _as_list(config.sr_ratios),
-            "decoder_hidden_size": int(config.decoder_hidden_size),
-            "num_labels": int(config.num_labels),
-            "input_size": processor_input_size(loaded.processor),
-            "num_parameters": count_parameters(loaded.model),
-            "dtype": "float32",
-            "processor": loaded.processor_note,
-        }
-        return cls(
-            loaded.model, source, device, ("semantic",),
-            class_names=class_names_from_config(config), processor=loaded.processor, info=info,
+        info = loaded.info(
+            hidden_sizes=_as_list(config.hidden_sizes),
+            depths=_as_list(config.depths),
+            num_attention_heads=_as_list(config.num_attention_heads),
+            sr_ratios=_as_list(config.sr_ratios),
+            decoder_hidden_size=int(config.decoder_hidden_size),
+            num_labels=int(config.num_labels),
         )
-
+        return loaded.runner(cls, source, device, (Task.SEMANTIC,), info, class_names_from_config(config))
 
     def predict_semantic(self, image_rgb_uint8) -> Any:
         """Per-class logits (C, H, W) float32 of one image at its own size.
@@ -539,58 +565,48 @@ def mask2former_tasks(
     return SEGMENTATION_TASKS, "unknown (nothing in the folder names the task)"
 
 
-class Mask2FormerRunner(Runner):
+class Mask2FormerRunner(HfFolderRunner):
     """Mask2Former universal segmentation (``Mask2FormerForUniversalSegmentation``).
 
     The tasks come from the checkpoint (see :func:`mask2former_tasks`).
     """
 
     family = Family.MASK2FORMER
+    MODEL_CLASS = "Mask2FormerForUniversalSegmentation"
+    CONFIG_CLASS = "Mask2FormerConfig"
+    PROCESSOR_CLASS = "Mask2FormerImageProcessor"
+    MODEL_TYPES = ("mask2former",)
+    TITLE = "Mask2Former"
+    HINT = (
+        " Pick a Mask2Former checkpoint with its segmentation heads "
+        "(facebook/mask2former-swin-tiny-coco-instance and similar)."
+    )
+    default_processor = staticmethod(_default_mask2former_processor)
     #: What :meth:`predict_semantic` returns: non-negative class scores, not logits.
     semantic_output = "scores"
 
     @classmethod
     def _load(cls, source: ModelSource, device: str) -> Mask2FormerRunner:
-        loaded = load_hf_folder(
-            source, device,
-            model_class="Mask2FormerForUniversalSegmentation",
-            config_class="Mask2FormerConfig",
-            processor_class="Mask2FormerImageProcessor",
-            model_types=("mask2former",),
-            title="Mask2Former",
-            default_processor=_default_mask2former_processor,
-            architectures_hint=(
-                " Pick a Mask2Former checkpoint with its segmentation heads "
-                "(facebook/mask2former-swin-tiny-coco-instance and similar)."
-            ),
-        )
+        loaded = cls.load_folder(source, device)
         config = loaded.config
         size_note = _complete_mask2former_size(loaded.processor)
         tasks, how = mask2former_tasks(source, loaded.raw_config, loaded.processor)
         backbone = config.backbone_config
-        info = {
-            "architecture": "Mask2FormerForUniversalSegmentation",
-            "model_type": loaded.raw_config.get("model_type"),
-            "task_source": how,
-            "backbone": getattr(backbone, "model_type", None),
-            "backbone_embed_dim": getattr(backbone, "embed_dim", None),
-            "backbone_depths": _as_list(getattr(backbone, "depths", None)),
-            "backbone_num_heads": _as_list(getattr(backbone, "num_heads", None)),
-            "hidden_dim": int(config.hidden_dim),
-            "mask_feature_size": int(config.mask_feature_size),
-            "num_queries": int(config.num_queries),
-            "encoder_layers": int(config.encoder_layers),
-            "decoder_layers": int(config.decoder_layers),
-            "num_labels": int(config.num_labels),
-            "input_size": processor_input_size(loaded.processor),
-            "num_parameters": count_parameters(loaded.model),
-            "dtype": "float32",
-            "processor": loaded.processor_note + (f"; {size_note}" if size_note else ""),
-        }
-        return cls(
-            loaded.model, source, device, tasks,
-            class_names=class_names_from_config(config), processor=loaded.processor, info=info,
+        info = loaded.info(
+            note=size_note,
+            task_source=how,
+            backbone=getattr(backbone, "model_type", None),
+            backbone_embed_dim=getattr(backbone, "embed_dim", None),
+            backbone_depths=_as_list(getattr(backbone, "depths", None)),
+            backbone_num_heads=_as_list(getattr(backbone, "num_heads", None)),
+            hidden_dim=int(config.hidden_dim),
+            mask_feature_size=int(config.mask_feature_size),
+            num_queries=int(config.num_queries),
+            encoder_layers=int(config.encoder_layers),
+            decoder_layers=int(config.decoder_layers),
+            num_labels=int(config.num_labels),
         )
+        return loaded.runner(cls, source, device, tasks, info, class_names_from_config(config))
 
     # -- panoptic ---------------------------------------------------------
 
@@ -627,7 +643,7 @@ class Mask2FormerRunner(Runner):
         import numpy as np
         import torch
 
-        self.require("panoptic")
+        self.require(Task.PANOPTIC)
         image = np.ascontiguousarray(image_rgb_uint8)
         height, width = image.shape[:2]
         inputs = self.processor(images=image, return_tensors="pt")
@@ -668,7 +684,7 @@ class Mask2FormerRunner(Runner):
         summed over queries (non-negative, not logits; ``semantic_output`` says
         so). See :func:`hf_semantic_scores`.
         """
-        if "semantic" not in self.tasks:
+        if Task.SEMANTIC not in self.tasks:
             raise NotImplementedError(
                 f"{self.name} is a Mask2Former {'/'.join(self.tasks)} checkpoint, not a semantic one."
             )
@@ -709,7 +725,7 @@ class Mask2FormerRunner(Runner):
         from napari_segsuite.core.image import prepare_rgb_uint8
         from napari_segsuite.models.prediction import InstancePrediction
 
-        if "instance" not in self.tasks:
+        if Task.INSTANCE not in self.tasks:
             raise NotImplementedError(
                 f"'{self.name}' is a Mask2Former {'/'.join(self.tasks)} checkpoint, not an instance one."
             )

@@ -2,7 +2,7 @@
 
 They find boxes for objects named in words; masks come from a prompt model
 (SAM, SAM 2.1, ...) fed with those boxes (``api.detect_then_segment``).
-Both runners are detection models (``tasks = ("detection",)``) whose
+Both runners are detection models (``tasks = (Task.DETECTION,)``) whose
 ``predict_instances`` takes ``concepts``: one class per concept, in order.
 
 - Grounding DINO: the concepts are joined into one caption (``"cell. nucleus."``,
@@ -22,23 +22,16 @@ from __future__ import annotations
 import numpy as np
 
 from napari_segsuite.core.errors import InputError
-from napari_segsuite.core.vocabulary import Family
-from napari_segsuite.models.base import Runner
+from napari_segsuite.core.vocabulary import Family, Task
 from napari_segsuite.models.hf_segmentation import (
-    count_parameters,
-    load_hf_folder,
-    processor_input_size,
+    HfFolderRunner,
 )
-from napari_segsuite.models.open_vocab_common import check_concepts, check_processor_files
+from napari_segsuite.models.open_vocab_common import check_concepts
 from napari_segsuite.models.store import ModelSource
 
 GROUNDING_DINO_TYPES = {"grounding-dino": "GroundingDinoForObjectDetection",
                         "mm-grounding-dino": "MMGroundingDinoForObjectDetection"}
 GROUNDING_DINO_CONFIGS = {"grounding-dino": "GroundingDinoConfig", "mm-grounding-dino": "MMGroundingDinoConfig"}
-
-
-def _no_default_processor(config):  # the folder check makes this unreachable
-    raise InputError("This detector needs the processor and tokenizer files of its folder.")
 
 
 def _need_concepts(concepts, title: str) -> list[str]:
@@ -64,11 +57,14 @@ def _keep(boxes, scores, ids, shape, max_det):
     return pred
 
 
-class GroundingDinoRunner(Runner):
+class GroundingDinoRunner(HfFolderRunner):
     """Grounding DINO / MM-Grounding-DINO boxes for concepts in words."""
 
     family = Family.GROUNDING_DINO
-    TASKS = ("detection",)
+    TASKS = (Task.DETECTION,)
+    PROCESSOR_CLASS = "GroundingDinoProcessor"
+    TITLE = "Grounding DINO"
+    NEEDS_PROCESSOR_FILES = True
     takes_concepts = True
     takes_exemplars = False
 
@@ -78,28 +74,16 @@ class GroundingDinoRunner(Runner):
 
         raw = read_hf_config(source.path, model_types=GROUNDING_DINO_TYPES, title="Grounding DINO")
         model_type = raw["model_type"]
-        check_processor_files(source.path, "Grounding DINO")
-        loaded = load_hf_folder(
-            source, device,
-            model_class=GROUNDING_DINO_TYPES[model_type],
-            config_class=GROUNDING_DINO_CONFIGS[model_type],
-            processor_class="GroundingDinoProcessor",
-            model_types=(model_type,),
-            title="Grounding DINO",
-            default_processor=_no_default_processor,
+        loaded = cls.load_folder(
+            source, device, model_class=GROUNDING_DINO_TYPES[model_type],
+            config_class=GROUNDING_DINO_CONFIGS[model_type], model_types=(model_type,),
         )
-        info = {
-            "architecture": GROUNDING_DINO_TYPES[model_type],
-            "model_type": model_type,
-            "d_model": int(loaded.config.d_model),
-            "num_queries": int(loaded.config.num_queries),
-            "max_text_len": int(loaded.config.max_text_len),
-            "input_size": processor_input_size(loaded.processor),
-            "num_parameters": count_parameters(loaded.model),
-            "dtype": "float32",
-            "processor": loaded.processor_note,
-        }
-        return cls(loaded.model, source, device, cls.TASKS, class_names={}, processor=loaded.processor, info=info)
+        info = loaded.info(
+            d_model=int(loaded.config.d_model),
+            num_queries=int(loaded.config.num_queries),
+            max_text_len=int(loaded.config.max_text_len),
+        )
+        return loaded.runner(cls, source, device, cls.TASKS, info)
 
     def concept_spans(self, input_ids, concepts: list[str]) -> list[list[int]]:
         """Token positions of each concept in the caption's ``input_ids`` (separators excluded)."""
@@ -173,37 +157,28 @@ class GroundingDinoRunner(Runner):
         return _keep(res["boxes"], res["scores"], res["class_ids"], rgb.shape[:2], max_det)
 
 
-class Owlv2Runner(Runner):
+class Owlv2Runner(HfFolderRunner):
     """OWLv2 boxes for concepts in words (one text query per concept)."""
 
     family = Family.OWLV2
-    TASKS = ("detection",)
+    TASKS = (Task.DETECTION,)
+    MODEL_CLASS = "Owlv2ForObjectDetection"
+    CONFIG_CLASS = "Owlv2Config"
+    PROCESSOR_CLASS = "Owlv2Processor"
+    MODEL_TYPES = ("owlv2",)
+    TITLE = "OWLv2"
+    NEEDS_PROCESSOR_FILES = True
     takes_concepts = True
     takes_exemplars = False
 
     @classmethod
     def _load(cls, source: ModelSource, device: str) -> Owlv2Runner:
-        check_processor_files(source.path, "OWLv2")
-        loaded = load_hf_folder(
-            source, device,
-            model_class="Owlv2ForObjectDetection",
-            config_class="Owlv2Config",
-            processor_class="Owlv2Processor",
-            model_types=("owlv2",),
-            title="OWLv2",
-            default_processor=_no_default_processor,
+        loaded = cls.load_folder(source, device)
+        info = loaded.info(
+            image_size=int(loaded.config.vision_config.image_size),
+            patch_size=int(loaded.config.vision_config.patch_size),
         )
-        info = {
-            "architecture": "Owlv2ForObjectDetection",
-            "model_type": "owlv2",
-            "image_size": int(loaded.config.vision_config.image_size),
-            "patch_size": int(loaded.config.vision_config.patch_size),
-            "input_size": processor_input_size(loaded.processor),
-            "num_parameters": count_parameters(loaded.model),
-            "dtype": "float32",
-            "processor": loaded.processor_note,
-        }
-        return cls(loaded.model, source, device, cls.TASKS, class_names={}, processor=loaded.processor, info=info)
+        return loaded.runner(cls, source, device, cls.TASKS, info)
 
     def detect(self, rgb: np.ndarray, concepts: list[str], *, box_threshold: float) -> dict:
         """The processor's post-processed detections (``labels`` index the concepts)."""

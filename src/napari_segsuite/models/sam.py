@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from napari_segsuite.core.errors import CheckpointError
-from napari_segsuite.core.vocabulary import Family
+from napari_segsuite.core.vocabulary import Family, Task
 from napari_segsuite.models.base import Runner
 from napari_segsuite.models.detect import read_state_dict
 from napari_segsuite.models.store import ModelSource
@@ -235,7 +235,7 @@ class SamRunner(Runner):
                 "folders choose the SAM 2.1 family."
             )
         model, cfg = load_sam_model(source.path, device)
-        return cls(model, source, device, tasks=("prompt", "automatic"), info={"architecture": cfg})
+        return cls(model, source, device, tasks=(Task.PROMPT, Task.AUTOMATIC), info={"architecture": cfg})
 
     def prompt_model(self):
         """SAM behind the prompt-model interface (:class:`~napari_segsuite.models.sam_prompt.SamPromptModel`)."""

@@ -13,12 +13,9 @@ Prompts, automatic masks and video tracking live in
 
 from __future__ import annotations
 
-from napari_segsuite.core.vocabulary import Family
-from napari_segsuite.models.base import Runner
+from napari_segsuite.core.vocabulary import Family, Task
 from napari_segsuite.models.hf_segmentation import (
-    count_parameters,
-    load_hf_folder,
-    processor_input_size,
+    HfFolderRunner,
 )
 from napari_segsuite.models.offline import import_transformers
 from napari_segsuite.models.store import ModelSource
@@ -66,56 +63,45 @@ def _plain(value):
     return value
 
 
-class Sam2Runner(Runner):
+class Sam2Runner(HfFolderRunner):
     """A SAM 2.1 model (``transformers.Sam2Model``) and its ``Sam2Processor``."""
 
     family = Family.SAM2
-    TASKS = ("prompt", "automatic", "video")
+    TASKS = (Task.PROMPT, Task.AUTOMATIC, Task.VIDEO)
+    MODEL_CLASS = "Sam2Model"
+    CONFIG_CLASS = "Sam2Config"
+    PROCESSOR_CLASS = "Sam2Processor"
+    MODEL_TYPES = SAM2_MODEL_TYPES
+    TITLE = "SAM 2.1"
+    HINT = " Pick a SAM 2.1 folder (facebook/sam2.1-hiera-tiny and similar)."
+    default_processor = staticmethod(default_sam2_processor)
 
     @classmethod
     def _load(cls, source: ModelSource, device: str) -> Sam2Runner:
-        loaded = load_hf_folder(
-            source, device,
-            model_class="Sam2Model",
-            config_class="Sam2Config",
-            processor_class="Sam2Processor",
-            model_types=SAM2_MODEL_TYPES,
-            title="SAM 2.1",
-            default_processor=default_sam2_processor,
-            architectures_hint=" Pick a SAM 2.1 folder (facebook/sam2.1-hiera-tiny and similar).",
-        )
+        loaded = cls.load_folder(source, device)
         config = loaded.config
         vision = config.vision_config
         hiera = vision.backbone_config
         decoder = config.mask_decoder_config
         model_type = loaded.raw_config.get("model_type")
-        info = {
-            "architecture": "Sam2Model",
-            "model_type": model_type,
-            "memory_weights": model_type == "sam2_video",
-            "image_size": sam2_image_size(config),
-            "backbone": getattr(hiera, "model_type", None),
-            "hiera_embed_dim_per_stage": _plain(hiera.embed_dim_per_stage),
-            "hiera_blocks_per_stage": _plain(hiera.blocks_per_stage),
-            "hiera_heads_per_stage": _plain(hiera.num_attention_heads_per_stage),
-            "hiera_window_size_per_stage": _plain(hiera.window_size_per_stage),
-            "hiera_global_attention_blocks": _plain(hiera.global_attention_blocks),
-            "fpn_hidden_size": int(vision.fpn_hidden_size),
-            "backbone_feature_sizes": _plain(vision.backbone_feature_sizes),
-            "num_feature_levels": int(vision.num_feature_levels),
-            "prompt_encoder_hidden_size": int(config.prompt_encoder_config.hidden_size),
-            "mask_decoder_hidden_size": int(decoder.hidden_size),
-            "mask_decoder_layers": int(decoder.num_hidden_layers),
-            "num_multimask_outputs": int(decoder.num_multimask_outputs),
-            "input_size": processor_input_size(loaded.processor),
-            "num_parameters": count_parameters(loaded.model),
-            "dtype": "float32",
-            "processor": loaded.processor_note,
-        }
-        return cls(
-            loaded.model, source, device, cls.TASKS,
-            class_names={}, processor=loaded.processor, info=info,
+        info = loaded.info(
+            memory_weights=model_type == "sam2_video",
+            image_size=sam2_image_size(config),
+            backbone=getattr(hiera, "model_type", None),
+            hiera_embed_dim_per_stage=_plain(hiera.embed_dim_per_stage),
+            hiera_blocks_per_stage=_plain(hiera.blocks_per_stage),
+            hiera_heads_per_stage=_plain(hiera.num_attention_heads_per_stage),
+            hiera_window_size_per_stage=_plain(hiera.window_size_per_stage),
+            hiera_global_attention_blocks=_plain(hiera.global_attention_blocks),
+            fpn_hidden_size=int(vision.fpn_hidden_size),
+            backbone_feature_sizes=_plain(vision.backbone_feature_sizes),
+            num_feature_levels=int(vision.num_feature_levels),
+            prompt_encoder_hidden_size=int(config.prompt_encoder_config.hidden_size),
+            mask_decoder_hidden_size=int(decoder.hidden_size),
+            mask_decoder_layers=int(decoder.num_hidden_layers),
+            num_multimask_outputs=int(decoder.num_multimask_outputs),
         )
+        return loaded.runner(cls, source, device, cls.TASKS, info)
 
     def prompt_model(self):
         """SAM 2.1 behind the prompt-model interface (:class:`~napari_segsuite.models.sam2_prompt.Sam2PromptModel`)."""

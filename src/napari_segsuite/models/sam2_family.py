@@ -24,11 +24,9 @@ the folder holds the video memory weights.
 
 from __future__ import annotations
 
-from napari_segsuite.models.base import Runner
+from napari_segsuite.core.vocabulary import Family, Task
 from napari_segsuite.models.hf_segmentation import (
-    count_parameters,
-    load_hf_folder,
-    processor_input_size,
+    HfFolderRunner,
 )
 from napari_segsuite.models.offline import import_transformers
 from napari_segsuite.models.store import ModelSource
@@ -68,21 +66,11 @@ def default_edgetam_processor(config):
     return default_sam2_processor(config)
 
 
-class _Sam2LikeRunner(Runner):
-    TASKS = ("prompt", "automatic", "video")
-    MODEL_CLASS = ""
-    CONFIG_CLASS = ""
-    PROCESSOR_CLASS = ""
+class _Sam2LikeRunner(HfFolderRunner):
+    TASKS = (Task.PROMPT, Task.AUTOMATIC, Task.VIDEO)
     VIDEO_MODEL = ""
     VIDEO_PROCESSOR = ""
-    MODEL_TYPES: tuple[str, ...] = ()
     VIDEO_TYPES: tuple[str, ...] = ()
-    TITLE = ""
-    HINT = ""
-
-    @staticmethod
-    def _default_processor(config):
-        raise NotImplementedError
 
     def prompt_model(self):
         """This model behind the prompt-model interface (SAM 2.1's calling convention)."""
@@ -94,39 +82,24 @@ class _Sam2LikeRunner(Runner):
 
     @classmethod
     def _load(cls, source: ModelSource, device: str):
-        loaded = load_hf_folder(
-            source, device,
-            model_class=cls.MODEL_CLASS,
-            config_class=cls.CONFIG_CLASS,
-            processor_class=cls.PROCESSOR_CLASS,
-            model_types=cls.MODEL_TYPES,
-            title=cls.TITLE,
-            default_processor=cls._default_processor,
-            architectures_hint=cls.HINT,
-        )
+        loaded = cls.load_folder(source, device)
         model_type = loaded.raw_config.get("model_type")
         config = loaded.model.config  # the tracker's own part of a sam3_video configuration
-        info = {
-            "architecture": cls.MODEL_CLASS,
-            "model_type": model_type,
-            "memory_weights": model_type in cls.VIDEO_TYPES,
-            "video_model": cls.VIDEO_MODEL,
-            "video_processor": cls.VIDEO_PROCESSOR,
-            "image_size": _image_size(config),
-            "prompt_encoder_hidden_size": int(config.prompt_encoder_config.hidden_size),
-            "mask_decoder_hidden_size": int(config.mask_decoder_config.hidden_size),
-            "input_size": processor_input_size(loaded.processor),
-            "num_parameters": count_parameters(loaded.model),
-            "dtype": "float32",
-            "processor": loaded.processor_note,
-        }
-        return cls(loaded.model, source, device, cls.TASKS, class_names={}, processor=loaded.processor, info=info)
+        info = loaded.info(
+            memory_weights=model_type in cls.VIDEO_TYPES,
+            video_model=cls.VIDEO_MODEL,
+            video_processor=cls.VIDEO_PROCESSOR,
+            image_size=_image_size(config),
+            prompt_encoder_hidden_size=int(config.prompt_encoder_config.hidden_size),
+            mask_decoder_hidden_size=int(config.mask_decoder_config.hidden_size),
+        )
+        return loaded.runner(cls, source, device, cls.TASKS, info)
 
 
 class Sam3TrackerRunner(_Sam2LikeRunner):
     """SAM 3 tracker: SAM 2-style points and boxes on SAM 3's backbone."""
 
-    family = "sam3_tracker"
+    family = Family.SAM3_TRACKER
     MODEL_CLASS = "Sam3TrackerModel"
     CONFIG_CLASS = "Sam3TrackerConfig"
     PROCESSOR_CLASS = "Sam3TrackerProcessor"
@@ -136,7 +109,7 @@ class Sam3TrackerRunner(_Sam2LikeRunner):
     VIDEO_TYPES = ("sam3_tracker_video", "sam3_video")
     TITLE = "SAM 3 tracker"
     HINT = " Pick the facebook/sam3 folder or a save_pretrained folder of Sam3TrackerModel."
-    _default_processor = staticmethod(default_sam3_tracker_processor)
+    default_processor = staticmethod(default_sam3_tracker_processor)
 
     def concept_runner(self):
         """SAM 3's concept model from the same ``facebook/sam3`` folder (loaded once), or None."""
@@ -145,14 +118,14 @@ class Sam3TrackerRunner(_Sam2LikeRunner):
         if getattr(self, "_concepts", None) is None:
             from napari_segsuite.models.base import load_model
 
-            self._concepts = load_model(self.source.path, self.device, family="sam3")
+            self._concepts = load_model(self.source.path, self.device, family=Family.SAM3)
         return self._concepts
 
 
 class EdgeTamRunner(_Sam2LikeRunner):
     """EdgeTAM: an on-device SAM 2 (RepViT backbone), the fastest prompt model on a CPU."""
 
-    family = "edgetam"
+    family = Family.EDGETAM
     MODEL_CLASS = "EdgeTamModel"
     CONFIG_CLASS = "EdgeTamConfig"
     PROCESSOR_CLASS = "Sam2Processor"
@@ -162,4 +135,4 @@ class EdgeTamRunner(_Sam2LikeRunner):
     VIDEO_TYPES = ("edgetam_video",)
     TITLE = "EdgeTAM"
     HINT = " Pick an EdgeTAM folder (yonigozlan/EdgeTAM-hf, or a save_pretrained folder of EdgeTamModel)."
-    _default_processor = staticmethod(default_edgetam_processor)
+    default_processor = staticmethod(default_edgetam_processor)

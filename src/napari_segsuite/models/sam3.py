@@ -33,23 +33,16 @@ from typing import Any
 import numpy as np
 
 from napari_segsuite.core.errors import InputError
-from napari_segsuite.core.vocabulary import Family
-from napari_segsuite.models.base import Runner
+from napari_segsuite.core.vocabulary import Family, Task
 from napari_segsuite.models.hf_segmentation import (
-    count_parameters,
-    load_hf_folder,
-    processor_input_size,
+    HfFolderRunner,
 )
-from napari_segsuite.models.open_vocab_common import check_concepts, check_processor_files
+from napari_segsuite.models.open_vocab_common import check_concepts
 from napari_segsuite.models.store import ModelSource
 
 SAM3_MODEL_TYPES = ("sam3", "sam3_video")
 #: The text SAM 3's processor sends with exemplar boxes that come without words.
 VISUAL_PROMPT = "visual"
-
-
-def _no_default_processor(config):  # the folder check makes this unreachable
-    raise InputError("SAM 3 needs the processor and tokenizer files of its folder.")
 
 
 def check_exemplars(exemplars, exemplar_labels, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -93,11 +86,18 @@ def check_exemplars(exemplars, exemplar_labels, shape: tuple[int, int]) -> tuple
     return np.stack([c0, r0, c1, r1], axis=1), labels.astype(int)
 
 
-class Sam3Runner(Runner):
+class Sam3Runner(HfFolderRunner):
     """SAM 3 (``transformers.Sam3Model``) finding every instance of concepts given in words or by example."""
 
     family = Family.SAM3
-    TASKS = ("instance", "concepts")
+    TASKS = (Task.INSTANCE, Task.CONCEPTS)
+    MODEL_CLASS = "Sam3Model"
+    CONFIG_CLASS = "Sam3Config"
+    PROCESSOR_CLASS = "Sam3Processor"
+    MODEL_TYPES = SAM3_MODEL_TYPES
+    TITLE = "SAM 3"
+    HINT = " Pick a SAM 3 folder (facebook/sam3, or a save_pretrained folder of Sam3Model)."
+    NEEDS_PROCESSOR_FILES = True
     #: ``classes`` are concept prompts (words), not ids of a fixed class list.
     takes_concepts = True
     takes_exemplars = True
@@ -114,32 +114,16 @@ class Sam3Runner(Runner):
 
     @classmethod
     def _load(cls, source: ModelSource, device: str) -> Sam3Runner:
-        check_processor_files(source.path, "SAM 3")
-        loaded = load_hf_folder(
-            source, device,
-            model_class="Sam3Model",
-            config_class="Sam3Config",
-            processor_class="Sam3Processor",
-            model_types=SAM3_MODEL_TYPES,
-            title="SAM 3",
-            default_processor=_no_default_processor,
-            architectures_hint=" Pick a SAM 3 folder (facebook/sam3, or a save_pretrained folder of Sam3Model).",
-        )
+        loaded = cls.load_folder(source, device)
         config = loaded.config
-        info = {
-            "architecture": "Sam3Model",
-            "model_type": loaded.raw_config.get("model_type"),
-            "image_size": int(config.vision_config.backbone_config.image_size),
-            "vit_hidden_size": int(config.vision_config.backbone_config.hidden_size),
-            "vit_layers": int(config.vision_config.backbone_config.num_hidden_layers),
-            "text_layers": int(config.text_config.num_hidden_layers),
-            "num_queries": int(config.detr_decoder_config.num_queries),
-            "input_size": processor_input_size(loaded.processor),
-            "num_parameters": count_parameters(loaded.model),
-            "dtype": "float32",
-            "processor": loaded.processor_note,
-        }
-        return cls(loaded.model, source, device, cls.TASKS, class_names={}, processor=loaded.processor, info=info)
+        info = loaded.info(
+            image_size=int(config.vision_config.backbone_config.image_size),
+            vit_hidden_size=int(config.vision_config.backbone_config.hidden_size),
+            vit_layers=int(config.vision_config.backbone_config.num_hidden_layers),
+            text_layers=int(config.text_config.num_hidden_layers),
+            num_queries=int(config.detr_decoder_config.num_queries),
+        )
+        return loaded.runner(cls, source, device, cls.TASKS, info)
 
     def prompt_model(self):
         """Points and boxes go to SAM 3's tracker, which the ``facebook/sam3`` folder also holds."""
@@ -148,7 +132,7 @@ class Sam3Runner(Runner):
         if self.info.get("model_type") != "sam3_video":
             return super().prompt_model()  # raises: a plain Sam3Model folder has no tracker
         if getattr(self, "_tracker", None) is None:
-            self._tracker = load_model(self.source.path, self.device, family="sam3_tracker")
+            self._tracker = load_model(self.source.path, self.device, family=Family.SAM3_TRACKER)
         return self._tracker.prompt_model()
 
     # -- features -----------------------------------------------------------------------

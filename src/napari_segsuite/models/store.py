@@ -88,7 +88,7 @@ class ModelSource:
         """Plain-data description for ``layer.metadata``."""
         return {
             "name": self.name,
-            "family": self.family,
+            "family": str(self.family),
             "path": str(self.path),
             "registry": self.entry is not None,
             "sha256": self.sha256,

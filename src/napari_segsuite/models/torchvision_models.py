@@ -20,21 +20,21 @@ from typing import Any
 import numpy as np
 
 from napari_segsuite.core.errors import CheckpointError, InputError
-from napari_segsuite.core.vocabulary import Family
+from napari_segsuite.core.vocabulary import Family, Task
 from napari_segsuite.models.base import Runner
 from napari_segsuite.models.detect import read_state_dict
 from napari_segsuite.models.store import ModelSource
 
 #: arch name -> (torchvision module, builder name, task, has aux classifier option)
 ARCHITECTURES: dict[str, tuple[str, str, str, bool]] = {
-    "deeplabv3_resnet50": ("segmentation", "deeplabv3_resnet50", "semantic", True),
-    "deeplabv3_resnet101": ("segmentation", "deeplabv3_resnet101", "semantic", True),
-    "deeplabv3_mobilenet_v3_large": ("segmentation", "deeplabv3_mobilenet_v3_large", "semantic", True),
-    "lraspp_mobilenet_v3_large": ("segmentation", "lraspp_mobilenet_v3_large", "semantic", False),
-    "fcn_resnet50": ("segmentation", "fcn_resnet50", "semantic", True),
-    "fcn_resnet101": ("segmentation", "fcn_resnet101", "semantic", True),
-    "maskrcnn_resnet50_fpn": ("detection", "maskrcnn_resnet50_fpn", "instance", False),
-    "maskrcnn_resnet50_fpn_v2": ("detection", "maskrcnn_resnet50_fpn_v2", "instance", False),
+    "deeplabv3_resnet50": ("segmentation", "deeplabv3_resnet50", Task.SEMANTIC, True),
+    "deeplabv3_resnet101": ("segmentation", "deeplabv3_resnet101", Task.SEMANTIC, True),
+    "deeplabv3_mobilenet_v3_large": ("segmentation", "deeplabv3_mobilenet_v3_large", Task.SEMANTIC, True),
+    "lraspp_mobilenet_v3_large": ("segmentation", "lraspp_mobilenet_v3_large", Task.SEMANTIC, False),
+    "fcn_resnet50": ("segmentation", "fcn_resnet50", Task.SEMANTIC, True),
+    "fcn_resnet101": ("segmentation", "fcn_resnet101", Task.SEMANTIC, True),
+    "maskrcnn_resnet50_fpn": ("detection", "maskrcnn_resnet50_fpn", Task.INSTANCE, False),
+    "maskrcnn_resnet50_fpn_v2": ("detection", "maskrcnn_resnet50_fpn_v2", Task.INSTANCE, False),
 }
 
 #: ImageNet statistics used by every torchvision model's preprocessing.
@@ -144,11 +144,11 @@ def class_names_for(arch: str, num_classes: int) -> dict[int, str]:
     part of the installed package and need no download.
     """
     categories: list[str] | None = None
-    if ARCHITECTURES[arch][2] == "semantic" and num_classes == 21:
+    if ARCHITECTURES[arch][2] == Task.SEMANTIC and num_classes == 21:
         from torchvision.models.segmentation import DeepLabV3_ResNet50_Weights
 
         categories = DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1.meta["categories"]
-    elif ARCHITECTURES[arch][2] == "instance" and num_classes == 91:
+    elif ARCHITECTURES[arch][2] == Task.INSTANCE and num_classes == 91:
         from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
 
         categories = MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
@@ -301,7 +301,7 @@ class TorchvisionRunner(Runner):
         """
         import torch
 
-        if "semantic" not in self.tasks:
+        if Task.SEMANTIC not in self.tasks:
             raise NotImplementedError(f"{self.arch} does instance segmentation, not semantic segmentation.")
         x = self._to_tensor(image_rgb_uint8)
         mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
@@ -343,7 +343,7 @@ class TorchvisionRunner(Runner):
 
         from napari_segsuite.models.prediction import InstancePrediction
 
-        if "instance" not in self.tasks:
+        if Task.INSTANCE not in self.tasks:
             raise NotImplementedError(f"{self.arch} does semantic segmentation, not instance segmentation.")
         model = self.model
         if not hasattr(self, "_default_input_size"):

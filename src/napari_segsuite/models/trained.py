@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from napari_segsuite.core.errors import CheckpointError, InputError
+from napari_segsuite.core.vocabulary import Family
 
 CARD = "segsuite_model.json"
 TRAINED_DIR = "trained"
@@ -258,7 +259,7 @@ def resolve_trained(path: Path):
         raise CheckpointError(f"The trained model {folder} has lost its weights file {card.weights}.")
     digest = sha256_file(weights)
     trusted = digest == card.sha256
-    if not trusted and card.family == "yolo":
+    if not trusted and card.family == Family.YOLO:
         raise CheckpointError(
             f"The weights of the trained model {folder.name} were changed after training (their SHA-256 no "
             "longer matches segsuite_model.json). Ultralytics files run code when loaded, so it was not "

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from napari_segsuite.core.errors import CheckpointError, InputError
-from napari_segsuite.core.vocabulary import Family
+from napari_segsuite.core.vocabulary import Family, Task
 from napari_segsuite.models.base import Runner
 from napari_segsuite.models.store import ModelSource
 
@@ -432,7 +432,7 @@ class UnetRunner(Runner):
             "num_classes": n,
             "normalization": config["normalization"],
         }
-        runner = cls(model, source, device, tasks=("semantic",), class_names=names, info=info)
+        runner = cls(model, source, device, tasks=(Task.SEMANTIC,), class_names=names, info=info)
         runner.config = config
         return runner
 

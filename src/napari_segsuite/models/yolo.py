@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from napari_segsuite.core.errors import CheckpointError, ModelNotAvailableError
-from napari_segsuite.core.vocabulary import Family
+from napari_segsuite.core.vocabulary import Family, Task
 from napari_segsuite.models.base import Runner
 from napari_segsuite.models.store import ModelSource
 
 #: ultralytics task -> napari-segsuite tasks
-YOLO_TASKS = {"segment": ("instance",), "detect": ("detection",)}
+YOLO_TASKS = {"segment": (Task.INSTANCE,), "detect": (Task.DETECTION,)}
 
 
 def _check_path(path: Path) -> Path:
@@ -160,9 +160,9 @@ class YoloRunner(Runner):
         result = self.model.predict(bgr, **kwargs)[0]
         boxes = result.boxes
         if boxes is None or len(boxes) == 0:
-            return InstancePrediction.empty(rgb.shape[:2] if "instance" in self.tasks else None)
+            return InstancePrediction.empty(rgb.shape[:2] if Task.INSTANCE in self.tasks else None)
         masks = None
-        if "instance" in self.tasks:
+        if Task.INSTANCE in self.tasks:
             masks = np.zeros((len(boxes), *rgb.shape[:2]), dtype=bool)
             if result.masks is not None:
                 data = result.masks.data.cpu().numpy() > 0.5

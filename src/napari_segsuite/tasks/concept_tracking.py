@@ -27,6 +27,7 @@ import numpy as np
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.image import prepare_rgb_uint8
 from napari_segsuite.core.progress import Progress
+from napari_segsuite.core.vocabulary import Family, LayerTask
 
 TABLE_COLUMNS = ("label", "class_name", "score", "first_plane", "last_plane")
 
@@ -58,7 +59,7 @@ def video_model_for(runner) -> tuple[Any, Any]:
     cached = getattr(runner, "_video", None)
     if cached is not None:
         return cached
-    if getattr(runner, "family", "") != "sam3":
+    if getattr(runner, "family", "") != Family.SAM3:
         raise InputError(
             f"Tracking concepts needs SAM 3 (the facebook/sam3 folder); '{getattr(runner, 'name', runner)}' "
             f"is a {getattr(runner, 'family', 'different')} model, which takes no concepts."
@@ -179,7 +180,7 @@ def track_concepts_job(
         {"label": "int64", "score": "float64", "first_plane": "int64", "last_plane": "int64"}
     )
     provenance = {
-        "task": "track_concepts", "model": runner.provenance(), "concepts": list(concepts),
+        "task": LayerTask.TRACK_CONCEPTS, "model": runner.provenance(), "concepts": list(concepts),
         "start_index": int(start_index), "conf": conf,
     }
     message = "" if len(table) else "No objects of these concepts were found. Lower conf or rephrase the concepts."

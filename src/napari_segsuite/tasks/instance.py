@@ -39,6 +39,7 @@ from napari_segsuite.core.instance_tiling import (
     tile_grid,
 )
 from napari_segsuite.core.progress import Progress
+from napari_segsuite.core.vocabulary import Task
 
 #: Columns of :attr:`InstanceResult.table`, in order.
 TABLE_COLUMNS = (
@@ -334,11 +335,11 @@ def _runner_name(runner) -> str:
 def check_instance_model(runner, *, allow_boxes: bool) -> None:
     """Raise a user-facing error when ``runner`` can give neither masks nor (allowed) boxes."""
     tasks = tuple(getattr(runner, "tasks", ()))
-    if "instance" in tasks:
+    if Task.INSTANCE in tasks:
         return
-    if allow_boxes and "detection" in tasks:
+    if allow_boxes and Task.DETECTION in tasks:
         return
-    if "detection" in tasks:
+    if Task.DETECTION in tasks:
         raise InputError(
             f"'{_runner_name(runner)}' is a detection model: it gives boxes, not masks. "
             "Refine its boxes with SAM (detect_then_segment, or 'refine masks with SAM' in the widget)."

@@ -35,9 +35,13 @@ from typing import Any, Literal
 
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.progress import Progress, json_row, run_sync
+from napari_segsuite.core.vocabulary import Family, Task
 
-Family = Literal["yolo", "maskrcnn"]
+#: What the instance trainer trains (``maskrcnn`` is a torchvision model).
+TrainingFamily = Literal["yolo", "maskrcnn"]
 FAMILIES: tuple[str, ...] = ("yolo", "maskrcnn")
+#: The runner family a trained model of each training family loads as.
+RUNNER_FAMILY: dict[str, Family] = {"yolo": Family.YOLO, "maskrcnn": Family.TORCHVISION}
 
 
 @dataclass
@@ -162,8 +166,8 @@ def _load_init(init_model, family: str, device: str, store):
     from napari_segsuite.models.base import load_model
 
     runner = load_model(init_model, device, store=store)
-    want = {"yolo": "yolo", "maskrcnn": "torchvision"}[family]
-    if runner.family != want or "instance" not in runner.tasks:
+    want = RUNNER_FAMILY[family]
+    if runner.family != want or Task.INSTANCE not in runner.tasks:
         raise InputError(
             f"'{runner.name}' is a {runner.family} {'/'.join(runner.tasks)} model; continuing {family} training "
             f"needs a {'YOLO-seg' if family == 'yolo' else 'Mask R-CNN'} model."
@@ -177,7 +181,7 @@ def train_instances_job(
     *,
     label_classes=None,
     class_names=None,
-    family: Family = "yolo",
+    family: TrainingFamily = "yolo",
     init_model=None,
     options: InstanceTrainingOptions | None = None,
     out=None,
@@ -271,7 +275,7 @@ def train_instances_job(
             "history": [json_row(r) for r in state.history],
         }
         save_trained(
-            folder, weights, family=card_family, tasks=("instance",), class_names=model_names,
+            folder, weights, family=card_family, tasks=(Task.INSTANCE,), class_names=model_names,
             info={**info, "training": training}, overwrite=overwrite, move=True,
         )
     state.saved = folder
@@ -291,7 +295,7 @@ def train_instances(
     *,
     label_classes=None,
     class_names=None,
-    family: Family = "yolo",
+    family: TrainingFamily = "yolo",
     init_model=None,
     out=None,
     store=None,

@@ -29,6 +29,7 @@ import numpy as np
 
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.progress import Progress, subjob
+from napari_segsuite.core.vocabulary import Family, Task
 
 DEFAULT_EPOCHS = 30
 DEFAULT_LR = 3e-4
@@ -119,8 +120,8 @@ def _predict_val(model, data, val_idx, device, arch, class_names):
     from napari_segsuite.models.torchvision_models import TorchvisionRunner
     from napari_segsuite.tasks.instance_data import predict_for_scores
 
-    source = ModelSource(path=Path("<training>"), family="torchvision", name="training")
-    runner = TorchvisionRunner(model, source, device, tasks=("instance",), class_names=class_names,
+    source = ModelSource(path=Path("<training>"), family=Family.TORCHVISION, name="training")
+    runner = TorchvisionRunner(model, source, device, tasks=(Task.INSTANCE,), class_names=class_names,
                                info={"arch": arch})
     return (yield from predict_for_scores(runner, [data.planes[i] for i in val_idx]))
 
@@ -229,4 +230,4 @@ def train_maskrcnn_job(data, train_idx, val_idx, opts, init_runner, state, work:
     weights = work / "model.pth"
     torch.save(best_state, weights)
     info = {"arch": arch, "num_classes": k + 1, "min_size": imgsz, "max_size": imgsz}
-    return "torchvision", weights, info, names_tv
+    return Family.TORCHVISION, weights, info, names_tv

@@ -90,7 +90,7 @@ class PanopticResult:
     @property
     def provenance(self) -> dict:
         """What made the result: task, model and parameters (plain data for ``layer.metadata``)."""
-        return {"task": "panoptic", "model": self.parameters.get("model"), "parameters": dict(self.parameters)}
+        return {"task": TASK, "model": self.parameters.get("model"), "parameters": dict(self.parameters)}
 
     @property
     def segments(self) -> list[dict]:

@@ -59,6 +59,7 @@ from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.image import prepare_rgb_uint8
 from napari_segsuite.core.labels import LABEL_DTYPE, label_table
 from napari_segsuite.core.progress import Progress
+from napari_segsuite.core.vocabulary import Task
 from napari_segsuite.models.prompt import Decoded, MaskSource
 
 __all__ = ["AutoMask", "AutoParams", "AutoResult", "Decoded", "automatic_job", "automatic_masks_job",
@@ -185,7 +186,9 @@ def tile_boxes(size: tuple[int, int], tile: int, overlap: int) -> tuple[list[lis
 def _process_crop(source, emb, crop_box, grid, params: AutoParams, orig_size, lazy: bool, progress=None):
     """The generator's ``_process_crop`` + ``_process_batch``: masks of one crop, after NMS (a job).
 
-    ``progress(batch_index)`` makes the :class:`Progress` yielded before each point batch.
+    ``progress(batch_index)`` makes the :class:`Progress` yielded before each point batch and
+    between its upscaling chunks (where Cancel takes effect: at most one chunk of
+    :data:`UPSCALE_CHUNK` masks, or one batch's decode, runs after it).
     """
     import torch
     from segment_anything.utils.amg import (
@@ -224,6 +227,8 @@ def _process_crop(source, emb, crop_box, grid, params: AutoParams, orig_size, la
             else:
                 low = decoded.all_low_res_masks().flatten(0, 1)
             for start in range(0, len(low), UPSCALE_CHUNK if lazy else max(1, len(low))):
+                if start and progress is not None:
+                    yield progress(b)  # between upscale chunks too: Cancel and closing take effect here
                 logits = source.upscale(emb, low[start:start + (UPSCALE_CHUNK if lazy else len(low))])
                 c_iou = iou[start:start + len(logits)]
                 c_pts = point_rows[start:start + len(logits)]
@@ -424,7 +429,7 @@ def automatic_job(session, image2d: np.ndarray, params: AutoParams | None = None
     masks = yield from automatic_masks_job(session, image2d, params, **kwargs)
     result = masks_to_result(masks, tuple(np.asarray(image2d).shape[:2]), params)
     result.provenance = {
-        "task": "automatic",
+        "task": Task.AUTOMATIC,
         "model": session.runner.provenance() if session is not None else None,
         "parameters": params.generator_kwargs() | {"tile_size": params.tile_size, "tile_overlap": params.tile_overlap},
     }

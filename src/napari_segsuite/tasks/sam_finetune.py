@@ -43,6 +43,7 @@ import numpy as np
 
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.progress import Progress, run_sync
+from napari_segsuite.core.vocabulary import Family, Task
 
 
 @dataclass
@@ -351,7 +352,7 @@ def finetune_sam_job(
     yield Progress(0, opts.steps, "Checking the annotations")
     data = prepare_instance_data(images, labels)
     runner = load_model(model, opts.device, store=store)
-    if runner.family != "sam":
+    if runner.family != Family.SAM:
         raise InputError(
             f"Fine-tuning works on Segment Anything (segment_anything) checkpoints; '{runner.name}' is "
             f"{runner.family}."
@@ -516,7 +517,7 @@ def finetune_sam_job(
         with tempfile.TemporaryDirectory(prefix="segsuite-sam-") as work:
             weights = Path(work) / "sam_finetuned.pth"
             torch.save(best, weights)
-            save_trained(folder, weights, family="sam", tasks=("prompt", "automatic"), class_names={},
+            save_trained(folder, weights, family=Family.SAM, tasks=(Task.PROMPT, Task.AUTOMATIC), class_names={},
                          info=info, overwrite=opts.overwrite, move=True)
         state.saved = folder
         target_path = folder

@@ -177,7 +177,7 @@ class WindowedPrompts:
         if r1 - r0 <= side_r and c1 - c0 <= side_c:
             return _centred(cr, cc, side_r, side_c, h, w)
         margin_r, margin_c = max(16, (r1 - r0) // 8), max(16, (c1 - c0) // 8)
-        tile = Tile(max(0, r0 - margin_r), max(0, c0 - margin_c), min(h, r1 + margin_r), min(w, c1 + margin_c))
+        tile = Tile(slice(max(0, r0 - margin_r), min(h, r1 + margin_r)), slice(max(0, c0 - margin_c), min(w, c1 + margin_c)))
         pixels = (tile.r1 - tile.r0) * (tile.c1 - tile.c0)
         from napari_segsuite.core.regions import MEMORY_SHARE, available_memory
 
@@ -350,7 +350,7 @@ class WindowedPrompts:
 def _centred(cr: float, cc: float, side_r: int, side_c: int, h: int, w: int) -> Tile:
     r0 = int(min(max(0, round(cr - side_r / 2)), h - side_r))
     c0 = int(min(max(0, round(cc - side_c / 2)), w - side_c))
-    return Tile(r0, c0, r0 + side_r, c0 + side_c)
+    return Tile(slice(r0, r0 + side_r), slice(c0, c0 + side_c))
 
 
 def paste_mask(placed: tuple, region: Tile) -> np.ndarray:
@@ -367,8 +367,7 @@ def paste_mask(placed: tuple, region: Tile) -> np.ndarray:
 
 def placed_iou(a: tuple, b: tuple) -> float:
     """Intersection over union of two placed masks ``((row, col), mask)``."""
-    boxes = [Tile(r, c, r + m.shape[0], c + m.shape[1]) for (r, c), m in (a, b)]
-    union = Tile(min(t.r0 for t in boxes), min(t.c0 for t in boxes), max(t.r1 for t in boxes), max(t.c1 for t in boxes))
+    union = Tile.bounding([Tile(slice(r, r + m.shape[0]), slice(c, c + m.shape[1])) for (r, c), m in (a, b)])
     ma, mb = paste_mask(a, union), paste_mask(b, union)
     return float((ma & mb).sum() / max(1, (ma | mb).sum()))
 
@@ -459,7 +458,7 @@ def paste_objects(objects: list[dict], region: Tile) -> list[np.ndarray]:
 def objects_region(objects: list[dict], limit: int | None = None) -> Tile:
     """The smallest rectangle holding every object's window; InputError when over ``limit`` pixels."""
     wins = [o["window"] for o in objects]
-    region = Tile(min(t.r0 for t in wins), min(t.c0 for t in wins), max(t.r1 for t in wins), max(t.c1 for t in wins))
+    region = Tile.bounding(wins)
     pixels = (region.r1 - region.r0) * (region.c1 - region.c0)
     if limit is not None and pixels > limit:
         raise InputError(

@@ -35,6 +35,7 @@ import numpy as np
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.progress import Progress
 from napari_segsuite.core.tiling import TileReader, blend_tiles, make_grid
+from napari_segsuite.core.vocabulary import Task
 
 #: Default tile side when tiling is on.
 DEFAULT_TILE = 512
@@ -123,7 +124,7 @@ class SemanticResult:
     @property
     def provenance(self) -> dict:
         """What made the result: task, model and parameters (plain data for ``layer.metadata``)."""
-        return {"task": "semantic", "model": self.model, "parameters": dict(self.params), "notes": list(self.notes)}
+        return {"task": Task.SEMANTIC, "model": self.model, "parameters": dict(self.params), "notes": list(self.notes)}
 
     def class_map(self) -> np.ndarray:
         """The model's class id per pixel (``labels - 1``), as int64."""
@@ -193,7 +194,7 @@ def segment_semantic_job(
         Wrong number of channels, an image smaller than :data:`MIN_SIDE`,
         NaN or infinite values, a model that is not semantic.
     """
-    runner.require("semantic")
+    runner.require(Task.SEMANTIC)
     reader = TileReader(image, percentiles, min_side=MIN_SIDE)
     h, w = reader.shape
     tile = resolve_tile_size((h, w), tile_size)

@@ -40,6 +40,7 @@ import numpy as np
 
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.progress import Progress
+from napari_segsuite.core.vocabulary import Family, Task
 
 DEFAULT_ARCH = "yolo11n-seg.yaml"
 DEFAULT_EPOCHS = 100
@@ -127,8 +128,8 @@ def _yolo_from_model(model, arch_yaml: str, imgsz: int, device: str, class_names
     wrapper = ultralytics.YOLO(arch_yaml, task="segment")
     wrapper.model = model
     wrapper.overrides.update({"imgsz": imgsz, "device": device, "task": "segment"})
-    source = ModelSource(path=Path("<training>"), family="yolo", name="training", trusted=True)
-    return YoloRunner(wrapper, source, device, tasks=("instance",), class_names=class_names,
+    source = ModelSource(path=Path("<training>"), family=Family.YOLO, name="training", trusted=True)
+    return YoloRunner(wrapper, source, device, tasks=(Task.INSTANCE,), class_names=class_names,
                       info={"yolo_task": "segment"})
 
 
@@ -287,4 +288,4 @@ def train_yolo_job(data, train_idx, val_idx, opts, init_runner, state, work: Pat
     weights = work / "model.pt"
     shutil.copyfile(best, weights)
     info = {"arch": Path(arch_yaml).stem, "yolo_task": "segment", "imgsz": imgsz}
-    return "yolo", weights, info, names
+    return Family.YOLO, weights, info, names

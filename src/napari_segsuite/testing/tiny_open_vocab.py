@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from napari_segsuite.models.offline import guard_llvm_clash
+from napari_segsuite.demo.tiny_models import save_folder, seeded, tiny_transformers
 
 #: Words the tiny tokenizers know as whole tokens (others are spelt letter by letter).
 TINY_WORDS = ("cell", "nucleus", "coin", "object", "visual", "dark", "bright", "blob", "disk")
@@ -114,14 +114,6 @@ def make_bert_tokenizer(words=TINY_WORDS):
     return tok
 
 
-def _save(folder, model, processor) -> Path:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
 def _clip_text(tok, *, hidden: int = 32, max_positions: int = 32, projection: int | None = None) -> dict:
     cfg = {
         "vocab_size": len(tok), "hidden_size": hidden, "intermediate_size": 2 * hidden,
@@ -174,25 +166,17 @@ def make_tiny_sam3(*, image_size: int = 112, seed: int = 0, words=TINY_WORDS):
     model : transformers.Sam3Model
     processor : transformers.Sam3Processor
     """
-    guard_llvm_clash()
-    import torch
-
-    from napari_segsuite.models.offline import import_transformers
-
-    t = import_transformers()
+    t = tiny_transformers()
     tok = make_clip_tokenizer(words)
     config = tiny_sam3_config(tok, image_size=image_size)
     image_processor = t.Sam3ImageProcessor(size={"height": image_size, "width": image_size})
     processor = t.Sam3Processor(image_processor=image_processor, tokenizer=tok)
-    torch.manual_seed(seed)
-    model = t.Sam3Model(config)
-    return model.eval(), processor
+    return seeded(t.Sam3Model, config, seed), processor
 
 
 def build_tiny_sam3(folder: str | os.PathLike, **kwargs) -> Path:
     """Write a tiny SAM 3 folder (model, processor and tokenizer files); see :func:`make_tiny_sam3`."""
-    model, processor = make_tiny_sam3(**kwargs)
-    return _save(folder, model, processor)
+    return save_folder(folder, *make_tiny_sam3(**kwargs))
 
 
 # -- Grounding DINO ---------------------------------------------------------------------
@@ -206,12 +190,7 @@ def make_tiny_grounding_dino(*, image_size: int = 128, seed: int = 0, words=TINY
     model : transformers.GroundingDinoForObjectDetection
     processor : transformers.GroundingDinoProcessor
     """
-    guard_llvm_clash()
-    import torch
-
-    from napari_segsuite.models.offline import import_transformers
-
-    t = import_transformers()
+    t = tiny_transformers()
     tok = make_bert_tokenizer(words)
     backbone = t.SwinConfig(
         embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=7, image_size=image_size,
@@ -230,15 +209,12 @@ def make_tiny_grounding_dino(*, image_size: int = 128, seed: int = 0, words=TINY
     )
     image_processor = t.GroundingDinoImageProcessor(size={"shortest_edge": image_size, "longest_edge": image_size})
     processor = t.GroundingDinoProcessor(image_processor=image_processor, tokenizer=tok)
-    torch.manual_seed(seed)
-    model = t.GroundingDinoForObjectDetection(config)
-    return model.eval(), processor
+    return seeded(t.GroundingDinoForObjectDetection, config, seed), processor
 
 
 def build_tiny_grounding_dino(folder: str | os.PathLike, **kwargs) -> Path:
     """Write a tiny Grounding DINO folder; see :func:`make_tiny_grounding_dino`."""
-    model, processor = make_tiny_grounding_dino(**kwargs)
-    return _save(folder, model, processor)
+    return save_folder(folder, *make_tiny_grounding_dino(**kwargs))
 
 
 # -- OWLv2 ----------------------------------------------------------------------------------
@@ -252,12 +228,7 @@ def make_tiny_owlv2(*, image_size: int = 64, seed: int = 0, words=TINY_WORDS):
     model : transformers.Owlv2ForObjectDetection
     processor : transformers.Owlv2Processor
     """
-    guard_llvm_clash()
-    import torch
-
-    from napari_segsuite.models.offline import import_transformers
-
-    t = import_transformers()
+    t = tiny_transformers()
     tok = make_clip_tokenizer(words, max_length=16)
     text = _clip_text(tok, hidden=32, max_positions=16)
     vision = {
@@ -267,12 +238,9 @@ def make_tiny_owlv2(*, image_size: int = 64, seed: int = 0, words=TINY_WORDS):
     config = t.Owlv2Config(text_config=text, vision_config=vision, projection_dim=32)
     image_processor = t.Owlv2ImageProcessor(size={"height": image_size, "width": image_size})
     processor = t.Owlv2Processor(image_processor=image_processor, tokenizer=tok)
-    torch.manual_seed(seed)
-    model = t.Owlv2ForObjectDetection(config)
-    return model.eval(), processor
+    return seeded(t.Owlv2ForObjectDetection, config, seed), processor
 
 
 def build_tiny_owlv2(folder: str | os.PathLike, **kwargs) -> Path:
     """Write a tiny OWLv2 folder; see :func:`make_tiny_owlv2`."""
-    model, processor = make_tiny_owlv2(**kwargs)
-    return _save(folder, model, processor)
+    return save_folder(folder, *make_tiny_owlv2(**kwargs))

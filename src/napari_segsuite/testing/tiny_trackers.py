@@ -23,17 +23,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from napari_segsuite.models.offline import guard_llvm_clash
+from napari_segsuite.demo.tiny_models import save_folder, seeded, tiny_transformers
 from napari_segsuite.testing.tiny_open_vocab import TINY_WORDS, make_clip_tokenizer, tiny_sam3_vit
 
 TRACKER_HIDDEN = 128
-
-
-def _t():
-    guard_llvm_clash()
-    from napari_segsuite.models.offline import import_transformers
-
-    return import_transformers()
 
 
 def _sam3_vision(t, image_size: int, hidden: int):
@@ -75,9 +68,7 @@ def make_tiny_sam3_video(*, image_size: int = 112, seed: int = 0, words=TINY_WOR
         (random weights score about 0.25, so the defaults would find nothing);
         ``hotstart_delay`` is 0 so objects are reported from the first frame.
     """
-    t = _t()
-    import torch
-
+    t = tiny_transformers()
     hidden = TRACKER_HIDDEN
     tok = make_clip_tokenizer(words)
     layer = {"hidden_size": hidden, "num_attention_heads": 2, "intermediate_size": 2 * hidden}
@@ -108,19 +99,14 @@ def make_tiny_sam3_video(*, image_size: int = 112, seed: int = 0, words=TINY_WOR
         image_processor=t.Sam3ImageProcessor(size=size), video_processor=t.Sam2VideoVideoProcessor(size=size),
         tokenizer=tok,
     )
-    torch.manual_seed(seed)
-    return t.Sam3VideoModel(config).eval(), processor
+    return seeded(t.Sam3VideoModel, config, seed), processor
 
 
 def build_tiny_sam3_video(folder: str | os.PathLike, **kwargs) -> Path:
     """Write a tiny SAM 3 folder in the layout of ``facebook/sam3``; see :func:`make_tiny_sam3_video`."""
     from safetensors.torch import load_file, save_file
 
-    model, processor = make_tiny_sam3_video(**kwargs)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+    folder = save_folder(folder, *make_tiny_sam3_video(**kwargs))
     weights = folder / "model.safetensors"
     state = load_file(weights)
     state = {k.replace("tracker_model.tracker_model.", "tracker_model.", 1): v for k, v in state.items()}
@@ -133,9 +119,7 @@ def build_tiny_sam3_video(folder: str | os.PathLike, **kwargs) -> Path:
 
 def make_tiny_sam3_tracker(*, image_size: int = 112, seed: int = 0):
     """A tiny ``Sam3TrackerModel`` (SAM 3's ViT, SAM 2-style prompts) and its ``Sam3TrackerProcessor``."""
-    t = _t()
-    import torch
-
+    t = tiny_transformers()
     prompt, decoder = _tracker_parts(image_size, 14, TRACKER_HIDDEN)
     config = t.Sam3TrackerConfig(
         vision_config=_sam3_vision(t, image_size, TRACKER_HIDDEN), prompt_encoder_config=prompt,
@@ -145,18 +129,12 @@ def make_tiny_sam3_tracker(*, image_size: int = 112, seed: int = 0):
     processor = t.Sam3TrackerProcessor(image_processor=t.Sam2ImageProcessor(
         size=size, mask_size={"height": 4 * (image_size // 14), "width": 4 * (image_size // 14)},
     ))
-    torch.manual_seed(seed)
-    return t.Sam3TrackerModel(config).eval(), processor
+    return seeded(t.Sam3TrackerModel, config, seed), processor
 
 
 def build_tiny_sam3_tracker(folder: str | os.PathLike, **kwargs) -> Path:
     """Write a tiny ``Sam3TrackerModel`` folder; see :func:`make_tiny_sam3_tracker`."""
-    model, processor = make_tiny_sam3_tracker(**kwargs)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return save_folder(folder, *make_tiny_sam3_tracker(**kwargs))
 
 
 # -- EdgeTAM --------------------------------------------------------------------------------
@@ -180,21 +158,18 @@ def tiny_edgetam_vision(t, image_size: int = 64, hidden: int = TRACKER_HIDDEN):
 
 def make_tiny_edgetam(*, video: bool = True, image_size: int = 64, seed: int = 0):
     """A tiny EdgeTAM (``EdgeTamVideoModel`` or ``EdgeTamModel``) and its SAM 2 processor."""
-    t = _t()
-    import torch
-
+    t = tiny_transformers()
     if image_size % 32:
         raise ValueError(f"image_size must be a multiple of 32, not {image_size}")
     s, hidden = image_size, TRACKER_HIDDEN
     prompt, decoder = _tracker_parts(s, 16, hidden)
     size = {"height": s, "width": s}
     image_processor = t.Sam2ImageProcessor(size=size, mask_size={"height": s // 4, "width": s // 4})
-    torch.manual_seed(seed)
     if not video:
         config = t.EdgeTamConfig(
             vision_config=tiny_edgetam_vision(t, s, hidden), prompt_encoder_config=prompt, mask_decoder_config=decoder,
         )
-        return t.EdgeTamModel(config).eval(), t.Sam2Processor(image_processor=image_processor)
+        return seeded(t.EdgeTamModel, config, seed), t.Sam2Processor(image_processor=image_processor)
     config = t.EdgeTamVideoConfig(
         vision_config=tiny_edgetam_vision(t, s, hidden), prompt_encoder_config=prompt, mask_decoder_config=decoder,
         image_size=s, memory_attention_mlp_hidden_size=2 * hidden, memory_attention_rope_k_sizes=[s // 32, s // 32],
@@ -202,14 +177,9 @@ def make_tiny_edgetam(*, video: bool = True, image_size: int = 64, seed: int = 0
         **_memory(hidden, s // 16),
     )
     processor = t.Sam2VideoProcessor(image_processor=image_processor, video_processor=t.Sam2VideoVideoProcessor(size=size))
-    return t.EdgeTamVideoModel(config).eval(), processor
+    return seeded(t.EdgeTamVideoModel, config, seed), processor
 
 
 def build_tiny_edgetam(folder: str | os.PathLike, **kwargs) -> Path:
     """Write a tiny EdgeTAM folder; see :func:`make_tiny_edgetam`."""
-    model, processor = make_tiny_edgetam(**kwargs)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return save_folder(folder, *make_tiny_edgetam(**kwargs))

@@ -40,7 +40,7 @@ from napari_segsuite.core.device import DEVICE_CHOICES
 from napari_segsuite.core.errors import InputError, SegSuiteError
 from napari_segsuite.core.labels import LABEL_DTYPE
 from napari_segsuite.core.progress import Progress
-from napari_segsuite.core.vocabulary import Scope
+from napari_segsuite.core.vocabulary import RUN_SCOPES, Outcome, Region, Scope, Task
 from napari_segsuite.layers import full_resolution
 from napari_segsuite.models.registry import REGISTRY, entries_for
 from napari_segsuite.models.store import ModelStore
@@ -62,10 +62,10 @@ def refresh_model_pickers() -> None:
 
 
 CURRENT_PLANE, ALL_PLANES, ALL_IMAGES = Scope.CURRENT_PLANE, Scope.ALL_PLANES, Scope.ALL_IMAGES
-SCOPES = Scope.values()
+SCOPES = tuple(s.value for s in RUN_SCOPES)
 #: The "Region" choices: the whole plane, what the canvas shows, the last drawn rectangle.
-WHOLE_PLANE, FIELD_OF_VIEW, RECTANGLE = "whole plane", "field of view", "rectangle"
-REGIONS = (WHOLE_PLANE, FIELD_OF_VIEW, RECTANGLE)
+WHOLE_PLANE, FIELD_OF_VIEW, RECTANGLE = Region.WHOLE_PLANE, Region.FIELD_OF_VIEW, Region.RECTANGLE
+REGIONS = Region.values()
 
 
 class ModelPicker(Container):
@@ -264,6 +264,30 @@ class SegmentationWidget(Dock):
         self.models.download.changed.connect(self.download_model)
         self.finish_layout()
 
+    # -- library defaults ---------------------------------------------------------
+    def show_library_defaults(self, fields: dict) -> None:
+        """Show a picked registry model's own defaults (its library's) in ``fields``.
+
+        ``fields`` maps a keyword of the family's task method (``conf``, ``threshold`` ...)
+        to the form field that sets it; the fields are updated now and whenever a registry
+        model is picked (a local file's family is known only once it is loaded).
+        """
+        self._library_default_fields = dict(fields)
+        self.models.model.changed.connect(self._show_library_defaults)
+        self._show_library_defaults()
+
+    def _show_library_defaults(self, _value=None) -> None:
+        from napari_segsuite.models.base import library_defaults
+        from napari_segsuite.models.registry import REGISTRY
+
+        entry = REGISTRY.get(self.models.model.value)
+        if entry is None:
+            return
+        defaults = library_defaults(entry.family, self.task)
+        for key, field in self._library_default_fields.items():
+            if key in defaults:
+                field.value = defaults[key]
+
     # -- layers -----------------------------------------------------------------
     def _image_choices(self, _widget=None):
         return self.job_panel._image_choices()
@@ -284,11 +308,17 @@ class SegmentationWidget(Dock):
         """(model spec, device) of the current choice."""
         return self.models.spec, self.device.value
 
+    def job_model_key(self) -> tuple[str, str]:
+        """(model spec, device) for the running job: the choice at Run (read on the GUI thread),
+        so a model picked while the job runs is used by the next run, not this one."""
+        key = getattr(self, "_run_model_key", None)
+        return key if key is not None else self.model_key()
+
     def load_model_job(self) -> Generator[Progress, None, Any]:
         """Load the chosen model in the worker (cached between runs)."""
         from napari_segsuite.models.base import load_model
 
-        key = self.model_key()
+        key = self.job_model_key()
         if self._runner is not None and self._runner_key == key:
             return self._runner
         from napari_segsuite.core.threads import call_in_background
@@ -556,7 +586,7 @@ class SegmentationWidget(Dock):
         else:
             what = f"The region ({region.shape[0]} x {region.shape[1]} pixels{f' x {n} planes' if n > 1 else ''})"
             check_fits_memory(region.size * n, 8, what)
-            if name in self.viewer.layers and kind == "instance":
+            if name in self.viewer.layers and kind == Task.INSTANCE:
                 base_offset = int(np.asarray(self.viewer.layers[name].data).max(initial=0))
         per = n_chunks(region.shape, REGION_CHUNK)
         total = per * n
@@ -579,7 +609,7 @@ class SegmentationWidget(Dock):
                         old = np.bincount(before.ravel().astype(np.int64))
                     elif sel.key in store.attrs.get("planes", {}):
                         old = store.region_counts(lead, region)
-                    if kind == "instance":
+                    if kind == Task.INSTANCE:
                         offset = max(offset, int(store.attrs.get("max_label", 0)))
                     out = store.writer(lead, region)
                     run["pending"] = (sel, before)
@@ -587,10 +617,10 @@ class SegmentationWidget(Dock):
                     out = np.zeros(region.shape, LABEL_DTYPE)
                 table = yield from segment_region_job(
                     self.batch_task, runner, view, out, params=resolved, chunk=REGION_CHUNK,
-                    id_offset=offset if kind == "instance" else 0, progress_offset=k * per,
+                    id_offset=offset if kind == Task.INSTANCE else 0, progress_offset=k * per,
                     progress_total=total, prefix=f"Plane {k + 1}/{n}: " if n > 1 else "",
                 )
-                if kind == "instance" and len(table):
+                if kind == Task.INSTANCE and len(table):
                     offset = max(offset, int(table["label"].max()))
                 results.append((sel, _shift_boxes(table, region), out if store is None else None, before, old))
             return runner, resolved, results
@@ -625,7 +655,7 @@ class SegmentationWidget(Dock):
         be put back with Ctrl-Z on the layer when it was small enough to keep its old pixels."""
         run, self._region_run = self._region_run, None
         self.jobs.abort_message = "Cancelled; no layer was changed."
-        if run is None or run.get("store") is None or run.get("pending") is None or how == "returned":
+        if run is None or run.get("store") is None or run.get("pending") is None or how == Outcome.RETURNED:
             return
         sel, before = run["pending"]
         store, layer = run["store"], run["layer"]
@@ -634,21 +664,55 @@ class SegmentationWidget(Dock):
         layer.refresh()
         extra = (" Ctrl-Z on the layer puts the region back." if undoable
                  else " The region is too large to keep its old pixels, so it cannot be undone.")
-        lead_text = "Cancelled." if how == "aborted" else (self.message.value or "Stopped.")
+        lead_text = "Cancelled." if how == Outcome.ABORTED else (self.message.value or "Stopped.")
         self.message.value = (f"{lead_text} The chunks written before the stop stay in '{layer.name}' "
                               f"({store.path}).{extra}")
 
     def run(self) -> None:
-        """Read the inputs, then run the task in a worker."""
+        """Read the inputs, then run the task in a worker.
+
+        The result is written only when every input image is still open with the pixels
+        it had at Run (:meth:`_inputs_unchanged`); otherwise it is dropped with a message
+        and no layer changes.
+        """
         try:
+            self._run_model_key = None
+            self._run_model_key = self.model_key()
             if self.uses_region():
                 job_factory, on_result = self.make_region_job()
             else:
                 job_factory, on_result = self.make_batch_job() if self.uses_batch() else self.make_job()
+            inputs = [(layer, full_resolution(layer)) for layer in
+                      (self.batch_images() if self.uses_batch() and not self.uses_region()
+                       else [self.selected_image()])]
         except SegSuiteError as exc:
             self._report(exc)
             return
-        self._start(job_factory, on_result, f"{self.task.capitalize()} segmentation")
+        self._start(job_factory, self._inputs_unchanged(inputs, on_result),
+                    f"{self.task.capitalize()} segmentation", inputs=[layer for layer, _ in inputs])
+
+    def _inputs_unchanged(self, inputs: list, on_result):
+        """``on_result`` that first checks that each ``(image layer, data at Run)`` is unchanged.
+
+        Raises :class:`InputError` (shown in the dock; nothing written) when an image was
+        removed from the viewer, or its data replaced, while the job ran.
+        """
+
+        def checked(value) -> None:
+            for layer, data in inputs:
+                if layer not in self.viewer.layers:
+                    raise InputError(
+                        f"Image '{layer.name}' was removed while the {self.task} job ran; its result was "
+                        "dropped and no layer was changed."
+                    )
+                if full_resolution(layer) is not data:
+                    raise InputError(
+                        f"Image '{layer.name}' got other pixels while the {self.task} job ran; its result was "
+                        "dropped and no layer was changed. Run again."
+                    )
+            on_result(value)
+
+        return checked
 
     def _guarded(self, on_result):
         """``on_result`` run under the "ask" edit policy: hand-edited output layers raise a question.
@@ -687,21 +751,48 @@ class SegmentationWidget(Dock):
     def _report(self, exc: BaseException) -> None:
         self.job_panel.report(exc)
 
-    def _start(self, job_factory, on_result, description: str) -> None:
+    def _start(self, job_factory, on_result, description: str, inputs=()) -> None:
+        """Run a job; removing one of the ``inputs`` (Image layers) from the viewer cancels it."""
         self.edit_question.drop()
         on_result = self._guarded(on_result)
         self.models.download.enabled = False
+        self._job_inputs = list(inputs)
+        self._cancel_note = ""
+        if not getattr(self, "_watching_removals", False):
+            self.viewer.layers.events.removed.connect(self._on_layer_removed)
+            self._watching_removals = True
         self.job_panel.start(job_factory, on_result, description)
+
+    def _on_layer_removed(self, event=None) -> None:
+        """An input of the running job left the viewer (deleted, or the viewer closing): cancel the job.
+
+        Its result could only be dropped (see :meth:`_inputs_unchanged`), and a job that goes on
+        computing slows the closing viewer down.
+        """
+        from napari.utils.notifications import show_info
+
+        layer = getattr(event, "value", None)
+        if layer is None or not self.jobs.busy or self.jobs.closed:
+            return
+        if any(layer is item for item in getattr(self, "_job_inputs", ())):
+            self._cancel_note = (f"Image '{layer.name}' was removed while the {self.task} job ran; the job was "
+                                 "cancelled and no layer was changed.")
+            self.jobs.cancel()
+            show_info(self._cancel_note)
 
     def _on_progress(self, item: Progress) -> None:
         self.job_panel.on_progress(item)
 
-    def _after_job(self, how: str) -> None:
+    def _after_job(self, how: Outcome) -> None:
         self.models.download.enabled = True
+        if how == Outcome.ABORTED and getattr(self, "_cancel_note", ""):
+            self.message.value = self._cancel_note
+        self._cancel_note = ""
+        self._job_inputs = []
         self._finish_region_run(str(how))
         self._on_done(how)
 
-    def _on_done(self, how: str) -> None:
+    def _on_done(self, how: Outcome) -> None:
         """A job ended (after the panel re-enabled its buttons). Subclasses extend."""
 
     def smoke(self) -> None:

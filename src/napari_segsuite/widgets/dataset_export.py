@@ -28,6 +28,7 @@ from magicgui.widgets import (
 
 from napari_segsuite.core.errors import InputError, SegSuiteError
 from napari_segsuite.core.progress import Progress
+from napari_segsuite.core.vocabulary import Outcome
 from napari_segsuite.widgets.worker import JobRunner
 
 THIS_LAYER, ALL_LAYERS = "this Labels layer (all planes)", "all Labels layers"
@@ -271,17 +272,17 @@ class DatasetExportWidget(Container):
             self.message.value = item.message
         self.progress.value = int(100 * item.fraction) if item.fraction is not None else 0
 
-    def _on_done(self, how: str) -> None:
+    def _on_done(self, how: Outcome) -> None:
         if self._job is not None:
             self._job.close()  # a cancelled export removes its unfinished folder here
             self._job = None
         self.export_button.enabled = True
         self.cancel_button.enabled = False
-        if how == "returned":
+        if how == Outcome.RETURNED:
             self.progress.value = 100
-        elif how == "aborted":
+        elif how == Outcome.ABORTED:
             self.message.value = "Cancelled; no dataset was written."
-        elif how == "errored" and self.jobs.last_error is not None:
+        elif how == Outcome.ERRORED and self.jobs.last_error is not None:
             self.message.value = str(self.jobs.last_error)
 
 

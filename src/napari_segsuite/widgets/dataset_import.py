@@ -15,6 +15,7 @@ from pathlib import Path
 from magicgui.widgets import Container, FileEdit, PushButton
 
 from napari_segsuite.core.errors import InputError, SegSuiteError
+from napari_segsuite.core.vocabulary import Outcome
 from napari_segsuite.widgets.scaffold import JobPanel, form
 
 DOCK_NAME = "Import dataset"
@@ -35,6 +36,7 @@ class DatasetImportWidget(Container):
         self.message = self.panel.message
         self.jobs = self.panel.jobs
         self.jobs.napari_progress = False
+        self.jobs.abort_message = "Cancelled; no layer was added."
         self.extend([form(self.path), self.panel.controls])
         self.last_result = None
         self.added: list = []
@@ -84,8 +86,8 @@ class DatasetImportWidget(Container):
             f"in {len(tuples) // 2} Labels layer(s)."
         )
 
-    def _on_done(self, how: str) -> None:
-        if how == "aborted":
+    def _on_done(self, how: Outcome) -> None:
+        if how == Outcome.ABORTED:
             self.message.value = "Cancelled; no layer was added."
 
     def wait(self, timeout: float = 600.0) -> None:

@@ -28,10 +28,11 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, PushButton, Sp
 
 from napari_segsuite.core.errors import InputError, SegSuiteError
 from napari_segsuite.core.progress import Progress
+from napari_segsuite.core.vocabulary import LayerTask, Task
 from napari_segsuite.layers import aligned_layer_kwargs
 from napari_segsuite.widgets.scaffold import Dock, JobPanel, form, row
 
-AUTO, SEMANTIC, INSTANCE, PANOPTIC = "auto", "semantic", "instance", "panoptic"
+AUTO, SEMANTIC, INSTANCE, PANOPTIC = "auto", Task.SEMANTIC, Task.INSTANCE, Task.PANOPTIC
 MODES = (AUTO, SEMANTIC, INSTANCE, PANOPTIC)
 #: Columns shown in the instance/panoptic table (the CSV has them all).
 SHOWN_COLUMNS = ("class_name", "n_gt", "n_pred", "tp", "fp", "fn", "precision", "recall", "f1",
@@ -90,11 +91,11 @@ def guess_mode(layer) -> str:
         return INSTANCE
     meta = getattr(layer, "metadata", {}).get("segsuite", {})
     task = str(meta.get("task", ""))
-    if task in ("semantic", "unet") or meta.get("label_ids") == "model class id + 1":
+    if task in (LayerTask.SEMANTIC, LayerTask.UNET) or meta.get("label_ids") == "model class id + 1":
         return SEMANTIC
-    if task == "panoptic":
+    if task == LayerTask.PANOPTIC:
         return PANOPTIC
-    if task in ("instance", "prompt", "sam auto"):
+    if task in (LayerTask.INSTANCE, LayerTask.PROMPT, LayerTask.SAM_AUTO):
         return INSTANCE
     feats = getattr(layer, "features", None)
     cols = set(feats.columns) if feats is not None else set()
@@ -332,7 +333,7 @@ class EvaluationWidget(Dock):
             if name in self.viewer.layers:
                 del self.viewer.layers[name]
             layer = self.viewer.add_labels(values, name=name, opacity=0.8, **aligned_layer_kwargs(source))
-        layer.metadata = {**layer.metadata, "segsuite": {"task": "evaluation", "shows": what, "ids": list(ids)}}
+        layer.metadata = {**layer.metadata, "segsuite": {"task": LayerTask.EVALUATION, "shows": what, "ids": list(ids)}}
         return layer
 
     def export_csv(self) -> Path | None:

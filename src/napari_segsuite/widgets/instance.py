@@ -56,8 +56,8 @@ class InstanceWidget(SegmentationWidget):
     """
 
     task = Task.INSTANCE
-    model_tasks = ('instance', 'detection')
-    batch_task = "instance"
+    model_tasks = (Task.INSTANCE, Task.DETECTION)
+    batch_task = Task.INSTANCE
 
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
@@ -102,22 +102,8 @@ class InstanceWidget(SegmentationWidget):
         self.box_source.value = None
         self.export_dataset_button = add_export_button(self)
         self.import_dataset_button = add_import_button(self)
-        self.models.model.changed.connect(self._show_library_defaults)
-        self._show_library_defaults()
+        self.show_library_defaults({"conf": self.conf, "iou": self.iou, "max_det": self.max_det})
         self.finish_layout()
-
-    def _show_library_defaults(self, _value=None) -> None:
-        """Show a registry model's own defaults (its library's) in the score, NMS and max fields."""
-        from napari_segsuite.models.base import library_defaults
-        from napari_segsuite.models.registry import REGISTRY
-
-        entry = REGISTRY.get(self.models.model.value)
-        if entry is None:  # a local file: its family is known once it is loaded
-            return
-        defaults = library_defaults(entry.family, Task.INSTANCE)
-        for field, key in ((self.conf, "conf"), (self.iou, "iou"), (self.max_det, "max_det")):
-            if key in defaults:
-                field.value = defaults[key]
 
     # -- options ------------------------------------------------------------------
     def _shapes_choices(self, _widget=None):
@@ -182,14 +168,18 @@ class InstanceWidget(SegmentationWidget):
 
     # -- models (worker) --------------------------------------------------------------
     def _load_detector_job(self, allow_boxes: bool):
+        from napari_segsuite.core.threads import call_in_background
         from napari_segsuite.models.base import load_model
         from napari_segsuite.tasks.instance import check_instance_model
 
-        key = self.model_key()
+        key = self.job_model_key()
         if self._runner is None or self._runner_key != key:
             yield Progress(0, None, f"Loading {Path(key[0]).name}")
             self._runner, self._runner_key = None, None
-            runner = load_model(key[0], key[1], store=self.store)
+            store = self.store
+            # loading has no yield points: on its own thread, so that Cancel and closing return at once
+            runner = yield from call_in_background(lambda: load_model(key[0], key[1], store=store),
+                                                   f"Loading {Path(key[0]).name}")
             self._runner, self._runner_key = runner, key
         check_instance_model(self._runner, allow_boxes=allow_boxes)
         return self._runner

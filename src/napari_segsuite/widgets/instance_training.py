@@ -30,6 +30,7 @@ from magicgui.widgets import (
 
 from napari_segsuite.core.errors import InputError, SegSuiteError
 from napari_segsuite.core.progress import Progress
+from napari_segsuite.core.vocabulary import Family, Outcome, Task
 from napari_segsuite.models.store import ModelStore
 
 FAMILY_CHOICES = [("YOLO-seg (ultralytics)", "yolo"), ("Mask R-CNN (torchvision)", "maskrcnn")]
@@ -80,6 +81,8 @@ class TrainingCurve:
         ax2.clear()
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel("training loss", fontsize=8, color="#25a")
+        ax2.yaxis.set_label_position("right")  # clear() puts a twin's label back on the left
+        ax2.yaxis.tick_right()
         ax2.set_ylabel(self.score_label, fontsize=8, color="#e62")
         ax2.set_ylim(0, 1)
         ax.tick_params(labelsize=7)
@@ -266,7 +269,7 @@ class _TrainingPanelBase(Container):
         if isinstance(row, dict):
             self.curve.add(row, draw=self.curve.score_key in row or int(row.get("step", 0)) % 5 == 0)
 
-    def _on_done(self, how: str) -> None:
+    def _on_done(self, how: Outcome) -> None:
         self.curve.draw()
 
     def _saved(self, runner) -> None:
@@ -319,9 +322,11 @@ class InstanceTrainingPanel(_TrainingPanelBase):
         self._refresh_layers()
 
     def _start_choices(self, _widget=None):
-        family = {"yolo": "yolo", "maskrcnn": "torchvision"}[self.family.value] if hasattr(self, "family") else None
+        from napari_segsuite.tasks.instance_training import RUNNER_FAMILY
+
+        family = RUNNER_FAMILY[self.family.value] if hasattr(self, "family") else None
         items = [("New model (from scratch)", NEW_MODEL)]
-        for card in self.store.trained_models("instance"):
+        for card in self.store.trained_models(Task.INSTANCE):
             if family is None or card.family == family:
                 items.append((f"{card.name} ({', '.join(card.class_names.values())})", f"trained/{card.name}"))
         items.append(("Checkpoint file…", LOCAL_CHECKPOINT))
@@ -360,7 +365,7 @@ class InstanceTrainingPanel(_TrainingPanelBase):
             init = self._init_model(continue_training)
             family = self.family.value
             if continue_training and self.model is not None:
-                family = "yolo" if self.model.family == "yolo" else "maskrcnn"
+                family = "yolo" if self.model.family == Family.YOLO else "maskrcnn"
             name = str(self.name.value).strip() or None
             if name is not None:  # never over an existing model: my-cells, my-cells-2, ...
                 from napari_segsuite.models.trained import unique_name
@@ -390,12 +395,12 @@ class InstanceTrainingPanel(_TrainingPanelBase):
             best = runner.training.get("best_val_ap50")
             kept = "" if best is None else f"; held-out mask AP50 {best:.3f} (epoch {runner.training['best_epoch']})"
             how = "Stopped early" if state.stopped_early else "Trained"
-            self.message.value = f"{how}: saved '{runner.name}' in {store.cache_dir / 'trained'}{kept}."
+            self.message.value = f"{how}: saved '{runner.name}' in the model folder's trained/{kept}."
             self.start_from.reset_choices()
 
         self._start(job, on_result, f"Training {family} on " + "; ".join(summary))
 
-    def _on_done(self, how: str) -> None:
+    def _on_done(self, how: Outcome) -> None:
         super()._on_done(how)
         self.continue_button.enabled = self.model is not None
 
@@ -409,7 +414,7 @@ class SamFinetunePanel(_TrainingPanelBase):
         super().__init__(napari_viewer, store, on_saved, "held-out single-point IoU", "val_iou")
         from napari_segsuite.widgets.base import ModelPicker
 
-        self.sam = ModelPicker(("prompt",), self.store, families=("sam",))
+        self.sam = ModelPicker((Task.PROMPT,), self.store, families=(Family.SAM,))
         self.steps = SpinBox(label="Steps", value=200, min=1, max=100_000)
         self.learning_rate = FloatSpinBox(label="Learning rate", value=1e-4, min=1e-6, max=1e-1, step=1e-5)
         self.name = LineEdit(label="Save as", value="")

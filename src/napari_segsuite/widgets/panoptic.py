@@ -80,8 +80,8 @@ class PanopticWidget(SegmentationWidget):
     """Things get instance ids, stuff gets class regions (Mask2Former)."""
 
     task = Task.PANOPTIC
-    model_tasks = ('panoptic',)
-    batch_task = "panoptic"
+    model_tasks = (Task.PANOPTIC,)
+    batch_task = Task.PANOPTIC
 
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
@@ -101,6 +101,8 @@ class PanopticWidget(SegmentationWidget):
                                   self.output, self.divisor, self.scope])
         self._build_evaluation()
         self._smoke_dir = None
+        self.show_library_defaults({"threshold": self.threshold, "mask_threshold": self.mask_threshold,
+                                    "overlap_mask_area_threshold": self.overlap})
         self.finish_layout()
 
     # -- running ------------------------------------------------------------------
@@ -181,16 +183,16 @@ class PanopticWidget(SegmentationWidget):
                                        output_layer_name(image, "panoptic instance")])
             instances, feats = result.instance_labels()
             layers = [
-                write_plane(self.viewer, image, sel, result.semantic_labels(), task="panoptic",
+                write_plane(self.viewer, image, sel, result.semantic_labels(), task=self.task,
                             name=output_layer_name(image, "panoptic semantic"),
                             provenance={**provenance, "encoding": "class_id + 1"},
                             extra_features=result.semantic_features()),
-                write_plane(self.viewer, image, sel, instances, task="panoptic",
+                write_plane(self.viewer, image, sel, instances, task=self.task,
                             name=output_layer_name(image, "panoptic instance"),
                             provenance={**provenance, "encoding": "things 1..N"}, extra_features=feats),
             ]
         else:
-            layers = [write_plane(self.viewer, image, sel, result.labels, task="panoptic",
+            layers = [write_plane(self.viewer, image, sel, result.labels, task=self.task,
                                   provenance=provenance, extra_features=result.features())]
         self.last_layers = layers
         n_things = int(result.table["is_thing"].sum()) if len(result.table) else 0
@@ -236,7 +238,7 @@ class PanopticWidget(SegmentationWidget):
 
         self._smoke_dir = tempfile.TemporaryDirectory(prefix="segsuite-panoptic-")
         folder = build_tiny_mask2former(Path(self._smoke_dir.name) / "tiny_mask2former_panoptic",
-                                        task="panoptic", num_labels=4, seed=2)
+                                        task=self.task, num_labels=4, seed=2)
         self.models.model.value = LOCAL
         self.models.local.value = str(folder)
         self.device.value = "cpu"

@@ -32,6 +32,7 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, PushButton, Se
 
 from napari_segsuite.core.errors import SegSuiteError
 from napari_segsuite.core.labels import next_free_id
+from napari_segsuite.core.vocabulary import Family, LayerTask
 from napari_segsuite.layers import (
     current_plane,
     find_or_create_labels,
@@ -124,13 +125,13 @@ class CommitSection(SamSection):
     def _labels_choices(self, _widget=None):
         from napari.layers import Labels
 
-        own = {output_layer_name(layer, "sam preview") for layer in self.viewer.layers}
+        own = {output_layer_name(layer, LayerTask.SAM_PREVIEW) for layer in self.viewer.layers}
         return [(layer.name, layer) for layer in self.viewer.layers
                 if isinstance(layer, Labels) and layer.name not in own]
 
     def target_name(self, image) -> str:
         """The default target layer of ``image``."""
-        return output_layer_name(image, "sam")
+        return output_layer_name(image, Family.SAM)
 
     def find_target(self, image, sel, *, create: bool):
         """The target Labels layer (the picked one, else ``<image> [sam]``; created when asked)."""
@@ -174,7 +175,7 @@ class CommitSection(SamSection):
             dock.message.value = "The object has no free pixels left (tick 'overwrite' to replace labels)."
             return
         write_plane(
-            self.viewer, image, sel, plan.labels, task="prompt", target=target, guard_edits=False,
+            self.viewer, image, sel, plan.labels, task=LayerTask.PROMPT, target=target, guard_edits=False,
             provenance={"model": dock.session.runner.provenance(), "last_ids": plan.written},
             extra_features=plan.features,
         )
@@ -237,9 +238,9 @@ class CommitSection(SamSection):
             dock.report(exc)
             return
         meta = dict(target.metadata.get("segsuite", {}))
-        record = {"task": "prompt", "model": dock.session.runner.provenance(), "last_ids": plan.written,
+        record = {"task": LayerTask.PROMPT, "model": dock.session.runner.provenance(), "last_ids": plan.written,
                   "region": [region.r0, region.r1, region.c0, region.c1], "plane": sel.key}
-        meta.update({"task": "prompt", "source_image": image.name, "last": record,
+        meta.update({"task": LayerTask.PROMPT, "source_image": image.name, "last": record,
                      "max_label": max(int(meta.get("max_label", 0)), *plan.written)})
         target.metadata = {**target.metadata, "segsuite": meta}
         ids = ", ".join(map(str, plan.written))
@@ -292,7 +293,7 @@ class CommitSection(SamSection):
         for col in ("score", "model"):
             rows[col] = [plan.features.get(int(k), {}).get(col) for k in rows["label"]]
         record_on_disk_write(target, store, sel, region, rows, np.bincount(old.ravel().astype(np.int64)),
-                             task="prompt", provenance={"model": self.dock.session.runner.provenance(),
+                             task=LayerTask.PROMPT, provenance={"model": self.dock.session.runner.provenance(),
                                                         "source_image": self.dock.selected_image().name},
                              before=old)
 
@@ -302,8 +303,13 @@ class CommitSection(SamSection):
 
     # -- undo / redo -----------------------------------------------------------------------
     def record_step(self, layer, text: str, region: tuple | None = None) -> None:
-        """Remember a write that changed labels (it becomes what Undo undoes); ``region``: see :class:`Step`."""
+        """Remember a write that changed labels (it becomes what Undo undoes); ``region``: see :class:`Step`.
+
+        As many steps are kept as the layer keeps in its own undo history (napari's Labels
+        keep the last 100), so the list stays bounded and every step listed can be undone.
+        """
         self.undo_steps.append(Step(layer, text, region))
+        del self.undo_steps[:-max(1, int(getattr(layer, "_history_limit", 100)))]
         self.redo_steps.clear()
         self._update_history_buttons()
 
@@ -359,13 +365,19 @@ class CommitSection(SamSection):
             return
         from napari_segsuite.layers import next_label
 
-        kept = []
+        data = level0(target)
+        by_plane: dict[str, list[Committed]] = {}
         for c in self.committed:
-            if tuple(level0(target).shape[:len(c.plane_index)]) and len(c.plane_index) == level0(target).ndim:
-                where = c.region if c.region is not None else c.plane_index
-                c.area = int(np.count_nonzero(np.asarray(level0(target)[where]) == c.label))
-            kept.append(c)
-        self.committed = kept
+            if len(c.plane_index) != data.ndim:
+                continue
+            if c.region is not None:  # a windowed commit on a large plane: read its region only
+                c.area = int(np.count_nonzero(np.asarray(data[c.region]) == c.label))
+            else:
+                by_plane.setdefault(c.plane_key, []).append(c)
+        for items in by_plane.values():  # one pass over each plane, however many objects it holds
+            area = _label_areas(np.asarray(data[items[0].plane_index]))
+            for c in items:
+                c.area = int(area(c.label))
         self._target_for_list = target
         self.next_id.value = f"Next id: {next_label(target)}"
         self.objects.reset_choices()
@@ -430,7 +442,7 @@ class CommitSection(SamSection):
                 store.write(lead, region, new)
                 sel = plane_selection(self.viewer, self.dock.selected_image())
                 record_on_disk_write(target, store, sel, region, pd.DataFrame(label_table(new))[["label", "area"]],
-                                     np.bincount(old.ravel().astype(np.int64)), task="prompt",
+                                     np.bincount(old.ravel().astype(np.int64)), task=LayerTask.PROMPT,
                                      provenance={"deleted": c.label}, before=old)
                 self.record_step(target, f"delete of label {c.label}", region=c.region)
                 self._journal_change(self.dock.selected_image(), target, c.region, old.reshape(
@@ -501,16 +513,36 @@ class CommitSection(SamSection):
 
     def _journal_change(self, image, target, index: tuple, old, new, kind: str) -> None:
         """Append the pixels that changed (``old`` -> ``new`` at ``index``); show a failure in the dock."""
-        from napari.utils.notifications import show_error
-
         from napari_segsuite.layers import _expand_index
 
         changed = np.nonzero(np.asarray(old) != np.asarray(new))
         coords = _expand_index(index, changed) if index else changed
-        error = self.autosaver.record(self.journal_for(image, target), coords, np.asarray(new)[changed], kind)
-        if error is not None:
-            self.dock.message.value = f"{self.dock.message.value} AUTOSAVE FAILED: {error}"
-            show_error(f"Autosave failed: {error}")
+        failure = self.journal_write(image, target, coords, np.asarray(new)[changed], kind)
+        if failure:
+            self.dock.message.value = f"{self.dock.message.value} {failure}"
+
+    def journal_write(self, image, target, coords: tuple, values, kind: str) -> str:
+        """Append a write of the dock into ``target`` (one index array per axis, the new values).
+
+        Every write of the dock into its target goes through here (commits, undo/redo,
+        deletes, propagation, concept tracking). A failure is shown in a notification and
+        returned as a sentence for the dock's status line ("" when saved); the write itself stands.
+        """
+        from napari.utils.notifications import show_error
+
+        error = self.autosaver.record(self.journal_for(image, target), coords, np.asarray(values), kind)
+        if error is None:
+            return ""
+        show_error(f"Autosave failed: {error}")
+        return f"AUTOSAVE FAILED: {error}"
+
+    def target_for_result(self, image, sel, target):
+        """The layer a job's result goes to: ``target``, or, when it was deleted while the job ran,
+        the default target rebuilt from the journal. Returns ``(layer, note)``."""
+        if target is not None and target in self.viewer.layers:
+            return target, ""
+        note = self._recover_deleted_target(image, sel)
+        return self.find_target(image, sel, create=True), note
 
     def _recover_deleted_target(self, image, sel) -> str:
         """Rebuild the default target layer from the journal when it is gone; returns a note or ''."""
@@ -571,6 +603,18 @@ class CommitSection(SamSection):
     def shutdown(self) -> None:
         """Nothing to wait for: journal entries are written synchronously at each commit."""
 
+
+def _label_areas(plane: np.ndarray):
+    """``area(label)``: the pixel count of each label in ``plane``, from one pass over it."""
+    flat = plane.reshape(-1)
+    low = int(flat.min(initial=0))
+    high = int(flat.max(initial=0))
+    if low >= 0 and high <= 4 * flat.size + 1024:
+        counts = np.bincount(flat, minlength=high + 1)
+        return lambda label: int(counts[label]) if 0 <= label <= high else 0
+    ids, n = np.unique(flat, return_counts=True)
+    table = dict(zip(ids.tolist(), n.tolist(), strict=True))
+    return lambda label: table.get(label, 0)
 
 
 def level0(layer):

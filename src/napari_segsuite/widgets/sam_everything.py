@@ -19,6 +19,7 @@ from __future__ import annotations
 from magicgui.widgets import FloatSpinBox, PushButton, SpinBox
 
 from napari_segsuite.core.errors import SegSuiteError
+from napari_segsuite.core.vocabulary import LayerTask
 from napari_segsuite.layers import write_plane
 from napari_segsuite.widgets.sam_sections import SamSection
 from napari_segsuite.widgets.scaffold import form
@@ -95,7 +96,7 @@ class EverythingSection(SamSection):
             extra = {int(row["label"]): {k: row[k] for k in result.table.columns if k not in skip}
                      for _, row in result.table.iterrows()}
             layer = write_plane(
-                self.viewer, image, sel, result.labels, task="sam auto",
+                self.viewer, image, sel, result.labels, task=LayerTask.SAM_AUTO,
                 provenance={"model": session.runner.provenance(), "params": {
                     k: v for k, v in params.__dict__.items() if k != "point_grids"}},
                 extra_features=extra,

@@ -153,7 +153,7 @@ class FindSection(SamSection):
         def on_result(result) -> None:
             from napari_segsuite.layers import _expand_index, _update_features
 
-            target = dock.find_target(image, sel, create=True)
+            target, note = dock.commits.target_for_result(image, sel, dock.find_target(image, sel, create=False))
             offset = next_free_id(target.data) - 1
             overwrite = bool(dock.commits.overwrite.value)
             coords, values = [], []
@@ -172,18 +172,21 @@ class FindSection(SamSection):
                 if changed[0].size:
                     coords.append(_expand_index(idx, changed))
                     values.append(new[changed])
+            failure = ""
             if coords:
                 full = tuple(np.concatenate([c[d] for c in coords]) for d in range(target.data.ndim))
                 with target.block_history():
                     target.data_setitem(full, np.concatenate(values))
+                failure = dock.commits.journal_write(image, target, full, np.concatenate(values), "tracking")
                 extra = {int(r.label) + offset: {"class_name": r.class_name, "score": float(r.score),
                                                  "first_plane": int(r.first_plane), "last_plane": int(r.last_plane)}
                          for r in result.table.itertuples()}
                 _update_features(target, sel.labels_index, extra)
                 dock.commits.record_step(target, f"tracking of {', '.join(concepts)}")
-            dock.message.value = (
+            text = (
                 f"Tracked {len(result.table)} object(s) of {', '.join(concepts)} through "
                 f"{result.labels.shape[0]} planes into '{target.name}'." if len(result.table) else result.message
             )
+            dock.message.value = " ".join(t for t in (note, text, failure) if t)
 
         dock.start_job(job, on_result, "Track concept")

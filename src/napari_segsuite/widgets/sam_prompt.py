@@ -38,7 +38,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, FileEdit
 
 from napari_segsuite.core.progress import Progress
-from napari_segsuite.core.vocabulary import Task
+from napari_segsuite.core.vocabulary import Outcome, Task
 from napari_segsuite.layers import current_plane
 from napari_segsuite.tasks.sam_preview import PreviewController, PreviewSource
 from napari_segsuite.widgets.base import SegmentationWidget
@@ -70,7 +70,7 @@ class SamPromptWidget(SegmentationWidget):
     """Segment Anything from point and box prompts."""
 
     task = Task.PROMPT
-    model_tasks = ("prompt",)
+    model_tasks = (Task.PROMPT,)
 
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
@@ -161,8 +161,9 @@ class SamPromptWidget(SegmentationWidget):
     _report = report
 
     def start_job(self, job_factory, on_result, description: str) -> None:
-        """Run a job with the dock's progress bar and Cancel."""
-        self._start(job_factory, on_result, description)
+        """Run a job with the dock's progress bar and Cancel (removing the dock's image cancels it)."""
+        image = self.image.value
+        self._start(job_factory, on_result, description, inputs=[image] if image is not None else [])
 
     def refuse_when_busy(self) -> bool:
         """True (and a message) when a job is running: one job at a time."""
@@ -317,7 +318,7 @@ class SamPromptWidget(SegmentationWidget):
         """Whether a preview is being computed or waits to be shown."""
         return self.prompts.busy
 
-    def _on_done(self, how: str) -> None:
+    def _on_done(self, how: Outcome) -> None:
         self.prompts.job_done()
 
     # -- closing ------------------------------------------------------------------------------

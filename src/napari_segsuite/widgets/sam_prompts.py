@@ -31,6 +31,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, Label, PushButton, SpinBox
 
 from napari_segsuite.core.errors import InputError, SegSuiteError
+from napari_segsuite.core.vocabulary import LayerTask
 from napari_segsuite.layers import (
     aligned_layer_kwargs,
     full_resolution,
@@ -183,11 +184,11 @@ class PromptSection(SamSection):
             preview = self.viewer.layers[name]
         else:
             sel = plane_selection(self.viewer, image)
-            meta = {"task": "sam preview", "role": "prompt"}
+            meta = {"task": LayerTask.SAM_PREVIEW, "role": "prompt"}
             if _large(sel.layer_shape):  # a large image: the preview holds the objects' windows only
                 from napari_segsuite.core.tiling import Tile
 
-                one = Tile(0, 0, 1, 1)
+                one = Tile(slice(0, 1), slice(0, 1))
                 preview = Labels(np.zeros(region_shape(sel, one), dtype=np.uint8), name=name, opacity=0.5,
                                  metadata={"segsuite": {**meta, "windowed": True}},
                                  **region_layer_kwargs(image, sel, one))
@@ -496,6 +497,11 @@ class PromptSection(SamSection):
 
     def _render_preview(self) -> None:
         layer = self.preview_layer
+        image = self._image_for_prompts
+        if (layer is not None and layer not in self.viewer.layers and self.preview.objects
+                and image is not None and image in self.viewer.layers):
+            self.attach(image, activate=False)  # the user deleted the preview layer: it comes back
+            layer = self.preview_layer
         if layer is None or layer not in self.viewer.layers:
             return
         if self._render_windowed(layer):

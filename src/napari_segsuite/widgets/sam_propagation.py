@@ -87,25 +87,34 @@ class PropagationSection(SamSection):
             return (yield from propagate_job(session, planes, start, start_mask, **options))
 
         def on_result(masks) -> None:
-            written, changed = self.write_propagation(target, sel, axis, label, masks)
+            layer, note = dock.commits.target_for_result(image, sel, target)
+            written, changed, failure = self._write(layer, sel, axis, label, masks, image)
             if changed:
-                dock.commits.record_step(target, f"propagation of label {label}")
-                dock.commits.refresh(target)
-            dock.message.value = (
+                dock.commits.record_step(layer, f"propagation of label {label}")
+                dock.commits.refresh(layer)
+            text = (
                 f"Propagated label {label} to {len(written)} plane(s)"
                 + (f": {min(written)}…{max(written)}" if written else "")
                 + ("." if changed else "; no pixel changed, so there is nothing to undo.")
             )
+            dock.message.value = " ".join(t for t in (note, text, failure) if t)
 
         dock.start_job(job, on_result, "Propagation")
 
-    def write_propagation(self, target, sel, axis: int, label: int, masks: dict) -> tuple[list[int], int]:
+    def write_propagation(self, target, sel, axis: int, label: int, masks: dict, *,
+                          image=None) -> tuple[list[int], int]:
         """Write ``{plane: mask}`` under ``label`` into ``target`` as one undo step.
 
         On each plane the object's earlier pixels are replaced; other objects keep theirs
-        unless 'overwrite' is ticked. Returns the planes written and the number of pixels
-        that changed (0: no undo step was taken).
+        unless 'overwrite' is ticked. The pixels that changed are appended to ``image``'s
+        autosave journal (the dock's image when None). Returns the planes written and the
+        number of pixels that changed (0: no undo step was taken).
         """
+        written, n_changed, _failure = self._write(target, sel, axis, label, masks, image)
+        return written, n_changed
+
+    def _write(self, target, sel, axis, label, masks, image) -> tuple[list[int], int, str]:
+        """:meth:`write_propagation`, and the autosave's failure sentence ("" when saved)."""
         from napari_segsuite.layers import _expand_index, _update_features
 
         overwrite = bool(self.dock.commits.overwrite.value)
@@ -125,12 +134,15 @@ class PropagationSection(SamSection):
                 values.append(new[changed])
             written.append(int(z))
         n_changed = int(sum(len(v) for v in values))
+        failure = ""
         if coords:
             full = tuple(np.concatenate([c[d] for c in coords]) for d in range(target.data.ndim))
             with target.block_history():
                 target.data_setitem(full, np.concatenate(values))
             _update_features(target, sel.labels_index, None)
-        return written, n_changed
+            failure = self.dock.commits.journal_write(self.dock.selected_image() if image is None else image,
+                                                      target, full, np.concatenate(values), "propagation")
+        return written, n_changed, failure
 
 
     def propagate_windowed(self, image, sel) -> None:

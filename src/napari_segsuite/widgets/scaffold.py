@@ -24,6 +24,7 @@ from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 
 from napari_segsuite.core.errors import SegSuiteError
 from napari_segsuite.core.progress import Progress
+from napari_segsuite.core.vocabulary import Outcome
 from napari_segsuite.layers import full_resolution
 from napari_segsuite.widgets.worker import JobRunner
 
@@ -522,17 +523,17 @@ class JobPanel:
         if self._extra_progress is not None:
             self._extra_progress(item)
 
-    def on_done(self, how: str) -> None:
-        """A job ended: ``"returned"``, ``"aborted"`` or ``"errored"`` (GUI thread)."""
+    def on_done(self, how: Outcome) -> None:
+        """A job ended (an :class:`~napari_segsuite.core.vocabulary.Outcome`; GUI thread)."""
         for b in self._disabled:
             b.enabled = True
         self._disabled = []
         self.cancel_button.enabled = False
-        if how == "returned":
+        if how == Outcome.RETURNED:
             self.progress.value = 100
-        elif how == "aborted":
+        elif how == Outcome.ABORTED:
             self.message.value = "Cancelled; nothing was changed."
-        elif how == "errored" and self.jobs.last_error is not None:
+        elif how == Outcome.ERRORED and self.jobs.last_error is not None:
             self.message.value = str(self.jobs.last_error)
         if self._extra_done is not None:
             self._extra_done(how)

@@ -152,8 +152,8 @@ class SemanticWidget(SegmentationWidget):
     """A class for every pixel: SegFormer, Mask2Former, DeepLabV3, LRASPP and the U-Net."""
 
     task = Task.SEMANTIC
-    model_tasks = ('semantic',)
-    batch_task = "semantic"
+    model_tasks = (Task.SEMANTIC,)
+    batch_task = Task.SEMANTIC
 
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
@@ -268,7 +268,7 @@ class SemanticWidget(SegmentationWidget):
             }
             extra = {k: {"class_id": v["class_id"], "class_name": v["class_name"]} for k, v in result.features().items()}
             labels_layer = write_plane(
-                self.viewer, image_layer, sel, result.labels, task="semantic",
+                self.viewer, image_layer, sel, result.labels, task=self.task,
                 provenance=provenance, extra_features=extra,
             )
             if result.confidence is not None:

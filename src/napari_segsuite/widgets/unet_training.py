@@ -34,11 +34,12 @@ from magicgui.widgets import (
 
 from napari_segsuite.core.errors import InputError, SegSuiteError
 from napari_segsuite.core.progress import Progress
+from napari_segsuite.core.vocabulary import LayerTask, Outcome, Scope
 from napari_segsuite.layers import METADATA_KEY, PlaneSelection, current_plane, full_resolution
 
-TASK = "unet"
-CURRENT, ALL = "current plane", "all planes with strokes"
-PREDICT_CURRENT, PREDICT_ALL = "current plane", "all planes"
+TASK = LayerTask.UNET
+CURRENT, ALL = Scope.CURRENT_PLANE, Scope.STROKED_PLANES
+PREDICT_CURRENT, PREDICT_ALL = Scope.CURRENT_PLANE, Scope.ALL_PLANES
 
 
 class LossCurve:
@@ -438,10 +439,10 @@ class UnetTrainingPanel(Container):
             row = item.partial
             self.curve.add(row, draw="val_loss" in row or int(row["step"]) % 5 == 0)
 
-    def _on_done(self, how: str) -> None:
+    def _on_done(self, how: Outcome) -> None:
         kind, self._kind = self._kind, ""
         self.load_button.enabled = True
-        if how == "aborted" and kind == "train":
+        if how == Outcome.ABORTED and kind == "train":
             state = self.state
             best = state.best_model() if state is not None else None
             if best is not None:
@@ -453,7 +454,7 @@ class UnetTrainingPanel(Container):
             else:
                 kept = " The previous model is kept." if self.model is not None else ""
                 self.message.value = f"Cancelled before the first validation; no new model.{kept}"
-        elif how == "aborted":
+        elif how == Outcome.ABORTED:
             self.message.value = "Prediction cancelled; no layer was changed."
         has_model = self.model is not None
         for button in (self.continue_button, self.predict_button, self.save_button):

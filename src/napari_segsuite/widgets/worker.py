@@ -202,6 +202,9 @@ class JobRunner:
         self.closed = True
         worker = self.worker
         if worker is not None:
+            from napari_segsuite.core.threads import job_interrupted_by_exit
+
+            job_interrupted_by_exit()
             worker.quit()
             if self._pbar is not None:
                 self._pbar.close()
