@@ -85,6 +85,7 @@ def test_cancel_leaves_no_folder(make_napari_viewer, qtbot, tmp_path):
     _click(panel.export_button)
     _click(panel.cancel_button)
     qtbot.waitUntil(lambda: not panel.jobs.busy, timeout=60000)
+    qtbot.waitUntil(lambda: panel.export_button.enabled, timeout=60000)
     assert panel.message.value == "Cancelled; no dataset was written."
     assert list(tmp_path.iterdir()) == []
 

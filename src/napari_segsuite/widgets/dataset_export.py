@@ -147,7 +147,6 @@ class DatasetExportWidget(Container):
         self.jobs = JobRunner(on_progress=self._on_progress, on_done=self._on_done)
         self.jobs.napari_progress = False
         self.last_result = None
-        self._job = None
         self.export_button.changed.connect(self.export)
         self.cancel_button.changed.connect(self.jobs.cancel)
         events = self.viewer.layers.events
@@ -237,8 +236,8 @@ class DatasetExportWidget(Container):
                 for lc, lab in zip(label_classes, labels, strict=True):
                     present = set(np.unique(lab).tolist()) if lc else set()
                     maps.append({k: v for k, v in lc.items() if k in present} if lc else None)
-            self._job = export_job(images, labels, out, class_names=class_names, label_classes=maps, **options)
-            return (yield from self._job)
+            return (yield from export_job(images, labels, out, class_names=class_names,
+                                          label_classes=maps, **options))
 
         def on_result(result) -> None:
             self.last_result = result
@@ -273,17 +272,27 @@ class DatasetExportWidget(Container):
         self.progress.value = int(100 * item.fraction) if item.fraction is not None else 0
 
     def _on_done(self, how: Outcome) -> None:
-        if self._job is not None:
-            self._job.close()  # a cancelled export removes its unfinished folder here
-            self._job = None
-        self.export_button.enabled = True
         self.cancel_button.enabled = False
+        if how == Outcome.ABORTED:
+            # The job runs on the runner's job thread and stops at its next yield, where
+            # closing it removes the unfinished folder; the panel waits for that (job_ended).
+            self.message.value = "Cancelling…"
+            self._after_cancel()
+            return
+        self.export_button.enabled = True
         if how == Outcome.RETURNED:
             self.progress.value = 100
-        elif how == Outcome.ABORTED:
-            self.message.value = "Cancelled; no dataset was written."
         elif how == Outcome.ERRORED and self.jobs.last_error is not None:
             self.message.value = str(self.jobs.last_error)
+
+    def _after_cancel(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        if not self.jobs.job_ended.is_set():
+            QTimer.singleShot(50, self._after_cancel)
+            return
+        self.export_button.enabled = True
+        self.message.value = "Cancelled; no dataset was written."
 
 
 def open_export_dock(viewer, panel: DatasetExportWidget | None = None) -> DatasetExportWidget:

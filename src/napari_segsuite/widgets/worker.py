@@ -22,6 +22,7 @@ cancel takes effect at once.
 from __future__ import annotations
 
 import logging
+import threading
 import weakref
 from collections.abc import Callable, Generator
 from typing import Any
@@ -90,6 +91,12 @@ class JobRunner:
         #: the notification of a Cancel (a job that writes as it goes says what stays)
         self.abort_message = "Cancelled; no layer was changed."
         self._job_thread = None
+        #: set once the last started job has ended on the job thread (its generator finished or
+        #: closed, so its clean-up ran), or when it was cancelled before it began. After a
+        #: Cancel the worker ends at once while the job may still run to its next yield.
+        self.job_ended = threading.Event()
+        self.job_ended.set()
+        self._submitted = False
         _RUNNERS.add(self)
 
     @property
@@ -119,6 +126,8 @@ class JobRunner:
         _hook_application_quit()
         self.last_error = None
 
+        self.job_ended = threading.Event()
+        self._submitted = False
         job = self._relay(job_factory)
         worker = create_worker(job, _start_thread=False, _connect={"errored": self._on_error})
         self._pbar = progress(total=0, desc=description) if self.napari_progress else None
@@ -154,8 +163,15 @@ class JobRunner:
             self._job_thread = ServiceThread("segsuite-job", keep="all", nice=self.nice)
         items: queue.SimpleQueue = queue.SimpleQueue()
         stop = threading.Event()
+        ended = self.job_ended
 
         def drive() -> None:
+            try:
+                _drive()
+            finally:
+                ended.set()
+
+        def _drive() -> None:
             gen = job_factory()
             try:
                 item = next(gen)
@@ -172,6 +188,7 @@ class JobRunner:
                 items.put(("error", exc))
 
         def relay():
+            self._submitted = True
             self._job_thread.submit(drive)
             try:
                 while True:
@@ -285,6 +302,9 @@ class JobRunner:
 
     def _on_aborted(self) -> None:
         from napari.utils.notifications import show_info
+
+        if not self._submitted:  # cancelled before the job began: it never will
+            self.job_ended.set()
 
         if self.closed:
             self.worker = None
