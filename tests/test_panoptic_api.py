@@ -80,7 +80,7 @@ def test_two_segments_and_the_table_columns(runner, image):
 
 
 def test_default_thresholds_may_give_no_segment_but_a_defined_result(runner, image):
-    result = api.segment_panoptic(image, runner)  # random weights: nothing scores 0.8
+    result = api.segment_panoptic(image, runner, threshold=0.8)  # random weights: nothing scores 0.8
     assert result.labels.shape == image.shape and not result.labels.any()
     assert len(result.table) == 0 and "label" in result.table.columns
 
@@ -197,3 +197,14 @@ def test_fuse_checks_its_input():
         fuse_semantic_instance(np.zeros((4, 4), int), np.zeros((1, 5, 5), bool), [1])
     result = fuse_semantic_instance(np.zeros((4, 4), int), np.zeros((0, 4, 4), bool), [], stuff_classes=[])
     assert not result.labels.any() and len(result.table) == 0
+
+
+def test_default_thresholds_are_those_of_transformers():
+    import inspect
+
+    from transformers import Mask2FormerImageProcessor
+
+    library = inspect.signature(Mask2FormerImageProcessor.post_process_panoptic_segmentation).parameters
+    ours = inspect.signature(api.segment_panoptic).parameters
+    names = ("threshold", "mask_threshold", "overlap_mask_area_threshold")
+    assert {n: ours[n].default for n in names} == {n: library[n].default for n in names}

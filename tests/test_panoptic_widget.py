@@ -235,4 +235,4 @@ def test_picking_a_model_shows_its_library_defaults(make_napari_viewer):
     shown = {"threshold": widget.threshold.value, "mask_threshold": widget.mask_threshold.value,
              "overlap_mask_area_threshold": widget.overlap.value}
     assert shown == {name: declared[name].default for name in shown} == {
-        "threshold": 0.8, "mask_threshold": 0.5, "overlap_mask_area_threshold": 0.8}
+        "threshold": 0.5, "mask_threshold": 0.5, "overlap_mask_area_threshold": 0.8}

@@ -161,7 +161,7 @@ def segment_panoptic(
     *,
     device: str = "auto",
     progress=None,
-    threshold: float = 0.8,
+    threshold: float = 0.5,
     mask_threshold: float = 0.5,
     overlap_mask_area_threshold: float = 0.8,
     label_ids_to_fuse=None,

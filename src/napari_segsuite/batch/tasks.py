@@ -412,7 +412,7 @@ register_task(
 )
 register_task(
     Task.PANOPTIC, panoptic_task, kind=Task.INSTANCE,
-    help="things and stuff segments (Mask2Former panoptic); --param threshold=0.8 ...",
+    help="things and stuff segments (Mask2Former panoptic); --param threshold=0.5 ...",
 )
 register_task(
     # no model_task: the task checks its model itself (a box-only detector is fine with sam=...)

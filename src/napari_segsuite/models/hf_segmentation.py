@@ -614,7 +614,7 @@ class Mask2FormerRunner(HfFolderRunner):
         self,
         image_rgb_uint8,
         *,
-        threshold: float = 0.8,
+        threshold: float = 0.5,
         mask_threshold: float = 0.5,
         overlap_mask_area_threshold: float = 0.8,
         label_ids_to_fuse=None,

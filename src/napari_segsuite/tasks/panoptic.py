@@ -44,9 +44,13 @@ TABLE_COLUMNS = ("label", "class_id", "class_name", "is_thing", "score", "area")
 
 @dataclass
 class PanopticParams:
-    """The parameters of transformers' ``post_process_panoptic_segmentation``, plus the encoding."""
+    """The parameters of transformers' ``post_process_panoptic_segmentation``, plus the encoding.
 
-    threshold: float = 0.8
+    The defaults are that function's own in transformers 5 (threshold 0.5, mask
+    threshold 0.5, overlap 0.8).
+    """
+
+    threshold: float = 0.5
     mask_threshold: float = 0.5
     overlap_mask_area_threshold: float = 0.8
     label_ids_to_fuse: tuple[int, ...] | None = None

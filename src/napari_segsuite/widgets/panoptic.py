@@ -85,7 +85,7 @@ class PanopticWidget(SegmentationWidget):
 
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
-        self.threshold = FloatSpinBox(label="Threshold", value=0.8, min=0.0, max=1.0, step=0.05,
+        self.threshold = FloatSpinBox(label="Threshold", value=0.5, min=0.0, max=1.0, step=0.05,
                                       tooltip="Class score a segment needs")
         self.mask_threshold = FloatSpinBox(label="Mask threshold", value=0.5, min=0.0, max=1.0, step=0.05,
                                            tooltip="Mask probability threshold")
