@@ -97,6 +97,7 @@ class JobRunner:
         self.job_ended = threading.Event()
         self.job_ended.set()
         self._submitted = False
+        self._stop_job = threading.Event()
         _RUNNERS.add(self)
 
     @property
@@ -142,6 +143,7 @@ class JobRunner:
         """Ask the running job to stop at its next yield."""
         if self.worker is not None:
             self.worker.quit()
+            self._stop_job.set()
 
     def _relay(self, job_factory):
         """The worker's generator: relays the job, which runs on this runner's own job thread.
@@ -162,7 +164,9 @@ class JobRunner:
         if self._job_thread is None:
             self._job_thread = ServiceThread("segsuite-job", keep="all", nice=self.nice)
         items: queue.SimpleQueue = queue.SimpleQueue()
-        stop = threading.Event()
+        # Set by cancel() and shutdown(): the worker does not close this generator when it
+        # aborts, so the job thread learns of a Cancel from the event, not from relay's end.
+        stop = self._stop_job = threading.Event()
         ended = self.job_ended
 
         def drive() -> None:
@@ -203,8 +207,9 @@ class JobRunner:
                         return value
                     elif kind == "error":
                         raise value
-                    else:
-                        return None
+                    else:  # stopped after a Cancel: the worker aborts at its next step
+                        while True:
+                            yield None
             finally:
                 stop.set()
 
@@ -223,6 +228,7 @@ class JobRunner:
 
             job_interrupted_by_exit()
             worker.quit()
+            self._stop_job.set()
             if self._pbar is not None:
                 self._pbar.close()
                 self._pbar = None
