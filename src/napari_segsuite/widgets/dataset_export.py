@@ -29,6 +29,7 @@ from magicgui.widgets import (
 from napari_segsuite.core.errors import InputError, SegSuiteError
 from napari_segsuite.core.progress import Progress
 from napari_segsuite.core.vocabulary import Outcome
+from napari_segsuite.widgets.scaffold import add_panel_button, show_or_dock
 from napari_segsuite.widgets.worker import JobRunner
 
 THIS_LAYER, ALL_LAYERS = "this Labels layer (all planes)", "all Labels layers"
@@ -297,27 +298,12 @@ class DatasetExportWidget(Container):
 
 def open_export_dock(viewer, panel: DatasetExportWidget | None = None) -> DatasetExportWidget:
     """Show ``panel``'s dock when it is still docked, else dock a new export panel."""
-    docked = viewer.window.dock_widgets.get(DOCK_NAME)
-    if panel is not None and docked is not None:
-        wrapper = getattr(docked, "native", docked).parent()
-        wrapper.show()
-        wrapper.raise_()
-        return panel
-    panel = DatasetExportWidget(viewer)
-    viewer.window.add_dock_widget(panel, name=DOCK_NAME, area="right")
-    return panel
+    return show_or_dock(viewer, DOCK_NAME, panel, DatasetExportWidget)
 
 
 def add_export_button(dock) -> PushButton:
-    """Append an *Export dataset…* button to a dock widget (a magicgui Container with
-    ``viewer``); the panel it opens is ``dock.export_panel``."""
-    button = PushButton(text="Export dataset…")
-    button.tooltip = "Write Labels layers with their images as a COCO or YOLO training dataset"
-    dock.export_panel = None
-
-    def show(_value=None):
-        dock.export_panel = open_export_dock(dock.viewer, dock.export_panel)
-
-    button.changed.connect(show)
-    getattr(dock, "results", dock).append(button)  # a scrolling dock keeps its results in ``results``
-    return button
+    """Append an *Export dataset…* button to a dock (a magicgui Container with ``viewer``);
+    the panel it opens is ``dock.export_panel``."""
+    return add_panel_button(dock, "Export dataset…",
+                            "Write Labels layers with their images as a COCO or YOLO training dataset",
+                            "export_panel", open_export_dock)

@@ -16,7 +16,7 @@ from magicgui.widgets import Container, FileEdit, PushButton
 
 from napari_segsuite.core.errors import InputError, SegSuiteError
 from napari_segsuite.core.vocabulary import Outcome
-from napari_segsuite.widgets.scaffold import JobPanel, form
+from napari_segsuite.widgets.scaffold import JobPanel, add_panel_button, form, show_or_dock
 
 DOCK_NAME = "Import dataset"
 
@@ -97,27 +97,12 @@ class DatasetImportWidget(Container):
 
 def open_import_dock(viewer, panel: DatasetImportWidget | None = None) -> DatasetImportWidget:
     """Show ``panel``'s dock when it is still docked, else dock a new import panel."""
-    docked = viewer.window.dock_widgets.get(DOCK_NAME)
-    if panel is not None and docked is not None:
-        wrapper = getattr(docked, "native", docked).parent()
-        wrapper.show()
-        wrapper.raise_()
-        return panel
-    panel = DatasetImportWidget(viewer)
-    viewer.window.add_dock_widget(panel, name=DOCK_NAME, area="right")
-    return panel
+    return show_or_dock(viewer, DOCK_NAME, panel, DatasetImportWidget)
 
 
 def add_import_button(dock) -> PushButton:
     """Append an *Import dataset…* button to a dock (a magicgui Container with ``viewer``);
     the panel it opens is ``dock.import_panel``."""
-    button = PushButton(text="Import dataset…")
-    button.tooltip = "Read a COCO or YOLO segmentation dataset into Image and Labels layers"
-    dock.import_panel = None
-
-    def show(_value=None):
-        dock.import_panel = open_import_dock(dock.viewer, dock.import_panel)
-
-    button.changed.connect(show)
-    getattr(dock, "results", dock).append(button)
-    return button
+    return add_panel_button(dock, "Import dataset…",
+                            "Read a COCO or YOLO segmentation dataset into Image and Labels layers",
+                            "import_panel", open_import_dock)

@@ -537,3 +537,37 @@ class JobPanel:
             self.message.value = str(self.jobs.last_error)
         if self._extra_done is not None:
             self._extra_done(how)
+
+
+def show_or_dock(viewer, name: str, panel, make: Callable[[Any], Any]):
+    """Show ``panel``'s dock when it is still docked under ``name``, else dock ``make(viewer)``.
+
+    Returns the panel shown.
+    """
+    docked = viewer.window.dock_widgets.get(name)
+    if panel is not None and docked is not None:
+        wrapper = getattr(docked, "native", docked).parent()
+        wrapper.show()
+        wrapper.raise_()
+        return panel
+    panel = make(viewer)
+    viewer.window.add_dock_widget(panel, name=name, area="right")
+    return panel
+
+
+def add_panel_button(dock, text: str, tooltip: str, attr: str, opener: Callable[[Any, Any], Any]) -> PushButton:
+    """Append a button to ``dock`` (a magicgui Container with ``viewer``) that opens a panel.
+
+    ``opener(viewer, panel)`` shows the panel kept in ``dock.<attr>`` (None at first) or docks
+    a new one, which is kept there. A scrolling dock takes the button in its ``results``.
+    """
+    button = PushButton(text=text)
+    button.tooltip = tooltip
+    setattr(dock, attr, None)
+
+    def show(_value=None):
+        setattr(dock, attr, opener(dock.viewer, getattr(dock, attr)))
+
+    button.changed.connect(show)
+    getattr(dock, "results", dock).append(button)
+    return button
