@@ -171,13 +171,7 @@ class JobRunner:
 
         def drive() -> None:
             try:
-                _drive()
-            finally:
-                ended.set()
-
-        def _drive() -> None:
-            gen = job_factory()
-            try:
+                gen = job_factory()
                 item = next(gen)
                 while True:
                     items.put(("yield", item))
@@ -190,6 +184,8 @@ class JobRunner:
                 items.put(("return", end.value))
             except BaseException as exc:  # delivered to the worker, which reports it
                 items.put(("error", exc))
+            finally:
+                ended.set()
 
         def relay():
             self._submitted = True
