@@ -215,3 +215,80 @@ def test_a_window_larger_than_the_memory_available_is_refused(session, monkeypat
     w = WindowedPrompts(session, _slide(), token="memory")
     with pytest.raises(InputError, match="more than the memory available"):
         w.plan([{"points": np.array([[10.0, 10.0], [900.0, 900.0]]), "labels": np.array([1, 1]), "box": None}])
+
+
+@pytest.mark.parametrize("shape", [(1500, 1800), (40_000, 40_000), (300, 5000)])
+def test_window_lookup_agrees_with_a_scan_of_the_whole_grid(session, shape):
+    """The window of a box and a window's neighbours come from the grid's axes (no scan of its
+    43,000 windows on a 40,000-pixel plane): the same answers as ranking every grid window."""
+    from napari_segsuite.core.tiling import tile_grid
+
+    class Shape:  # a plane of that size; no pixel is read
+        dtype = np.dtype(np.uint8)
+
+        def __init__(self, shape):
+            self.shape = shape
+
+    w = WindowedPrompts(session, Shape(shape), token="lookup")
+    grid = tile_grid(shape, 256, 64)
+    assert w._grid is None  # not built until asked
+    rng = np.random.default_rng(0)
+    for _ in range(200 if len(grid) < 1000 else 20):
+        r0, c0 = rng.integers(0, shape[0] - 1), rng.integers(0, shape[1] - 1)
+        r1 = min(shape[0] - 1, r0 + rng.integers(0, 260))
+        c1 = min(shape[1] - 1, c0 + rng.integers(0, 260))
+        rows, cols = np.array([float(r0), float(r1)]), np.array([float(c0), float(c1)])
+        inside = [t for t in grid if t.r0 <= r0 and r1 + 1 <= t.r1 and t.c0 <= c0 and c1 + 1 <= t.c1]
+        got = w.window_for(rows, cols)
+        if inside:
+            cr, cc = (r0 + r1 + 1) / 2, (c0 + c1 + 1) / 2
+            assert got == min(inside, key=lambda t: ((t.r0 + t.r1) / 2 - cr) ** 2 + ((t.c0 + t.c1) / 2 - cc) ** 2)
+            ranked = sorted((t for t in grid if t != got),
+                            key=lambda t: ((t.r0 + t.r1) / 2 - (got.r0 + got.r1) / 2) ** 2
+                            + ((t.c0 + t.c1) / 2 - (got.c0 + got.c1) / 2) ** 2)
+            assert w.neighbours(got, 8) == ranked[:8]
+        else:
+            assert got not in grid
+    assert w._grid is None
+
+
+def test_the_prompts_window_is_encoded_while_a_prefetch_waits(tiny_sam_path):
+    """A background prefetch pauses at its next encoder step while the prompts' own window is
+    encoded and decoded: no prefetch encoder block starts during that time (at most the one it
+    was entering when the prompts came)."""
+    import threading
+    import time
+
+    from napari_segsuite.core.progress import run_sync
+
+    s = SamSession(str(tiny_sam_path), device="cpu", cache_size=64)
+    w = WindowedPrompts(s, _slide(seed=6), token="priority")
+    starts: list[tuple[int, float]] = []  # (thread, time) of every encoder block that starts
+    me = threading.get_ident()
+
+    def block_starts(_module, _args) -> None:
+        starts.append((threading.get_ident(), time.monotonic()))
+        if threading.get_ident() == me:
+            time.sleep(0.1)  # the prompts' window takes long enough for a free-running prefetch to go on
+
+    blocks = s.prompt_model.model.image_encoder.blocks
+    hooks = [b.register_forward_pre_hook(block_starts) for b in blocks]
+    try:
+        prefetch = threading.Thread(target=lambda: run_sync(w.prefetch_job(w.grid[0], n=30)))
+        prefetch.start()
+        deadline = time.monotonic() + 60
+        while len(starts) < 4 and time.monotonic() < deadline:  # the prefetch is under way
+            time.sleep(0.001)
+        runs = s.encoder_runs
+        t0 = time.monotonic()
+        (obj,) = w.predict([{"points": np.array([[1400.0, 1700.0]]), "labels": np.array([1]), "box": None}])
+        t1 = time.monotonic()
+        prefetch.join(120)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert obj["window"].r0 <= 1400 < obj["window"].r1 and s.encoder_runs > runs
+    assert sum(1 for t, _ in starts if t == me) == len(blocks)  # the prompts' window: one encode
+    during = [when for t, when in starts if t != me and t0 <= when <= t1]
+    assert len(during) <= 1, (len(during), t1 - t0)
+    assert any(t != me and when > t1 for t, when in starts)  # the prefetch went on afterwards

@@ -56,7 +56,7 @@ import numpy as np
 
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.progress import Progress, run_sync
-from napari_segsuite.core.tiling import Tile, TileReader, tile_grid
+from napari_segsuite.core.tiling import Tile, TileReader, axis_starts, tile_grid
 
 #: a plane whose longer side exceeds this many encoder inputs is prompted in windows
 WINDOW_FACTOR = 1.25
@@ -105,7 +105,11 @@ class PlaneView:
         full = list(self.index) + [slice(None)] * (len(self.data.shape) - len(self.index))
         for axis, k in zip(self.kept, key, strict=False):
             full[axis] = k
-        return np.asarray(self.data[tuple(full)])
+        out = self.data[tuple(full)]
+        if type(out).__module__.startswith("dask"):
+            # a window is a few chunks: read on this thread (no hand-offs to dask's thread pool)
+            out = out.compute(scheduler="synchronous")
+        return np.asarray(out)
 
     def __array__(self, dtype=None, copy=None):
         out = self[tuple(slice(None) for _ in self.shape)]
@@ -151,8 +155,24 @@ class WindowedPrompts:
         self.overlap = int(self.size // 4 if overlap is None else overlap)
         self.shape = (int(plane.shape[0]), int(plane.shape[1]))
         self.max_window_pixels = int(max_window_pixels or MAX_WINDOW_INPUTS * self.size * self.size)
-        self.grid = tile_grid(self.shape, self.size, self.overlap)
+        #: the grid's window starts along the rows and the columns (the grid is their product)
+        self.row_starts = np.asarray(axis_starts(self.shape[0], self.size, self.overlap), dtype=np.int64)
+        self.col_starts = np.asarray(axis_starts(self.shape[1], self.size, self.overlap), dtype=np.int64)
+        self._grid: list[Tile] | None = None
         self._reader = reader
+
+    @property
+    def grid(self) -> list[Tile]:
+        """Every grid window, row by row (built on first use: a 40,000-pixel plane has 43,000)."""
+        if self._grid is None:
+            self._grid = tile_grid(self.shape, self.size, self.overlap)
+        return self._grid
+
+    def _grid_tile(self, i: int, j: int) -> Tile:
+        """The grid window at row start ``row_starts[i]`` and column start ``col_starts[j]``."""
+        y, x = int(self.row_starts[i]), int(self.col_starts[j])
+        return Tile(slice(y, min(y + self.size, self.shape[0])), slice(x, min(x + self.size, self.shape[1])),
+                    index=i * len(self.col_starts) + j)
 
     @property
     def reader(self) -> TileReader:
@@ -170,9 +190,14 @@ class WindowedPrompts:
         r0, r1 = math.floor(rows.min()), math.floor(rows.max()) + 1
         c0, c1 = math.floor(cols.min()), math.floor(cols.max()) + 1
         cr, cc = (r0 + r1) / 2, (c0 + c1) / 2
-        inside = [t for t in self.grid if t.r0 <= r0 and r1 <= t.r1 and t.c0 <= c0 and c1 <= t.c1]
-        if inside:
-            return min(inside, key=lambda t: ((t.r0 + t.r1) / 2 - cr) ** 2 + ((t.c0 + t.c1) / 2 - cc) ** 2)
+        # the grid windows holding the box along each axis; the grid is their product, so the
+        # window nearest to the box's centre is the nearest along each axis
+        rows_in = _holding(self.row_starts, r0, r1, self.size, h)
+        cols_in = _holding(self.col_starts, c0, c1, self.size, w)
+        if len(rows_in) and len(cols_in):
+            i = rows_in[np.argmin(np.abs(_centres(self.row_starts[rows_in], self.size, h) - cr))]
+            j = cols_in[np.argmin(np.abs(_centres(self.col_starts[cols_in], self.size, w) - cc))]
+            return self._grid_tile(int(i), int(j))
         side_r, side_c = min(self.size, h), min(self.size, w)
         if r1 - r0 <= side_r and c1 - c0 <= side_c:
             return _centred(cr, cc, side_r, side_c, h, w)
@@ -200,8 +225,14 @@ class WindowedPrompts:
     def neighbours(self, window: Tile, n: int = 8) -> list[Tile]:
         """Up to ``n`` grid windows nearest to ``window`` (its neighbours first), itself excluded."""
         cr, cc = (window.r0 + window.r1) / 2, (window.c0 + window.c1) / 2
-        others = [t for t in self.grid if t != window]
-        others.sort(key=lambda t: ((t.r0 + t.r1) / 2 - cr) ** 2 + ((t.c0 + t.c1) / 2 - cc) ** 2)
+        # the nearest n lie within a few grid steps of the window: only those are ranked
+        reach = math.isqrt(max(0, n)) + 2
+        i = int(np.searchsorted(self.row_starts, window.r0))
+        j = int(np.searchsorted(self.col_starts, window.c0))
+        rows = range(max(0, i - reach), min(len(self.row_starts), i + reach + 1))
+        cols = range(max(0, j - reach), min(len(self.col_starts), j + reach + 1))
+        others = [t for t in (self._grid_tile(a, b) for a in rows for b in cols) if t != window]
+        others.sort(key=lambda t: (((t.r0 + t.r1) / 2 - cr) ** 2 + ((t.c0 + t.c1) / 2 - cc) ** 2, t.index))
         return others[:n]
 
     def window_token(self, window: Tile) -> tuple:
@@ -316,14 +347,17 @@ class WindowedPrompts:
         for p in planned:
             groups.setdefault(p.window, []).append(p)
         results: list[dict | None] = [None] * len(planned)
-        for window, members in groups.items():
-            key = yield from self.encode_job(window)
-            with self.session.use(key, keep=True):
-                decoded = predict_objects(self.session, [m.prompts for m in members], multimask)
-            for m, res in zip(members, decoded, strict=True):
-                res["origin"] = (window.r0, window.c0)
-                res["window"] = window
-                results[m.index] = res
+        # the prompts' own windows come first: a background prefetch pauses at its next
+        # encoder block while they are encoded and decoded (SamSession.prompting)
+        with self.session.prompting():
+            for window, members in groups.items():
+                key = yield from self.encode_job(window)
+                with self.session.use(key, keep=True):
+                    decoded = predict_objects(self.session, [m.prompts for m in members], multimask)
+                for m, res in zip(members, decoded, strict=True):
+                    res["origin"] = (window.r0, window.c0)
+                    res["window"] = window
+                    results[m.index] = res
         return [r for r in results if r is not None]
 
     def predict(self, objects: list[dict], multimask: bool = True) -> list[dict]:
@@ -345,6 +379,16 @@ class WindowedPrompts:
             key = yield from self.encode_job(window, background=True, stop=stop)
             done.append(key)
         return done
+
+
+def _holding(starts: np.ndarray, lo: int, hi: int, size: int, length: int) -> np.ndarray:
+    """Indices of the grid windows along one axis (at ``starts``, ``size`` long) that hold ``[lo, hi)``."""
+    ends = np.minimum(starts + size, length)
+    return np.flatnonzero((starts <= lo) & (ends >= hi))
+
+
+def _centres(starts: np.ndarray, size: int, length: int) -> np.ndarray:
+    return (starts + np.minimum(starts + size, length)) / 2
 
 
 def _centred(cr: float, cc: float, side_r: int, side_c: int, h: int, w: int) -> Tile:

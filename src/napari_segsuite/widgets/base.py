@@ -338,6 +338,9 @@ class SegmentationWidget(Dock):
         name = self.models.model.value
         if name not in REGISTRY:
             return
+        if self.jobs.busy:
+            self.message.value = "Busy; wait for the running job or cancel it."
+            return
 
         def done(path):
             self.message.value = f"Downloaded to {path}"
@@ -675,6 +678,9 @@ class SegmentationWidget(Dock):
         it had at Run (:meth:`_inputs_unchanged`); otherwise it is dropped with a message
         and no layer changes.
         """
+        if self.jobs.busy:  # (a short job may leave Run enabled: see _start's announce_after_ms)
+            self.message.value = "Busy; wait for the running job or cancel it."
+            return
         try:
             self._run_model_key = None
             self._run_model_key = self.model_key()
@@ -751,17 +757,23 @@ class SegmentationWidget(Dock):
     def _report(self, exc: BaseException) -> None:
         self.job_panel.report(exc)
 
-    def _start(self, job_factory, on_result, description: str, inputs=()) -> None:
-        """Run a job; removing one of the ``inputs`` (Image layers) from the viewer cancels it."""
+    def _start(self, job_factory, on_result, description: str, inputs=(), *, thread=None,
+               announce_after_ms: int = 0) -> None:
+        """Run a job; removing one of the ``inputs`` (Image layers) from the viewer cancels it.
+
+        ``thread`` and ``announce_after_ms``: see :meth:`~napari_segsuite.widgets.scaffold.JobPanel.start`
+        (a job announced late leaves the Download button as it is; it refuses while a job runs).
+        """
         self.edit_question.drop()
         on_result = self._guarded(on_result)
-        self.models.download.enabled = False
+        if announce_after_ms <= 0:
+            self.models.download.enabled = False
         self._job_inputs = list(inputs)
         self._cancel_note = ""
         if not getattr(self, "_watching_removals", False):
             self.viewer.layers.events.removed.connect(self._on_layer_removed)
             self._watching_removals = True
-        self.job_panel.start(job_factory, on_result, description)
+        self.job_panel.start(job_factory, on_result, description, thread=thread, announce_after_ms=announce_after_ms)
 
     def _on_layer_removed(self, event=None) -> None:
         """An input of the running job left the viewer (deleted, or the viewer closing): cancel the job.

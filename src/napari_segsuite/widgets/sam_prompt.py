@@ -160,10 +160,15 @@ class SamPromptWidget(SegmentationWidget):
 
     _report = report
 
-    def start_job(self, job_factory, on_result, description: str) -> None:
-        """Run a job with the dock's progress bar and Cancel (removing the dock's image cancels it)."""
+    def start_job(self, job_factory, on_result, description: str, *, thread=None, announce_after_ms: int = 0) -> None:
+        """Run a job with the dock's progress bar and Cancel (removing the dock's image cancels it).
+
+        It runs on the dock's job thread (at :data:`JOB_NICE`), or on ``thread``; see
+        :meth:`~napari_segsuite.widgets.scaffold.JobPanel.start` for ``announce_after_ms``.
+        """
         image = self.image.value
-        self._start(job_factory, on_result, description, inputs=[image] if image is not None else [])
+        self._start(job_factory, on_result, description, inputs=[image] if image is not None else [], thread=thread,
+                    announce_after_ms=announce_after_ms)
 
     def refuse_when_busy(self) -> bool:
         """True (and a message) when a job is running: one job at a time."""

@@ -31,6 +31,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, Label, PushButton, SpinBox
 
 from napari_segsuite.core.errors import InputError, SegSuiteError
+from napari_segsuite.core.progress import Progress
 from napari_segsuite.core.vocabulary import LayerTask
 from napari_segsuite.layers import (
     aligned_layer_kwargs,
@@ -405,6 +406,8 @@ class PromptSection(SamSection):
             yield from dock.load_session_job()
             windows = dock.windowed_prompts(image, sel) if windowed is None else windowed
             if windows is not None:
+                if windowed is not None:  # the status line already names the window: no further reports
+                    return (yield from _silent(windows.predict_job(objects, multimask)))
                 return (yield from windows.predict_job(objects, multimask))
             session = yield from dock.session_job(plane, token)
             with session.use(session.image_key):
@@ -415,8 +418,17 @@ class PromptSection(SamSection):
                 self._show(sel)
             self.start_prefetch()
 
-        what = "Encoding the window" if windowed is not None else "Encoding the plane"
-        dock.start_job(job, on_result, what if dock.session is not None else "Loading SAM")
+        what = "Encoding the plane"
+        if windowed is not None:
+            first = windowed.windows_of(objects)[0]
+            what = f"Encoding the window at row {first.r0:,}, column {first.c0:,}"
+        # a click's window is what the user waits for: it is encoded on the prompt thread (normal
+        # CPU priority, the warm thread that decodes it next), not on the niced job thread
+        # and it is announced (status line, Cancel) only when it takes longer than a moment: a
+        # repaint of the window holds the GUI thread and slows the encoder meanwhile
+        dock.start_job(job, on_result, what if dock.session is not None else "Loading SAM",
+                       thread=self.prompt_thread if windowed is not None else None,
+                       announce_after_ms=self.ANNOUNCE_AFTER_MS if windowed is not None else 0)
 
     def _bridge(self):
         if self._bridge_obj is None:
@@ -557,8 +569,15 @@ class PromptSection(SamSection):
         for k, mask in enumerate(paste_objects(self.preview.objects, region)):
             plane[mask] = min(k + 1, 255)
         box = [region.r0, region.c0, region.r1, region.c1]
-        if meta.get("region") == box and layer.data.shape == region_shape(sel, region):
-            layer.data[...] = plane.reshape(layer.data.shape)  # the same window: drawn in place
+        if layer.data.shape == region_shape(sel, region):
+            # a window of the same size (the usual case: one object, one grid window): the
+            # layer is moved (when it is another window) and drawn in place, no new array
+            translate = region_layer_kwargs(image, sel, region)["translate"]
+            if not np.array_equal(np.asarray(layer.translate), translate):
+                layer.translate = translate
+            if meta.get("region") != box:
+                layer.metadata = {**layer.metadata, "segsuite": {**meta, "windowed": True, "region": box}}
+            layer.data[...] = plane.reshape(layer.data.shape)
         else:
             layer.data = plane.reshape(region_shape(sel, region))
             layer.translate = region_layer_kwargs(image, sel, region)["translate"]
@@ -650,6 +669,9 @@ class PromptSection(SamSection):
 
         thread.submit(work)
 
+    #: a click's window job shows its status and Cancel when it runs longer than this (ms)
+    ANNOUNCE_AFTER_MS = 300
+
     #: windows around the last preview's window that a prefetch encodes
     PREFETCH_WINDOWS = 8
 
@@ -715,6 +737,24 @@ LARGE_PREVIEW_PIXELS = 4096 * 4096
 
 def _large(layer_shape) -> bool:
     return int(np.prod(layer_shape, dtype=np.int64)) > LARGE_PREVIEW_PIXELS
+
+
+def _silent(job):
+    """``job`` with its progress reports turned into bare yields (Cancel still takes effect at each).
+
+    Every change of the dock's status line or progress bar repaints the window, which
+    competes with the job for the GUI thread and the CPU; a click's window job reports once, when it starts.
+    """
+    gen = iter(job)
+    try:
+        item = next(gen)
+        while True:
+            yield None if isinstance(item, Progress) else item
+            item = next(gen)
+    except StopIteration as end:
+        return end.value
+    finally:
+        gen.close()
 
 
 def _whole_plane(objects: list[dict], shape) -> list[dict]:

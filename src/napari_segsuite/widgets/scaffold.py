@@ -497,15 +497,53 @@ class JobPanel:
         """Whether a job runs."""
         return self.jobs.busy
 
-    def start(self, job_factory, on_result, description: str) -> None:
-        """Run ``job_factory()`` in a worker; ``on_result`` on the GUI thread when it returns."""
+    def start(self, job_factory, on_result, description: str, *, thread=None, announce_after_ms: int = 0) -> None:
+        """Run ``job_factory()`` in a worker; ``on_result`` on the GUI thread when it returns.
+
+        The job is announced (actions disabled, Cancel enabled, the description in the
+        status line) as it starts, or, with ``announce_after_ms``, only when it still runs
+        after that many milliseconds: a short interactive job then changes no widget, and
+        so does not repaint the window while it runs. ``thread``: see
+        :meth:`~napari_segsuite.widgets.worker.JobRunner.start`.
+        """
+        self._disabled = []
+        if announce_after_ms <= 0:
+            self._announce(description)
+        worker = self.jobs.start(job_factory, on_result, description, thread=thread)
+        if announce_after_ms > 0:
+            from qtpy.QtCore import QTimer
+
+            def announce() -> None:
+                if self.jobs.worker is worker and not self.jobs.closed:
+                    self._announce(description)
+
+            QTimer.singleShot(int(announce_after_ms), announce)
+
+    def _announce(self, description: str) -> None:
         self._disabled = [b for b in self.actions if b.enabled]
         for b in self._disabled:
             b.enabled = False
         self.cancel_button.enabled = True
-        self.progress.value = 0
+        self.set_progress(0)
         self.message.value = description + "…"
-        self.jobs.start(job_factory, on_result, description)
+
+    def set_progress(self, percent: int) -> None:
+        """Show ``percent`` in the progress bar at the next paint of the window.
+
+        ``QProgressBar.setValue`` repaints at once when the bar reaches its minimum or
+        maximum; in a window with napari's OpenGL canvas that repaint composes the whole
+        window on the GUI thread (tens of milliseconds where OpenGL is software-rendered),
+        twice per job. With updates held off while the value is set, the bar is drawn with
+        the window's next regular paint instead.
+        """
+        bar = self.progress.native
+        if self.progress.value == percent:
+            return
+        bar.setUpdatesEnabled(False)
+        try:
+            self.progress.value = percent
+        finally:
+            bar.setUpdatesEnabled(True)  # schedules an ordinary update
 
     def report(self, exc: BaseException) -> None:
         """Show an error in a notification and in the status line."""
@@ -519,7 +557,7 @@ class JobPanel:
         """A job's progress report (GUI thread)."""
         if item.message:
             self.message.value = item.message
-        self.progress.value = int(100 * item.fraction) if item.fraction is not None else 0
+        self.set_progress(int(100 * item.fraction) if item.fraction is not None else 0)
         if self._extra_progress is not None:
             self._extra_progress(item)
 
@@ -530,7 +568,7 @@ class JobPanel:
         self._disabled = []
         self.cancel_button.enabled = False
         if how == Outcome.RETURNED:
-            self.progress.value = 100
+            self.set_progress(100)
         elif how == Outcome.ABORTED:
             self.message.value = "Cancelled; nothing was changed."
         elif how == Outcome.ERRORED and self.jobs.last_error is not None:

@@ -110,8 +110,14 @@ class JobRunner:
         job_factory: Callable[[], Generator[Progress, None, Any]],
         on_result: Callable[[Any], None],
         description: str = "Working",
+        *,
+        thread=None,
     ):
         """Run ``job_factory()`` in a worker; ``on_result(value)`` runs on the GUI thread.
+
+        ``thread`` (a :class:`~napari_segsuite.core.threads.ServiceThread`, optional) drives
+        the job instead of the runner's own job thread (which runs at :attr:`nice`): e.g.
+        the thread that answers the user's prompts, for the encoding a click waits for.
 
         Returns
         -------
@@ -129,7 +135,7 @@ class JobRunner:
 
         self.job_ended = threading.Event()
         self._submitted = False
-        job = self._relay(job_factory)
+        job = self._relay(job_factory, thread)
         worker = create_worker(job, _start_thread=False, _connect={"errored": self._on_error})
         self._pbar = progress(total=0, desc=description) if self.napari_progress else None
         worker.yielded.connect(self._on_yielded)
@@ -145,7 +151,7 @@ class JobRunner:
             self.worker.quit()
             self._stop_job.set()
 
-    def _relay(self, job_factory):
+    def _relay(self, job_factory, thread=None):
         """The worker's generator: relays the job, which runs on this runner's own job thread.
 
         The job generator is driven on a persistent daemon :class:`ServiceThread`
@@ -187,9 +193,15 @@ class JobRunner:
             finally:
                 ended.set()
 
+        driver = thread if thread is not None else self._job_thread
+
+        def dropped(outcome) -> None:  # a "latest only" thread dropped the job for a newer call: queue it again
+            if outcome.dropped and not driver.closed and not stop.is_set():
+                driver.submit(drive, dropped)
+
         def relay():
             self._submitted = True
-            self._job_thread.submit(drive)
+            driver.submit(drive, dropped)
             try:
                 while True:
                     try:
