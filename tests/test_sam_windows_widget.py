@@ -217,3 +217,62 @@ def test_propagation_through_a_large_dask_volume_in_windows(make_napari_viewer, 
         assert (np.asarray(level0[z]) == 1).any()
     # only windows of planes 0 and 2 were read (chunks of 512 x 512 around them), never a whole plane
     assert counter.pixels <= 2 * 9 * 512 * 512 and counter.largest <= 512 * 512
+
+
+def test_refine_a_committed_label_on_a_large_slide(slide_viewer, tiny_sam_path):
+    """Re-prompt (the button) makes a committed label the mask prompt of the next click, read in the
+    click's window only; Shift-C replaces the label there: the same masks as segment_anything with
+    the same point and mask prompt, no pixel of the old label left anywhere, the next id unchanged."""
+    viewer, image, dock, levels, counter = slide_viewer
+    where = (1830.0, 2210.0)
+    _look_at(viewer, image, where)
+    click(viewer, image, where)
+    wait_until(lambda: _preview_ready(dock), 120, "the preview")
+    key(viewer, "C", ("shift",))
+    target = viewer.layers["slide [sam]"]
+    first = np.asarray(target.data[0]) == 1
+    assert first.any() and dock.commits.next_id.value == "Next id: 2"
+
+    # pick label 1 in the list and press Re-prompt, as a user does
+    dock.commits.objects.value = "1@2d"
+    dock.commits.reprompt_button.native.click()
+    assert dock.prompts.refine_id.value == 1
+    counter.reset()
+    near = (where[0] + 12.0, where[1] + 9.0)
+    click(viewer, image, near)
+    wait_until(lambda: _preview_ready(dock), 120, "the refined preview")
+    (obj,) = dock.preview.objects
+    window = obj["window"]
+    # the reference: SamPredictor on the window's crop with the point and label 1 (in the window) as mask prompt
+    model = load_model(tiny_sam_path, "cpu").model
+    ref = SamPredictor(model)
+    ref.set_image(np.repeat(np.asarray(levels[0][window.slices])[..., None], 3, axis=-1))
+    prior = first[window.slices]
+    logits = dock.session.prompt_model.mask_prompt(None, prior)
+    point = np.asarray(dock.points_layer.data[-1][-2:]) - [window.r0, window.c0]
+    rmasks, rscores, _ = ref.predict(point_coords=point[None, ::-1], point_labels=np.array([1]), mask_input=logits)
+    np.testing.assert_array_equal(np.asarray(obj["masks"]), rmasks)
+    np.testing.assert_allclose(obj["scores"], rscores, rtol=1e-5)
+    # only the window was read from level 0 (chunks of 512 around it), never the plane
+    assert counter.pixels <= 4 * 512 * 512, counter.reads
+
+    key(viewer, "C", ("shift",))
+    labels = np.asarray(target.data[0])
+    new = np.zeros(labels.shape, bool)
+    new[window.slices] = rmasks[obj["choice"]]
+    np.testing.assert_array_equal(labels == 1, new)  # replaced: nothing of the old label is left
+    assert labels.max() == 1 and dock.commits.next_id.value == "Next id: 2"
+    assert dock.prompts.refine_id.value == 0
+    # the refinement is one undo step: Undo gives the first mask back
+    dock.commits.undo()
+    np.testing.assert_array_equal(np.asarray(target.data[0]) == 1, first)
+
+    # a click away from the label while refining it: a clear message, no preview, nothing written
+    dock.commits.objects.value = "1@2d"
+    dock.commits.reprompt_button.native.click()
+    _look_at(viewer, image, (300.0, 300.0))
+    click(viewer, image, (300.0, 300.0))
+    wait_until(lambda: "is not in the window" in dock.message.value, 120, "the message")
+    assert "Label 1 is not in the window around the prompts" in dock.message.value
+    assert not dock.preview.objects
+    np.testing.assert_array_equal(np.asarray(target.data[0]) == 1, first)

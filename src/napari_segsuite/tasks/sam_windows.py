@@ -276,11 +276,12 @@ class WindowedPrompts:
                 if hi_r - lo_r < 1 or hi_c - lo_c < 1:
                     raise InputError("The box has no area inside the image; draw a larger box.")
 
-    def plan(self, objects: list[dict]) -> list[WindowedObject]:
+    def plan(self, objects: list[dict], *, masks: bool = True) -> list[WindowedObject]:
         """Each object's window and its prompts shifted into it (checked first).
 
         When the prompts of all objects fit in one window together they share it (boxes
-        are then decoded in one batch); otherwise each object gets its own window.
+        are then decoded in one batch); otherwise each object gets its own window. With
+        ``masks=False`` the mask prompts are left out (nothing is drawn or read for them).
         """
         self.check(objects)
         h, w = self.shape
@@ -309,11 +310,15 @@ class WindowedPrompts:
             shifted: dict[str, Any] = {"points": pts - origin, "labels": obj.get("labels", np.ones(len(pts), int)),
                                        "box": None if box is None else np.asarray(box, dtype=float) - np.tile(origin, 2)}
             size = (window.r1 - window.r0, window.c1 - window.c0)
-            if obj.get("shape") is not None:  # an ellipse or polygon: its mask, drawn in the window only
+            if not masks:
+                pass
+            elif obj.get("shape") is not None:  # an ellipse or polygon: its mask, drawn in the window only
                 shape = obj["shape"]
                 shifted["mask"] = dataclasses.replace(shape, vertices=np.asarray(shape.vertices) - origin).mask(size)
             elif obj.get("mask_at") is not None:  # ((row, col), mask): a mask placed in the plane
                 shifted["mask"] = paste_mask(obj["mask_at"], window)
+            elif obj.get("mask_from") is not None:  # a function of the window: e.g. a label read there only
+                shifted["mask"] = np.asarray(obj["mask_from"](window), dtype=bool)
             elif obj.get("mask") is not None:
                 shifted["mask"] = np.asarray(obj["mask"])[window.slices]
             planned.append(WindowedObject(k, window, shifted))
@@ -322,7 +327,7 @@ class WindowedPrompts:
     def windows_of(self, objects: list[dict]) -> list[Tile]:
         """The distinct windows the objects need, in first-use order."""
         seen: list[Tile] = []
-        for p in self.plan(objects):
+        for p in self.plan(objects, masks=False):
             if p.window not in seen:
                 seen.append(p.window)
         return seen

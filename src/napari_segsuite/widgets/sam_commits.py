@@ -212,6 +212,9 @@ class CommitSection(SamSection):
             preview.check_commit(dock.preview_source(image, sel))
             region = preview.region(MAX_COMMIT_PIXELS)
             target, store = self.windowed_target(image, sel)  # labels on disk persist: nothing to recover
+            refine = int(dock.prompts.refine_id.value) if preview.single else 0
+            if refine:  # the refined label is replaced wherever it was: its earlier extent joins the region
+                region = self.refine_region(target, sel, refine, region, MAX_COMMIT_PIXELS)
             restored = self._recover_deleted_target(image, sel) if store is None else ""
             idx = region_index(sel, region)
             shape2d = (region.r1 - region.r0, region.c1 - region.c0)
@@ -225,7 +228,7 @@ class CommitSection(SamSection):
             else:
                 old = np.array(np.asarray(target.data[idx]).reshape(shape2d), copy=True)
                 first = next_label(target)
-            plan = preview.plan_commit(old, first, overwrite=bool(self.overwrite.value),
+            plan = preview.plan_commit(old, first, overwrite=bool(self.overwrite.value), refine=refine,
                                        model=dock.session.runner.name, region=region)
             if not plan.written:
                 dock.message.value = "The object has no free pixels left (tick 'overwrite' to replace labels)."
@@ -249,6 +252,7 @@ class CommitSection(SamSection):
             self.committed = [c for c in self.committed if c.label != label or c.plane_key != sel.key]
             self.committed.append(Committed(label, sel.labels_index, sel.key, int((plan.labels == label).sum()),
                                             region=idx))
+        dock.prompts.refine_id.value = 0
         self.clear()
         dock.prompts.reset_polarity()
         dock.prompts.focus_points()
@@ -258,6 +262,38 @@ class CommitSection(SamSection):
                               f"Next id: {next_label(target)}.")
         full_shape = np.asarray(level0(target)[idx]).shape if store is None else region_shape_of(target, idx)
         self._journal_change(image, target, idx, old.reshape(full_shape), plan.labels.reshape(full_shape), "commit")
+
+    #: a refined label's earlier extent is looked up in pyramid levels of at most this many pixels per plane
+    EXTENT_LOOKUP_PIXELS = 4096 * 4096
+
+    def refine_region(self, target, sel, label: int, region, limit: int):
+        """``region`` grown to hold every pixel of ``label`` on plane ``sel`` of ``target`` (a large plane).
+
+        The label's earlier extent comes from this dock's record of its commits on the plane
+        (their regions); for a label committed elsewhere, from the coarsest pyramid level of
+        the target that shows it (levels of at most :attr:`EXTENT_LOOKUP_PIXELS` pixels are
+        read whole; its box is scaled to full resolution with a margin of one level pixel).
+        A label too small to show in any such level is replaced within ``region`` only.
+        Raises :class:`InputError` when the grown region is over ``limit`` pixels.
+        """
+        from napari_segsuite.core.errors import InputError
+        from napari_segsuite.core.tiling import Tile
+
+        h, w = (int(sel.layer_shape[a]) for a in sel.axes)
+        boxes = []
+        for c in self.committed:
+            if c.label == label and c.plane_key == sel.key and c.region is not None:
+                rs, cs = (c.region[a] for a in sel.axes)
+                boxes.append(Tile(slice(rs.start, rs.stop), slice(cs.start, cs.stop)))
+        if not boxes:
+            boxes = [b for b in [_extent_in_levels(target, sel, label, self.EXTENT_LOOKUP_PIXELS, (h, w))] if b]
+        grown = Tile.bounding([region, *boxes])
+        if (grown.r1 - grown.r0) * (grown.c1 - grown.c0) > limit:
+            raise InputError(
+                f"Label {label} spans {grown.r1 - grown.r0:,} x {grown.c1 - grown.c0:,} pixels with the new mask; a "
+                "refinement that large is not written at once. Delete the label and prompt it again in parts."
+            )
+        return grown
 
     def windowed_target(self, image, sel):
         """The target of a windowed commit and its on-disk store (None for an in-memory layer).
@@ -615,6 +651,27 @@ def _label_areas(plane: np.ndarray):
     ids, n = np.unique(flat, return_counts=True)
     table = dict(zip(ids.tolist(), n.tolist(), strict=True))
     return lambda label: table.get(label, 0)
+
+
+def _extent_in_levels(target, sel, label: int, max_pixels: int, full: tuple[int, int]):
+    """The box (a Tile at full resolution) of ``label`` on plane ``sel``, from the coarsest level
+    of ``target`` that shows it among levels of at most ``max_pixels`` per plane; None if none does."""
+    from napari_segsuite.core.tiling import Tile
+
+    levels = list(target.data) if getattr(target, "multiscale", False) else [target.data]
+    h, w = full
+    for data in reversed(levels):
+        lh, lw = int(data.shape[sel.axes[0]]), int(data.shape[sel.axes[1]])
+        if lh * lw > max_pixels:
+            continue
+        plane = np.asarray(data[sel.labels_index]).reshape(lh, lw) == label
+        if not plane.any():
+            continue
+        fy, fx = h / lh, w / lw
+        rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+        return Tile(slice(max(0, int((rows[0] - 1) * fy)), min(h, int(np.ceil((rows[-1] + 2) * fy)))),
+                    slice(max(0, int((cols[0] - 1) * fx)), min(w, int(np.ceil((cols[-1] + 2) * fx)))))
+    return None
 
 
 def level0(layer):

@@ -348,11 +348,11 @@ class PromptSection(SamSection):
         objects = objects_from_prompts(coords, labels, shapes, sel.shape, draw_masks=False)
         refine = int(self.refine_id.value)
         if refine and len(objects) == 1 and "shape" not in objects[0]:
-            if self.dock.windowed_prompts(image, sel) is not None:
-                raise InputError("'Refine label' works on planes prompted whole; on a large plane delete the label "
-                                 "and prompt the object again.")
             target = self.dock.find_target(image, sel, create=False)
-            if target is not None:
+            if target is not None and (self.dock.windowed_prompts(image, sel) is not None or _large(sel.layer_shape)):
+                # a large plane: the label is the mask prompt in the prompts' window, read there only
+                objects[0]["mask_from"] = label_in_window(target, sel, refine)
+            elif target is not None:
                 prior = np.asarray(target.data[sel.labels_index]) == refine
                 if not prior.any():
                     raise InputError(f"Label {refine} is not on this plane; set 'Refine label' to 0 or pick it.")
@@ -759,12 +759,40 @@ def _silent(job):
 
 def _whole_plane(objects: list[dict], shape) -> list[dict]:
     """Objects for a plane prompted whole: an ellipse's or polygon's mask drawn at the plane's size."""
+    from napari_segsuite.core.tiling import Tile
+
     out = []
     for obj in objects:
         if "shape" in obj:
             obj = {k: v for k, v in obj.items() if k != "shape"} | {"mask": obj["shape"].mask(tuple(shape))}
+        if "mask_from" in obj:
+            whole = Tile(slice(0, int(shape[0])), slice(0, int(shape[1])))
+            obj = {k: v for k, v in obj.items() if k != "mask_from"} | {"mask": obj["mask_from"](whole)}
         out.append(obj)
     return out
+
+
+def label_in_window(target, sel, label: int):
+    """A function of a window (a :class:`~napari_segsuite.core.tiling.Tile` of plane ``sel``)
+    that reads Labels ``target`` (level 0) in that window only and returns where it is ``label``.
+
+    It raises :class:`InputError` when the label has no pixel in the window. The layer's
+    array is taken now (GUI thread); the function may run on a worker.
+    """
+    from napari_segsuite.layers import region_index
+
+    data = target.data[0] if getattr(target, "multiscale", False) else target.data
+
+    def mask(window):
+        block = np.asarray(data[region_index(sel, window)]).reshape(window.r1 - window.r0, window.c1 - window.c0)
+        found = block == label
+        if not found.any():
+            raise InputError(f"Label {label} is not in the window around the prompts (rows {window.r0:,}-"
+                             f"{window.r1:,}, columns {window.c0:,}-{window.c1:,}); prompt on the object, or set "
+                             "'Refine label' to 0.")
+        return found
+
+    return mask
 
 
 def _bridge_class():
