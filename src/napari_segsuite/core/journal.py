@@ -174,6 +174,72 @@ class AutosaveJournal:
             flat_out[flat] = values
         return out
 
+    def replay_into(self, read, write, *, max_pixels: int = 16 * 1024 * 1024) -> int:
+        """Apply every recorded change, oldest first, to labels that live elsewhere (e.g. on disk),
+        region by region: memory holds one entry and one region at a time, never the whole array.
+
+        For each entry, the changed pixels of each plane (the leading axes' index) are covered
+        by the bounding box of their last two axes, cut into blocks of at most ``max_pixels``;
+        each block is read, updated and written back when it changed. Pixels the journal never
+        wrote keep their values (:meth:`replay` starts from zeros instead).
+
+        Parameters
+        ----------
+        read : callable
+            ``read(lead, (r0, r1, c0, c1))`` -> the 2D block of plane ``lead`` (a tuple of ints).
+        write : callable
+            ``write(lead, (r0, r1, c0, c1), block)``.
+
+        Returns
+        -------
+        int
+            The pixel values changed (a pixel changed by several entries counts once per change).
+
+        Raises
+        ------
+        AutosaveError
+            When the journal belongs to another image or shape, or an entry cannot be read.
+        """
+        import math
+
+        self.check_identity()
+        h, w = self.shape[-2:]
+        changed = 0
+        for entry in self.entries():
+            try:
+                flat, values = entry.load()
+            except (OSError, ValueError, KeyError) as exc:
+                raise AutosaveError(f"The autosave entry {entry.path} cannot be read ({exc}).") from exc
+            if not flat.size:
+                continue
+            coords = np.unravel_index(flat, self.shape)
+            lead_keys = np.ravel_multi_index(coords[:-2], self.shape[:-2]) if len(self.shape) > 2 else \
+                np.zeros(flat.size, dtype=np.int64)
+            rows, cols = coords[-2], coords[-1]
+            for key in np.unique(lead_keys):
+                on = lead_keys == key
+                lead = tuple(int(i) for i in np.unravel_index(int(key), self.shape[:-2])) if len(self.shape) > 2 \
+                    else ()
+                rr, cc, vv = rows[on], cols[on], values[on]
+                r0, r1, c0, c1 = int(rr.min()), int(rr.max()) + 1, int(cc.min()), int(cc.max()) + 1
+                side = max(1, math.isqrt(int(max_pixels)))
+                for br in range(r0, r1, side):
+                    for bc in range(c0, c1, side):
+                        box = (br, min(r1, br + side), bc, min(c1, bc + side))
+                        inside = (rr >= box[0]) & (rr < box[1]) & (cc >= box[2]) & (cc < box[3])
+                        if not inside.any():
+                            continue
+                        block = np.array(read(lead, box), copy=True)
+                        before = block[rr[inside] - box[0], cc[inside] - box[2]]
+                        new = vv[inside].astype(block.dtype)
+                        # the last write of a pixel within one entry wins, as in replay()
+                        block[rr[inside] - box[0], cc[inside] - box[2]] = new
+                        diff = int(np.count_nonzero(before != new))
+                        if diff:
+                            write(lead, box, block)
+                            changed += diff
+        return changed
+
     # -- writing -------------------------------------------------------------------------
     def _ensure(self) -> None:
         if (self.path / "identity.json").is_file():

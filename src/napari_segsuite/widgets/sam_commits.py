@@ -610,10 +610,16 @@ class CommitSection(SamSection):
 
         from napari_segsuite.core.errors import AutosaveError
 
+        from napari_segsuite.layers import labels_on_disk
+
+        store = None
         try:
             image = self.dock.selected_image()
-            _, sel = current_plane(self.viewer, image)
-            target = self.find_target(image, sel, create=True)
+            sel = plane_selection(self.viewer, image)
+            if labels_on_disk(image, int(self.dock.on_disk_mpx.value) * 1_000_000):
+                target, store = self.windowed_target(image, sel)  # large: labels on disk, written region by region
+            else:
+                target = self.find_target(image, sel, create=True)
         except SegSuiteError as exc:
             show_error(str(exc))
             return
@@ -626,15 +632,40 @@ class CommitSection(SamSection):
             (show_error if others else show_info)(msg)
             return
         try:
-            n = self.autosaver.restore(journal, target)
-        except AutosaveError as exc:
+            n = self.autosaver.restore(journal, target) if store is None else self._restore_on_disk(journal, target,
+                                                                                                     store)
+        except SegSuiteError as exc:
             self.dock.message.value = str(exc)
             show_error(str(exc))
             return
-        if n:
+        if n and store is None:
             self.record_step(target, "restore of the autosave")
         self.refresh(target)
         self.dock.message.value = f"Restored {n} pixels from {journal.path}."
+        if store is not None:
+            self.dock.message.value += " (Written region by region into the labels on disk: not one undo step.)"
+
+    @staticmethod
+    def _restore_on_disk(journal, target, store) -> int:
+        """Replay ``journal`` into an on-disk target region by region (bounded memory); features follow."""
+        import pandas as pd
+
+        from napari_segsuite.core.labels import label_table
+        from napari_segsuite.core.regions import Region
+        from napari_segsuite.layers import _apply_counts
+
+        def read(lead, box):
+            return store.read(lead, Region(*box))
+
+        def write(lead, box, block):
+            old = store.read(lead, Region(*box))
+            store.write(lead, Region(*box), block)
+            _apply_counts(target, store, np.bincount(old.ravel().astype(np.int64)),
+                          pd.DataFrame(label_table(block))[["label", "area"]])
+
+        n = journal.replay_into(read, write)
+        target.refresh()
+        return n
 
     def shutdown(self) -> None:
         """Nothing to wait for: journal entries are written synchronously at each commit."""
