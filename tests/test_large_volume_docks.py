@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_segsuite.core.metrics import evaluate
 from napari_segsuite.core.progress import run_sync
 from napari_segsuite.core.regions import Region
 from napari_segsuite.layers import label_store_of
@@ -20,13 +21,14 @@ from napari_segsuite.models.base import load_model
 from napari_segsuite.tasks.semantic import segment_semantic_job
 from napari_segsuite.testing.canvas import _process, drag, wait_until
 from napari_segsuite.testing.instance_doubles import sharpen_yolo
-from napari_segsuite.testing.large_images import PeakMemory, memory_limit
+from napari_segsuite.testing.large_images import PeakMemory, memory_limit, synthetic_truth_volume
 from napari_segsuite.testing.tiny_models import (
     build_tiny_mask2former,
     build_tiny_segformer,
     build_tiny_yolo,
 )
 from napari_segsuite.widgets.base import FIELD_OF_VIEW, LOCAL, RECTANGLE, WHOLE_PLANE
+from napari_segsuite.widgets.evaluation import CURRENT_PLANE, EvaluationWidget
 from napari_segsuite.widgets.instance import InstanceWidget
 from napari_segsuite.widgets.panoptic import PanopticWidget
 from napari_segsuite.widgets.semantic import SemanticWidget
@@ -150,6 +152,21 @@ def test_segmentation_docks_on_a_volume_beyond_memory(viewer_on_volume, qtbot, m
         outside = plane.copy()
         outside[box.slices] = 0
         assert not outside.any()
+
+        # Evaluate Segmentation: the instance labels (on disk) against the lazy truth, plane z, window by window
+        truth = viewer.add_labels(synthetic_truth_volume(volume.shape, volume.chunksize), name="truth")
+        evaluation = EvaluationWidget(viewer)
+        evaluation.pred_layer.value, evaluation.gt_layer.value = inst, truth
+        evaluation.mode.value, evaluation.compare.value = "instance", CURRENT_PLANE
+        with PeakMemory() as peak:
+            evaluation.evaluate()
+            qtbot.waitUntil(lambda: not evaluation.jobs.busy, timeout=300_000)
+        rises["evaluate, instance, one plane"] = peak.rise
+        assert evaluation.jobs.last_error is None, evaluation.jobs.last_error
+        assert "window by window" in evaluation.message.value
+        assert not any("[false positives]" in lay.name or "[misses]" in lay.name for lay in viewer.layers)
+        expected = evaluate(plane, np.asarray(truth.data[z]))
+        assert evaluation.last_evaluation.summary == expected.summary and expected.summary["n_gt"] > 100
 
         # Panoptic on the whole plane, in chunks
         panoptic = _dock(PanopticWidget, viewer, layer, models["panoptic"], region=WHOLE_PLANE)

@@ -346,6 +346,21 @@ def synthetic_volume(shape: tuple[int, int, int], chunks: tuple[int, int, int] =
         tuple(min(c, s - i) for i in range(0, s, c)) for s, c in zip(shape, chunks, strict=True)))
 
 
+def synthetic_truth_volume(shape: tuple[int, int, int], chunks: tuple[int, int, int] = (1, 1024, 1024),
+                           seed: int = 0):
+    """The object ids (:func:`blob_truth`, int64) of :func:`synthetic_volume` ``(shape, chunks, seed)``,
+    lazy in the same way."""
+    import dask.array as da
+
+    def block(block_info=None):
+        info = block_info[None]
+        (z0, z1), (r0, r1), (c0, c1) = info["array-location"]
+        return np.stack([blob_truth(np.arange(r0, r1), np.arange(c0, c1), seed + z) for z in range(z0, z1)])
+
+    return da.map_blocks(block, dtype=np.int64, chunks=tuple(
+        tuple(min(c, s - i) for i in range(0, s, c)) for s, c in zip(shape, chunks, strict=True)))
+
+
 # -- beyond memory -----------------------------------------------------------------------
 
 
