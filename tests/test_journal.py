@@ -137,3 +137,66 @@ def test_large_arrays_are_fingerprinted_from_sampled_planes(monkeypatch):
     sampled[0, 3, 3] = 1  # plane 0 is always sampled
     assert fingerprint(sampled) != base
     assert fingerprint(stack, extra="x") != base
+
+
+def test_replay_into_labels_elsewhere_equals_replay(tmp_path, image, rng):
+    """Region by region into an array held elsewhere: the same labels as replay() where the journal wrote."""
+    journal = _journal(tmp_path, image)
+    labels = np.zeros(image.shape, np.int32)
+    for k in range(1, 6):
+        z, r, c = rng.integers(0, 3), rng.integers(0, 30), rng.integers(0, 40)
+        old = labels.copy()
+        labels[z, r: r + 10, c: c + 12] = k
+        journal.append_difference(old, labels)
+    elsewhere = np.zeros(image.shape, np.int32)
+    boxes = []
+
+    def read(lead, box):
+        boxes.append(box)
+        r0, r1, c0, c1 = box
+        return elsewhere[lead][r0:r1, c0:c1]
+
+    def write(lead, box, block):
+        r0, r1, c0, c1 = box
+        elsewhere[lead][r0:r1, c0:c1] = block
+
+    n = journal.replay_into(read, write, max_pixels=64)  # blocks of 8 x 8 at most
+    np.testing.assert_array_equal(elsewhere, journal.replay())
+    assert n >= int((labels > 0).sum()) and all((b[1] - b[0]) * (b[3] - b[2]) <= 64 for b in boxes)
+
+
+def test_replay_into_a_volume_larger_than_memory_reads_only_the_written_regions(tmp_path):
+    """A journal of a (4, 40,000, 40,000) int32 volume (25.6 GB, more than this machine holds) replays
+    into a labels store on disk: only the regions of its entries are read and written, and the
+    process's memory rises by far less than one plane."""
+    from napari_segsuite.core.label_store import LabelStore, pyramid_shapes
+    from napari_segsuite.core.regions import Region
+    from napari_segsuite.testing.large_images import PeakMemory
+
+    shape = (4, 40_000, 40_000)
+    identity = ImageIdentity.of(np.zeros((8, 8), np.uint8), "slide")
+    journal = AutosaveJournal(tmp_path / "autosave", identity, "slide [sam]", shape)
+    windows = [(1, 100, 200), (1, 30_000, 31_000), (3, 39_700, 39_600), (1, 100, 300)]
+    for k, (z, r, c) in enumerate(windows, start=1):
+        rr, cc = np.mgrid[r: r + 256, c: c + 256]
+        keep = (rr < shape[1]) & (cc < shape[2])
+        journal.append((np.full(int(keep.sum()), z), rr[keep], cc[keep]), np.full(int(keep.sum()), k))
+    store = LabelStore.create(tmp_path / "labels.zarr", pyramid_shapes(shape))
+    reads: list[int] = []
+
+    def read(lead, box):
+        block = store.read(lead, Region(*box))
+        reads.append(block.size)
+        return block
+
+    with PeakMemory() as peak:
+        n = journal.replay_into(read, lambda lead, box, block: store.write(lead, Region(*box), block))
+    assert n == 4 * 256 * 256  # every pixel of every entry changed (entry 4 over part of entry 1)
+    assert sum(reads) <= len(windows) * 256 * 256 and max(reads) <= 256 * 256
+    assert peak.rise < 200 * 2**20, peak.rise  # one plane alone is 6.4 GB
+    # the labels are where the journal put them; the last write wins where windows overlap
+    got = store.read((1,), Region(100, 356, 200, 556))
+    assert (got[:, :100] == 1).all() and (got[:, 100:] == 4).all()
+    assert (store.read((1,), Region(30_000, 30_256, 31_000, 31_256)) == 2).all()
+    assert (store.read((3,), Region(39_700, 39_956, 39_600, 39_856)) == 3).all()
+    assert not store.read((0,), Region(0, 512, 0, 512)).any()

@@ -276,3 +276,44 @@ def test_refine_a_committed_label_on_a_large_slide(slide_viewer, tiny_sam_path):
     assert "Label 1 is not in the window around the prompts" in dock.message.value
     assert not dock.preview.objects
     np.testing.assert_array_equal(np.asarray(target.data[0]) == 1, first)
+
+
+def test_restore_autosave_on_a_large_slide_writes_region_by_region(slide_viewer, monkeypatch):
+    """The labels on disk are lost (layer and store gone); *Restore autosave* (the button) replays the
+    journal into a new store on disk, one region at a time: the same labels, no whole-plane read."""
+    import shutil
+
+    from napari_segsuite.core.label_store import LabelStore
+    from napari_segsuite.layers import label_store_of
+
+    viewer, image, dock, _levels, _counter = slide_viewer
+    for where in ((1830.0, 2210.0), (600.0, 500.0)):
+        dock.prompts.clear()
+        _look_at(viewer, image, where)
+        click(viewer, image, where)
+        wait_until(lambda: _preview_ready(dock), 120, "the preview")
+        key(viewer, "C", ("shift",))
+    target = viewer.layers["slide [sam]"]
+    saved = np.asarray(target.data[0]).copy()
+    assert set(np.unique(saved)) == {0, 1, 2}
+    store_path = label_store_of(target).path
+    viewer.layers.remove(target)
+    shutil.rmtree(store_path)
+
+    reads: list[int] = []
+    original = LabelStore.read
+
+    def counting_read(self, lead, region, level=0):
+        block = original(self, lead, region, level)
+        reads.append(int(block.size))
+        return block
+
+    monkeypatch.setattr(LabelStore, "read", counting_read)
+    dock.commits.restore_button.native.click()
+    assert "Restored" in dock.message.value and "region by region" in dock.message.value, dock.message.value
+    restored = viewer.layers["slide [sam]"]
+    assert label_store_of(restored) is not None and restored.multiscale
+    np.testing.assert_array_equal(np.asarray(restored.data[0]), saved)
+    # every read of the store was a region of one commit (a window), never the plane
+    assert reads and max(reads) <= 256 * 256 < SIZE * SIZE
+    assert set(restored.features["label"]) >= {1, 2}

@@ -203,7 +203,6 @@ class AutosaveJournal:
         import math
 
         self.check_identity()
-        h, w = self.shape[-2:]
         changed = 0
         for entry in self.entries():
             try:

@@ -608,8 +608,6 @@ class CommitSection(SamSection):
         """
         from napari.utils.notifications import show_error, show_info
 
-        from napari_segsuite.core.errors import AutosaveError
-
         from napari_segsuite.layers import labels_on_disk
 
         store = None
