@@ -1,24 +1,35 @@
 """Windowed SAM on a 40,000 x 40,000 multiscale zarr slide, in a real viewer with the SAM dock.
 
-For tiny SAM and a random-weight vit_b (segment_anything's builder; the timings depend on the
-architecture, not the weights):
+For tiny SAM and a random-weight vit_b (segment_anything's own ``sam_model_registry["vit_b"]``
+architecture, 1,024-pixel windows; the timings depend on the architecture, not the weights):
 
 - click in a new window -> preview: from the dock's debounce timer firing (``request_preview``)
   to the preview layer's ``set_data`` (the window read from level 0, encoded, decoded, drawn);
 - the same click on a cached window (decoded on the prompt thread);
-- against a bare ``SamPredictor`` on the same window's pixels (``set_image`` + ``predict``,
-  and ``predict`` alone);
+- against a bare ``SamPredictor`` on the same window's pixels (``set_image`` + ``predict``, and
+  the same with the window's read from level 0; ``predict`` alone for the cached click);
 - the mask of an object about 200 pixels wide, against ``SamPredictor`` on the window's crop
   (the same pixels: equal?) and on a window-sized crop centred on the object (IoU);
 - the viewer process's resident memory during a session of commits spread over the slide
-  (a click in a random new window, the preview, Shift-C's commit), with the embedding cache's
-  size and bound.
+  (a click in a random window, the preview, Shift-C's commit), with the embedding cache's
+  size and bound (:data:`~napari_segsuite.tasks.sam_windows.CACHE_EMBEDDINGS` windows,
+  :data:`~napari_segsuite.tasks.sam_windows.CACHE_BYTES` bytes).
 
 The slide's levels are opened with zarr and wrapped in dask (lazy); the labels go to an
-on-disk pyramid in a temporary folder. The slide is ``$SEGSUITE_BENCH_SLIDE`` or ``/tmp/segsuite-large/slide40k.zarr`` (written by
-``python -m napari_segsuite.testing.large_images PATH --size 40000`` when missing: about ten
-minutes). ``python benchmarks/bench_sam_windows.py [--commits N] [--vit-commits N]`` prints the
-table; needs a display (``./dev bench sam_windows`` brings Xvfb).
+on-disk pyramid in a temporary folder. The slide is ``$SEGSUITE_BENCH_SLIDE`` or
+``/tmp/segsuite-large/slide40k.zarr`` (written by ``python -m napari_segsuite.testing.large_images
+PATH --size 40000`` when missing: about ten minutes). Needs a display (``xvfb-run``, or
+``./dev bench sam_windows``).
+
+Usage (each part can be left out)::
+
+    python benchmarks/bench_sam_windows.py                      # timings of tiny SAM and vit_b, 200 tiny commits
+    python benchmarks/bench_sam_windows.py --timing vit_b --commits 0    # the vit_b click timings only
+    # the commit session with vit_b (clicks drawn from 60 windows, above the cache's 48):
+    SEGSUITE_BENCH_MEMORY_MODEL=vit_b python benchmarks/bench_sam_windows.py --timing none --commits 200 --windows 60
+
+``--windows K`` draws the session's clicks from K random grid windows (0: a new random place
+each time); with K above the cache's window bound the cache stays full and keeps evicting.
 """
 
 from __future__ import annotations
@@ -150,15 +161,10 @@ class _Rows(list):
         return self
 
 
-def _model_rows(viewer, image, levels, name: str, path: Path, *, new_clicks: int, cached_clicks: int,
-                commits: int, rng) -> list[dict]:
-    from segment_anything import SamPredictor
-
-    from napari_segsuite.models.base import load_model
+def _dock_for(viewer, image, name: str, path: Path):
     from napari_segsuite.widgets.base import LOCAL
     from napari_segsuite.widgets.sam_prompt import SamPromptWidget
 
-    rows = _Rows()
     dock = SamPromptWidget(viewer)
     viewer.window.add_dock_widget(dock, name=f"SAM {name}")
     dock.models.model.value = LOCAL
@@ -169,24 +175,38 @@ def _model_rows(viewer, image, levels, name: str, path: Path, *, new_clicks: int
     dock.prompts.ensure_prompt_layers()
     clicker = Clicker(dock)
     clicker.click((20_000.0, 20_000.0))  # loads the model (not timed)
+    return dock, clicker
+
+
+def _timing_rows(viewer, image, levels, name: str, path: Path, *, new_clicks: int, cached_clicks: int,
+                 rng) -> list[dict]:
+    from segment_anything import SamPredictor
+
+    from napari_segsuite.models.base import load_model
+
+    rows = _Rows()
+    dock, clicker = _dock_for(viewer, image, name, path)
     session = dock.session
     size = session.prompt_model.input_size
 
     # -- a click in a new window, the same click on a cached window, bare SamPredictor ----------
     bare = SamPredictor(load_model(path, "cpu").model)
-    new, cached, bare_new, bare_cached = [], [], [], []
+    new, cached, bare_new, bare_read, bare_cached = [], [], [], [], []
     for k in range(new_clicks):
         rc = (float(rng.integers(2_000, 38_000)), float(rng.integers(2_000, 38_000)))
         runs = session.encoder_runs
         new.append(clicker.click(rc))
         assert session.encoder_runs == runs + 1, "the click did not encode a new window"
         window = dock.preview.objects[0]["window"]
-        crop = np.repeat(np.asarray(levels[0][window.slices])[..., None], 3, axis=-1)
         local = np.array([[rc[1] - window.c0, rc[0] - window.r0]])
+        t = time.perf_counter()
+        crop = np.repeat(np.asarray(levels[0][window.slices])[..., None], 3, axis=-1)
+        t_read = time.perf_counter() - t
         t = time.perf_counter()
         bare.set_image(crop)
         bare.predict(point_coords=local, point_labels=np.array([1]))
         bare_new.append(time.perf_counter() - t)
+        bare_read.append(bare_new[-1] + t_read)
         for j in range(cached_clicks if k == 0 else 0):
             near = (rc[0] + 3 + j, rc[1] - 2)
             cached.append(clicker.click(near))
@@ -195,6 +215,7 @@ def _model_rows(viewer, image, levels, name: str, path: Path, *, new_clicks: int
                          point_labels=np.array([1]))
             bare_cached.append(time.perf_counter() - t)
         assert session.encoder_runs == runs + 1, "a click on the cached window ran the encoder"
+        dock.prompts.clear()
     med = statistics.median
     rows += [
         {"model": name, "measure": f"click in a new {size}x{size} window -> preview", "value": 1000 * med(new),
@@ -202,6 +223,9 @@ def _model_rows(viewer, image, levels, name: str, path: Path, *, new_clicks: int
         {"model": name, "measure": "  bare SamPredictor set_image + predict, same window", "value": 1000 * med(bare_new),
          "unit": "ms"},
         {"model": name, "measure": "  ratio dock / bare", "value": med(new) / med(bare_new), "unit": "x"},
+        {"model": name, "measure": "  bare, with the window's read from level 0", "value": 1000 * med(bare_read),
+         "unit": "ms"},
+        {"model": name, "measure": "  ratio dock / bare with the read", "value": med(new) / med(bare_read), "unit": "x"},
         {"model": name, "measure": "same click, cached window -> preview", "value": 1000 * med(cached), "unit": "ms"},
         {"model": name, "measure": "  bare SamPredictor.predict, same prompt", "value": 1000 * med(bare_cached),
          "unit": "ms"},
@@ -238,23 +262,51 @@ def _model_rows(viewer, image, levels, name: str, path: Path, *, new_clicks: int
          "unit": ""},
     ]
     dock.prompts.clear()
+    dock.shutdown()
+    return rows
 
-    # -- memory over a session of commits spread over the slide --------------------------------
+
+def _memory_rows(viewer, image, name: str, path: Path, *, commits: int, windows: int, rng) -> list[dict]:
+    """RSS over a session of ``commits`` click + commit rounds (see the module docstring)."""
+    from napari_segsuite.layers import next_label
+
+    rows = _Rows()
+    dock, clicker = _dock_for(viewer, image, name, path)
+    session = dock.session
+    size = session.prompt_model.input_size
+    places = None
+    if windows:  # K random grid windows; each click falls in one of them
+        step = size - size // 4
+        places = [(int(rng.integers(0, (40_000 - size) // step)) * step, int(rng.integers(0, (40_000 - size) // step))
+                   * step) for _ in range(windows)]
     rss = {0: _rss_mb()}
+    runs0 = session.encoder_runs
+    start = time.monotonic()
     target = None
+    marks = {10, commits // 4, commits // 2, commits}
     for k in range(1, commits + 1):
-        rc = (float(rng.integers(500, 39_500)), float(rng.integers(500, 39_500)))
+        if places is None:
+            rc = (float(rng.integers(500, 39_500)), float(rng.integers(500, 39_500)))
+        else:
+            r0, c0 = places[int(rng.integers(0, len(places)))]
+            rc = (float(r0 + size // 2 + rng.integers(-size // 8, size // 8)),
+                  float(c0 + size // 2 + rng.integers(-size // 8, size // 8)))
         clicker.click(rc)
         dock.commits.commit()
         target = dock.commits.find_target(image, dock.prompts._sel, create=False)
-        if k in (10, commits // 4, commits // 2, commits) or k == commits:
+        if k in marks:
             rss[k] = _rss_mb()
-    from napari_segsuite.layers import next_label
-
+            print(f"  ... {k} commits, {time.monotonic() - start:.0f} s, RSS {rss[k]:.0f} MB, "
+                  f"cache {len(session._cache)} windows", flush=True)
     for k, mb in sorted(rss.items()):
         rows.append({"model": name, "measure": f"viewer RSS after {k} commits", "value": mb, "unit": "MB"})
     rows += [
-        {"model": name, "measure": "  labels committed", "value": next_label(target) - 1 if target is not None else 0, "unit": ""},
+        {"model": name, "measure": "  clicks drawn from", "value": f"{windows} windows" if windows else "anywhere",
+         "unit": ""},
+        {"model": name, "measure": "  windows encoded / session minutes",
+         "value": f"{session.encoder_runs - runs0} / {(time.monotonic() - start) / 60:.1f}", "unit": ""},
+        {"model": name, "measure": "  labels committed", "value": next_label(target) - 1 if target is not None else 0,
+         "unit": ""},
         {"model": name, "measure": "  embedding cache: windows / MB held",
          "value": f"{len(session._cache)} / {session.cached_bytes() / 2**20:.0f}", "unit": ""},
         {"model": name, "measure": "  cache bound: windows / MB",
@@ -264,8 +316,13 @@ def _model_rows(viewer, image, levels, name: str, path: Path, *, new_clicks: int
     return rows
 
 
-def measure(commits: int = 200, vit_commits: int = 12, new_clicks: int = 3, cached_clicks: int = 10) -> list[dict]:
-    """All rows (tiny SAM, then vit_b) in one viewer process."""
+MODELS = ("tiny", "vit_b")
+
+
+def measure(commits: int = 200, *, timing: tuple[str, ...] = MODELS, memory_model: str | None = None,
+            windows: int = 0, new_clicks: int = 3, cached_clicks: int = 10) -> list[dict]:
+    """The rows, in one viewer process: click timings of the ``timing`` models, then the commit
+    session of ``memory_model`` (``$SEGSUITE_BENCH_MEMORY_MODEL``, default tiny; none with 0 commits)."""
     import dask.array as da
     import napari
 
@@ -280,12 +337,18 @@ def measure(commits: int = 200, vit_commits: int = 12, new_clicks: int = 3, cach
     image = viewer.add_image(levels, multiscale=True, name="slide")
     _process(1.0)
     rng = np.random.default_rng(0)
-    rows = [{"model": "-", "measure": "viewer RSS with the slide open", "value": _rss_mb(), "unit": "MB"}]
-    rows += _model_rows(viewer, image, levels, "tiny SAM", build_tiny_sam(folder / "tiny.pth"),
-                        new_clicks=max(new_clicks, 5), cached_clicks=cached_clicks, commits=commits, rng=rng)
-    if os.environ.get("SEGSUITE_BENCH_SKIP_VIT") != "1":
-        rows += _model_rows(viewer, image, levels, "vit_b (random)", _vit_b(folder), new_clicks=new_clicks,
-                            cached_clicks=cached_clicks, commits=vit_commits, rng=rng)
+    paths = {"tiny": lambda: build_tiny_sam(folder / "tiny.pth"), "vit_b": lambda: _vit_b(folder)}
+    names = {"tiny": "tiny SAM", "vit_b": "vit_b (random)"}
+    rows = [{"model": "-", "measure": "viewer RSS with the slide open", "value": _rss_mb(), "unit": "MB"},
+            {"model": "-", "measure": "load average (1 min) at the start", "value": os.getloadavg()[0], "unit": ""}]
+    for model in timing:
+        rows += _timing_rows(viewer, image, levels, names[model], paths[model](),
+                             new_clicks=max(new_clicks, 5) if model == "tiny" else new_clicks,
+                             cached_clicks=cached_clicks, rng=rng)
+    memory_model = memory_model or os.environ.get("SEGSUITE_BENCH_MEMORY_MODEL", "tiny")
+    if commits:
+        rows += _memory_rows(viewer, image, names[memory_model], paths[memory_model](), commits=commits,
+                             windows=windows, rng=rng)
     rows.append({"model": "-", "measure": "load average (1 min) at the end", "value": os.getloadavg()[0], "unit": ""})
     viewer.close()
     return rows
@@ -303,11 +366,23 @@ def main() -> None:
     from run import print_table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--commits", type=int, default=200)
-    parser.add_argument("--vit-commits", type=int, default=12)
+    parser.add_argument("--timing", default="tiny,vit_b",
+                        help="models whose click timings are measured: tiny, vit_b, both (comma) or none")
+    parser.add_argument("--commits", type=int, default=200, help="commits of the memory session (0: none)")
+    parser.add_argument("--memory-model", choices=MODELS, default=None,
+                        help="model of the memory session (default: $SEGSUITE_BENCH_MEMORY_MODEL, else tiny)")
+    parser.add_argument("--windows", type=int, default=0,
+                        help="draw the session's clicks from this many random windows (0: anywhere)")
     parser.add_argument("--new-clicks", type=int, default=3)
+    parser.add_argument("--cached-clicks", type=int, default=10)
     args = parser.parse_args()
-    print_table("sam_windows", measure(args.commits, args.vit_commits, args.new_clicks))
+    timing = tuple(m for m in args.timing.split(",") if m and m != "none")
+    unknown = set(timing) - set(MODELS)
+    if unknown:
+        parser.error(f"unknown model(s) {sorted(unknown)}; choose from {MODELS}")
+    print_table("sam_windows", measure(args.commits, timing=timing, memory_model=args.memory_model,
+                                       windows=args.windows, new_clicks=args.new_clicks,
+                                       cached_clicks=args.cached_clicks))
 
 
 if __name__ == "__main__":
