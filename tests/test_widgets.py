@@ -219,3 +219,36 @@ def test_status_spans_the_dock_and_fields_line_up(make_napari_viewer, qtbot):
     xs = {w.native.mapTo(evaluation.native, w.native.rect().topLeft()).x()
           for w, _ in _labeled_rows(evaluation.body) if w.native.isVisible()}
     assert len(xs) == 1, xs
+
+
+def test_a_job_announced_late_changes_no_widget_when_it_is_short(make_napari_viewer, qtbot):
+    """``announce_after_ms``: a job that ends before the delay leaves the status line, Cancel and the
+    actions as they were (no repaint of the window while it runs); a longer one is announced."""
+    from napari_segsuite.widgets.scaffold import JobPanel
+
+    viewer = make_napari_viewer(show=False)
+    panel = JobPanel(viewer, pick_image=False)
+    run_button = panel.add_action("Run")
+    panel.message.value = "ready"
+    results = []
+
+    def quick():
+        yield Progress(0, 1, "working")
+        return 1
+
+    panel.start(quick, results.append, "Quick job", announce_after_ms=2000)
+    assert panel.message.value == "ready" and not panel.cancel_button.enabled and run_button.enabled
+    qtbot.waitUntil(lambda: not panel.busy, timeout=60_000)
+    qtbot.wait(50)
+    assert results == [1] and run_button.enabled and not panel.cancel_button.enabled
+
+    def slow():
+        yield Progress(0, 1)  # no message: the announcement stays in the status line
+        time.sleep(1.5)
+        return 2
+
+    panel.start(slow, results.append, "Slow job", announce_after_ms=200)
+    qtbot.waitUntil(lambda: panel.cancel_button.enabled, timeout=5_000)
+    assert panel.message.value == "Slow job…" and not run_button.enabled
+    qtbot.waitUntil(lambda: not panel.busy, timeout=60_000)
+    assert results == [1, 2] and run_button.enabled and not panel.cancel_button.enabled
