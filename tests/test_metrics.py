@@ -303,3 +303,43 @@ def test_classes_on_one_side_only_give_class_agnostic_scores():
     gt = _boxes((10, 10), [(0, 5, 0, 5), (5, 10, 5, 10)])
     res = evaluate(gt, gt, pred_classes={1: 4, 2: 7}, class_names={4: "a"})
     assert res.summary["pq"] == 1.0 and [r["class_id"] for r in res.per_class] == [0]
+
+
+def test_chunked_pair_counts_give_the_same_scores_as_whole_arrays():
+    """Read window by window from dask arrays (ids above 2**40 too), the joint histogram gives
+    the same instance and semantic scores as the whole in-memory arrays."""
+    import dask.array as da
+
+    from napari_segsuite.core.metrics import (
+        evaluate,
+        evaluate_overlap,
+        overlap_from_pairs,
+        pair_counts_job,
+        semantic_evaluation,
+        semantic_evaluation_from_pairs,
+    )
+    from napari_segsuite.core.progress import run_sync
+    from napari_segsuite.testing.large_images import blob_truth
+
+    rows, cols = np.arange(300, 1500), np.arange(100, 1100)
+    gt = np.stack([blob_truth(rows, cols, seed) for seed in (0, 1)])  # 2 planes, ids up to 2**40 + ...
+    rng = np.random.default_rng(3)
+    pred = np.roll(gt, 7, axis=2)
+    pred[:, 600:700] = rng.integers(0, 40, size=pred[:, 600:700].shape)
+    job = pair_counts_job(da.from_array(pred, chunks=(1, 256, 256)), da.from_array(gt, chunks=(1, 256, 256)),
+                          chunk=250)
+    steps, pairs = [], None
+    try:
+        while True:
+            steps.append(next(job))
+    except StopIteration as stop:
+        pairs = stop.value
+    assert steps[-1] == (2 * 5 * 4, 2 * 5 * 4) and int(pairs[2].sum()) == gt.size
+    whole = evaluate(pred, gt)
+    chunked = evaluate_overlap(overlap_from_pairs(*pairs))
+    assert whole.summary == chunked.summary and whole.summary["tp"] > 50
+    sem_pred, sem_gt = (pred > 0).astype(np.int32) + (pred > 2**40), (gt > 0).astype(np.int32) + (gt > 2**40)
+    sem_pairs = run_sync(pair_counts_job(sem_pred, sem_gt, planes=[(1,)], chunk=300))
+    a = semantic_evaluation(sem_pred[1], sem_gt[1], gt_ignore=2)
+    b = semantic_evaluation_from_pairs(*sem_pairs, gt_ignore=2)
+    assert a.rows == b.rows and a.summary == b.summary and 0 < a.summary["miou"] < 1
