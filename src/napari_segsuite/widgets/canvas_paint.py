@@ -17,6 +17,7 @@ they are not there (a viewer without a window, another napari), both do nothing.
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import numpy as np
 
@@ -34,10 +35,12 @@ class PaintWatch:
 
     :meth:`arm` starts a wait; the callback runs from the event loop after the paint
     event was handled (the frame is drawn), or after ``timeout_ms`` when the canvas does
-    not paint (hidden, nothing changed). :meth:`disarm` drops a wait.
+    not paint (nothing changed); at once when the canvas is hidden. :meth:`disarm` drops a
+    wait. The Qt objects are children of ``parent`` (the dock's widget): they go with it,
+    and then nothing is called back.
     """
 
-    def __init__(self, viewer, callback, timeout_ms: int):
+    def __init__(self, viewer, callback, timeout_ms: int, parent=None):
         from qtpy.QtCore import QEvent, QObject, QTimer
 
         self._viewer = viewer
@@ -45,21 +48,24 @@ class PaintWatch:
         self._armed = False
         #: the longest wait for a paint (milliseconds)
         self.timeout_ms = int(timeout_ms)
-        self._timer = QTimer()
+        self._timer = QTimer(parent)
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self._fire)
         self._widget = None
-        watch = self
+        timer = self._timer
+        me = weakref.ref(self)  # no reference cycle through the Qt filter
 
         class _Filter(QObject):
             def eventFilter(self, obj, event):
-                if event.type() == QEvent.Type.Paint and watch._armed:
-                    # the paint is handled after this filter returns: call back from the event loop after it
-                    watch._timer.setInterval(0)
-                    watch._timer.start()
+                if event.type() == QEvent.Type.Paint:
+                    watch = me()
+                    if watch is not None and watch._armed:
+                        # the paint is handled after this filter returns: call back from the event loop after it
+                        timer.setInterval(0)
+                        timer.start()
                 return False
 
-        self._filter = _Filter()
+        self._filter = _Filter(parent)
 
     @property
     def armed(self) -> bool:
@@ -69,17 +75,19 @@ class PaintWatch:
     def arm(self, timeout_ms: int | None = None) -> None:
         """Wait for the next paint (at most ``timeout_ms``, else the constructor's)."""
         widget = canvas_widget(self._viewer)
-        if widget is not None and widget is not self._widget:
-            with contextlib.suppress(RuntimeError):
-                if self._widget is not None:
-                    self._widget.removeEventFilter(self._filter)
-            widget.installEventFilter(self._filter)
-            self._widget = widget
+        try:
+            if widget is not None and widget is not self._widget:
+                self._unwatch()
+                widget.installEventFilter(self._filter)
+                self._widget = widget
+            visible = widget is not None and _visible(widget)
+            wait = self.timeout_ms if timeout_ms is None else int(timeout_ms)
+            self._timer.setInterval(wait if visible else 0)  # a hidden canvas does not paint
+            self._timer.start()
+        except RuntimeError:  # the dock's Qt objects are gone (closing)
+            self._armed = False
+            return
         self._armed = True
-        visible = widget is not None and _visible(widget)
-        wait = self.timeout_ms if timeout_ms is None else int(timeout_ms)
-        self._timer.setInterval(wait if visible else 0)  # a hidden canvas does not paint
-        self._timer.start()
 
     def disarm(self) -> None:
         """Drop a pending callback."""
@@ -93,13 +101,16 @@ class PaintWatch:
         self._armed = False
         self._callback()
 
-    def close(self) -> None:
-        """Disarm and stop watching the canvas."""
-        self.disarm()
+    def _unwatch(self) -> None:
         with contextlib.suppress(RuntimeError, AttributeError):
             if self._widget is not None:
                 self._widget.removeEventFilter(self._filter)
         self._widget = None
+
+    def close(self) -> None:
+        """Disarm and stop watching the canvas."""
+        self.disarm()
+        self._unwatch()
 
 
 def _visible(widget) -> bool:
@@ -127,8 +138,11 @@ def link_highlight_program(viewer, points) -> bool:
     if not getattr(program, "_need_build", False):
         return False
 
+    viewer_ref, markers_ref = weakref.ref(viewer), weakref.ref(markers)  # the layer keeps neither alive
+
     def hold(_event=None) -> None:
-        if not program._need_build:  # drawn once: linked
+        viewer, markers = viewer_ref(), markers_ref()
+        if viewer is None or markers is None or not markers._program._need_build:  # drawn once: linked
             with contextlib.suppress(Exception):
                 points.events.highlight.disconnect(hold)
             return

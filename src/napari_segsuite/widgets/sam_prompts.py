@@ -117,7 +117,7 @@ class PromptSection(SamSection):
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self.request_preview)
-        self._paint_watch = PaintWatch(self.viewer, self.request_preview, FIRST_PAINT_MAX_MS)
+        self._paint_watch = PaintWatch(self.viewer, self.request_preview, FIRST_PAINT_MAX_MS, parent=dock.native)
         for i, button in enumerate(self.candidate_buttons):
             button.changed.connect(lambda _=None, i=i: self.select_candidate(i))
         self.negative.changed.connect(self._sync_polarity)
