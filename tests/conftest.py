@@ -59,18 +59,3 @@ def notes():
     notification_manager.notification_ready.connect(grab)
     yield seen
     notification_manager.notification_ready.disconnect(grab)
-
-
-@pytest.fixture(scope="session")
-def volume_beyond_memory():
-    """A lazy dask ``(Z, 4096, 4096)`` uint8 volume larger than this machine's memory.
-
-    ``Z`` is chosen so the volume's bytes exceed RAM + swap (or the cgroup's limit) by a
-    quarter: loading it whole cannot succeed. Every chunk (one plane, 1024 x 1024) is drawn
-    when read (:func:`napari_segsuite.testing.large_images.volume_beyond_memory`).
-    """
-    from napari_segsuite.testing.large_images import memory_limit, volume_beyond_memory
-
-    volume = volume_beyond_memory()
-    assert volume.nbytes > memory_limit()
-    return volume

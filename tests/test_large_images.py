@@ -73,20 +73,3 @@ def test_synthetic_volume_is_lazy():
     assert vol.shape == (3, 50_000, 50_000) and vol.nbytes == 3 * 50_000**2
     plane = np.asarray(vol[2, 1500:1600, 40_000:40_100])
     assert np.array_equal(plane, blobs(np.arange(1500, 1600), np.arange(40_000, 40_100), seed=2))
-
-
-def test_volume_beyond_memory_is_larger_than_memory_and_peak_memory_sees_a_rise(volume_beyond_memory):
-    from napari_segsuite.testing.large_images import PeakMemory, blobs, memory_limit
-
-    vol = volume_beyond_memory
-    assert vol.nbytes > memory_limit() > 0 and vol.chunksize == (1, 1024, 1024)
-    # a window of one plane is the generator's pixels at those coordinates (plane z: seed z)
-    assert np.array_equal(np.asarray(vol[3, 1000:1100, 2000:2050]), blobs(np.arange(1000, 1100),
-                                                                          np.arange(2000, 2050), 3))
-    with PeakMemory() as peak:
-        block = np.ones(300_000_000, np.uint8)
-        del block
-    assert peak.rise >= 250_000_000, peak.rise
-    with PeakMemory() as quiet:
-        pass
-    assert quiet.rise < 100_000_000

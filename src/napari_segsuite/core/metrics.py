@@ -172,120 +172,6 @@ def overlap(pred, gt) -> Overlap:
     return Overlap(pred_ids, gt_ids, pred_area, gt_area, pairs, inter.astype(np.int64))
 
 
-def pair_counts(pred, gt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The joint histogram of two label images of the same shape, background included.
-
-    Returns
-    -------
-    (pred_ids, gt_ids, counts)
-        int64 arrays: the label pair ``(pred_ids[k], gt_ids[k])`` is found together on
-        ``counts[k]`` pixels; every pair present once.
-    """
-    p = np.asarray(pred).ravel()
-    g = np.asarray(gt).ravel()
-    if p.size == 0:
-        empty = np.zeros(0, np.int64)
-        return empty, empty, empty
-    pu, pi = np.unique(p, return_inverse=True)
-    gu, gi = np.unique(g, return_inverse=True)
-    key = pi.reshape(-1).astype(np.int64) * len(gu) + gi.reshape(-1)
-    if len(pu) * len(gu) <= max(DENSE_ID_LIMIT, key.size):
-        full = np.bincount(key, minlength=len(pu) * len(gu))
-        keys = np.flatnonzero(full)
-        n = full[keys]
-    else:
-        keys, n = np.unique(key, return_counts=True)
-    return pu[keys // len(gu)].astype(np.int64), gu[keys % len(gu)].astype(np.int64), n.astype(np.int64)
-
-
-def merge_pair_counts(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]):
-    """Sum several :func:`pair_counts` results (e.g. of the chunks of one image) into one."""
-    parts = [part for part in parts if len(part[0])]
-    if not parts:
-        empty = np.zeros(0, np.int64)
-        return empty, empty, empty
-    p = np.concatenate([part[0] for part in parts])
-    g = np.concatenate([part[1] for part in parts])
-    n = np.concatenate([part[2] for part in parts])
-    order = np.lexsort((g, p))
-    p, g, n = p[order], g[order], n[order]
-    start = np.flatnonzero(np.r_[True, (p[1:] != p[:-1]) | (g[1:] != g[:-1])])
-    return p[start], g[start], np.add.reduceat(n, start)
-
-
-def overlap_from_pairs(pred_ids: np.ndarray, gt_ids: np.ndarray, counts: np.ndarray) -> Overlap:
-    """The :class:`Overlap` of two label images from their joint histogram (:func:`pair_counts`)."""
-    p = np.asarray(pred_ids, dtype=np.int64)
-    g = np.asarray(gt_ids, dtype=np.int64)
-    n = np.asarray(counts, dtype=np.int64)
-    pred_u, p_inv = np.unique(p, return_inverse=True)
-    gt_u, g_inv = np.unique(g, return_inverse=True)
-    pred_area = np.bincount(p_inv.reshape(-1), weights=n, minlength=len(pred_u)).astype(np.int64)
-    gt_area = np.bincount(g_inv.reshape(-1), weights=n, minlength=len(gt_u)).astype(np.int64)
-    pk, gk = pred_u != 0, gt_u != 0
-    p_new = np.cumsum(pk) - 1  # index among the non-zero ids
-    g_new = np.cumsum(gk) - 1
-    both = (p != 0) & (g != 0)
-    pairs = np.stack([p_new[p_inv.reshape(-1)[both]], g_new[g_inv.reshape(-1)[both]]], axis=1).astype(np.intp)
-    return Overlap(pred_u[pk], gt_u[gk], pred_area[pk], gt_area[gk], pairs.reshape(-1, 2), n[both])
-
-
-#: Side of the 2D windows :func:`pair_counts_job` reads at a time.
-PAIR_CHUNK = 2048
-
-
-def pair_counts_job(pred, gt, *, planes=None, chunk: int = PAIR_CHUNK):
-    """:func:`pair_counts` of two label arrays read window by window (a generator).
-
-    Parameters
-    ----------
-    pred, gt : array-like
-        numpy, zarr or dask arrays of the same shape (2D or nD; the last two axes are the
-        planes' rows and columns); only ``chunk x chunk`` windows of one plane are read at a time.
-    planes : list of tuple, optional
-        Indices of the leading axes to compare (e.g. only the plane the viewer shows); all
-        planes when None.
-    chunk : int
-        Window side.
-
-    Yields
-    ------
-    (int, int)
-        ``(windows done, windows total)``.
-
-    Returns
-    -------
-    (pred_ids, gt_ids, counts)
-        As :func:`pair_counts` over the compared planes.
-
-    Raises
-    ------
-    InputError
-        Different shapes, or a window holding non-integer or negative ids.
-    """
-    import itertools
-
-    check_same_shape(pred, gt)  # (only their shapes are read)
-    lead = tuple(pred.shape[:-2])
-    h, w = int(pred.shape[-2]), int(pred.shape[-1])
-    if planes is None:
-        planes = list(itertools.product(*(range(n) for n in lead)))
-    windows = [(r, c) for r in range(0, h, chunk) for c in range(0, w, chunk)]
-    total = len(planes) * len(windows)
-    parts, done = [], 0
-    for plane in planes:
-        for r, c in windows:
-            key = (*plane, slice(r, min(h, r + chunk)), slice(c, min(w, c + chunk)))
-            a = check_label_image(np.asarray(pred[key]), "predicted labels")
-            b = check_label_image(np.asarray(gt[key]), "ground-truth labels")
-            parts.append(pair_counts(a, b))
-            if len(parts) >= 64:
-                parts = [merge_pair_counts(parts)]
-            done += 1
-            yield done, total
-    return merge_pair_counts(parts)
-
-
 def _class_array(ids: np.ndarray, classes: Mapping | None) -> np.ndarray:
     if not classes:
         return np.zeros(len(ids), dtype=np.int64)
@@ -602,21 +488,7 @@ def evaluate(
     EvaluationResult
         See the module documentation for the conventions.
     """
-    return evaluate_overlap(overlap(pred, gt), pred_classes=pred_classes, gt_classes=gt_classes,
-                            pred_scores=pred_scores, class_names=class_names, max_dets=max_dets)
-
-
-def evaluate_overlap(
-    ov: Overlap,
-    *,
-    pred_classes: Mapping[int, int] | None = None,
-    gt_classes: Mapping[int, int] | None = None,
-    pred_scores: Mapping[int, float] | None = None,
-    class_names: Mapping[int, str] | None = None,
-    max_dets: int | None = None,
-) -> EvaluationResult:
-    """:func:`evaluate` from an overlap table (e.g. one summed chunk by chunk,
-    :func:`overlap_from_pairs` of :func:`pair_counts_job`); the same parameters."""
+    ov = overlap(pred, gt)
     names = dict(class_names or {})
     if bool(pred_classes) != bool(gt_classes):  # one side only: class-agnostic, names don't apply
         pred_classes = gt_classes = None
@@ -768,36 +640,10 @@ def semantic_evaluation(
     p = check_label_image(pred, "prediction")
     g = check_label_image(gt, "ground truth")
     check_same_shape(p, g)
-    return semantic_evaluation_from_pairs(
-        *pair_counts(p, g), pred_background=pred_background, gt_background=gt_background, gt_ignore=gt_ignore,
-        pred_names=pred_names, gt_names=gt_names)
-
-
-def semantic_evaluation_from_pairs(
-    pred_ids: np.ndarray,
-    gt_ids: np.ndarray,
-    counts: np.ndarray,
-    *,
-    pred_background: int = 0,
-    gt_background: int = 0,
-    gt_ignore: int | None = None,
-    pred_names: Mapping[int, str] | None = None,
-    gt_names: Mapping[int, str] | None = None,
-) -> SemanticReport:
-    """:func:`semantic_evaluation` from the joint histogram of the two maps.
-
-    ``(pred_ids[k], gt_ids[k])`` is a pair of labels found together on ``counts[k]`` pixels
-    (background included): :func:`pair_counts` of two arrays, or :func:`pair_counts_job`
-    summed chunk by chunk over arrays too large to hold.
-    """
-    pi = np.asarray(pred_ids, dtype=np.int64)
-    gi = np.asarray(gt_ids, dtype=np.int64)
-    n = np.asarray(counts, dtype=np.int64)
-    if gt_ignore is not None:
-        keep = gi != gt_ignore
-        pi, gi, n = pi[keep], gi[keep], n[keep]
-    p_labels = sorted({int(v) for v in np.unique(pi) if v != pred_background})
-    g_labels = sorted({int(v) for v in np.unique(gi) if v != gt_background})
+    keep = np.ones(g.shape, dtype=bool) if gt_ignore is None else g != gt_ignore
+    p, g = p[keep], g[keep]
+    p_labels = [int(v) for v in np.unique(p) if v != pred_background]
+    g_labels = [int(v) for v in np.unique(g) if v != gt_background]
     for label in gt_names or {}:  # a named true class absent from this image still gets a row
         if int(label) not in (gt_background, gt_ignore) and int(label) not in g_labels:
             g_labels.append(int(label))
@@ -811,34 +657,34 @@ def semantic_evaluation_from_pairs(
         pairs = {p_labels[0]: g_labels[0]}
     else:
         pairs = {pl: pl for pl in p_labels if pl in g_labels}
+    p_bg, g_bg = p == pred_background, g == gt_background
     rows = []
     shown_names = {**{int(k): str(v) for k, v in (gt_names or {}).items()}}
     for gl in sorted(g_labels):
         partner = [pl for pl, x in pairs.items() if x == gl]
-        pm = np.isin(pi, partner) if partner else np.zeros(pi.shape, dtype=bool)
-        gm = gi == gl
+        pm = np.isin(p, partner) if partner else np.zeros(p.shape, dtype=bool)
+        gm = g == gl
         name = shown_names.get(gl) or next(((pred_names or {}).get(pl) for pl in partner), None) or str(gl)
-        rows.append(_class_row(str(name), gl, partner[0] if partner else 0, pm, gm, n))
+        rows.append(_class_row(str(name), gl, partner[0] if partner else 0, pm, gm))
     for pl in sorted(set(p_labels) - set(pairs)):
         name = str((pred_names or {}).get(pl, pl))
-        rows.append(_class_row(name, 0, pl, pi == pl, np.zeros(pi.shape, dtype=bool), n))
-    mapped = np.array([pairs.get(int(v), -1) for v in pi], dtype=np.int64).reshape(pi.shape)
-    agree = (mapped == gi) | ((pi == pred_background) & (gi == gt_background))
-    total = int(n.sum())
+        rows.append(_class_row(name, 0, pl, p == pl, np.zeros(p.shape, dtype=bool)))
+    mapped = np.full(p.shape, -1, dtype=np.int64)
+    for pl, gl in pairs.items():
+        mapped[p == pl] = gl
+    agree = (mapped == g) | (p_bg & g_bg)
     summary = {
         "miou": float(np.mean([r["iou"] for r in rows])) if rows else 1.0,
         "mdice": float(np.mean([r["dice"] for r in rows])) if rows else 1.0,
-        "accuracy": float(n[agree].sum()) / total if total else 1.0,
-        "scored_pixels": total,
+        "accuracy": float(agree.mean()) if agree.size else 1.0,
+        "scored_pixels": int(agree.size),
     }
     return SemanticReport(rows, summary, pairs)
 
 
-def _class_row(name: str, gt_label: int, pred_label: int, pm: np.ndarray, gm: np.ndarray,
-               counts: np.ndarray) -> dict:
-    """A class's row from masks over the pair table (``counts`` pixels per pair)."""
-    a, b = int(counts[pm].sum()), int(counts[gm].sum())
-    i = int(counts[pm & gm].sum())
+def _class_row(name: str, gt_label: int, pred_label: int, pm: np.ndarray, gm: np.ndarray) -> dict:
+    a, b = int(pm.sum()), int(gm.sum())
+    i = int((pm & gm).sum())
     return {
         "class_name": name, "gt_label": int(gt_label), "pred_label": int(pred_label),
         "iou": i / (a + b - i) if a + b - i else 1.0, "dice": 2 * i / (a + b) if a + b else 1.0,

@@ -15,9 +15,6 @@
   chunk by chunk when read (any size, nothing on disk).
 - :class:`ReadCounter` / :func:`counting_dask`: a dask array whose every chunk read is
   recorded, to prove that code reads only the regions it needs.
-- :func:`memory_limit`, :func:`volume_beyond_memory` and :class:`PeakMemory`: a lazy volume
-  whose size exceeds the memory this process can ever get (RAM + swap, or the cgroup's limit
-  when lower), so reading it whole must fail, and the peak resident memory of a piece of work.
 
 From the command line: ``python -m napari_segsuite.testing.large_images slide.zarr --size 40000``.
 """
@@ -344,113 +341,6 @@ def synthetic_volume(shape: tuple[int, int, int], chunks: tuple[int, int, int] =
 
     return da.map_blocks(block, dtype=np.uint8, chunks=tuple(
         tuple(min(c, s - i) for i in range(0, s, c)) for s, c in zip(shape, chunks, strict=True)))
-
-
-def synthetic_truth_volume(shape: tuple[int, int, int], chunks: tuple[int, int, int] = (1, 1024, 1024),
-                           seed: int = 0):
-    """The object ids (:func:`blob_truth`, int64) of :func:`synthetic_volume` ``(shape, chunks, seed)``,
-    lazy in the same way."""
-    import dask.array as da
-
-    def block(block_info=None):
-        info = block_info[None]
-        (z0, z1), (r0, r1), (c0, c1) = info["array-location"]
-        return np.stack([blob_truth(np.arange(r0, r1), np.arange(c0, c1), seed + z) for z in range(z0, z1)])
-
-    return da.map_blocks(block, dtype=np.int64, chunks=tuple(
-        tuple(min(c, s - i) for i in range(0, s, c)) for s, c in zip(shape, chunks, strict=True)))
-
-
-# -- beyond memory -----------------------------------------------------------------------
-
-
-def _meminfo(key: str) -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def memory_limit() -> int:
-    """Bytes of memory this process can ever hold: RAM + swap, or the cgroup's limit when lower.
-
-    Reads ``/proc/meminfo`` (``MemTotal``, ``SwapTotal``) and the cgroup v2 ``memory.max`` or
-    v1 ``memory.limit_in_bytes`` (+ ``memory.memsw.limit_in_bytes``) where they exist.
-    """
-    total = _meminfo("MemTotal") + _meminfo("SwapTotal")
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit():
-            total = min(total, int(text))
-    return total
-
-
-def volume_beyond_memory(plane: tuple[int, int] = (4096, 4096), *, factor: float = 1.25, seed: int = 0,
-                         chunks: tuple[int, int] = (1024, 1024)):
-    """A lazy :func:`synthetic_volume` whose bytes exceed :func:`memory_limit` by ``factor``.
-
-    Planes of ``plane`` pixels (uint8), as many as it takes; one plane per chunk along Z.
-    Nothing is stored: every chunk is drawn when read, so the volume costs no disk and no
-    memory, and any code that loads it whole fails (there is no room for it).
-    """
-    per_plane = int(plane[0]) * int(plane[1])
-    depth = math.ceil(factor * memory_limit() / per_plane)
-    return synthetic_volume((depth, *plane), chunks=(1, *chunks), seed=seed)
-
-
-class PeakMemory:
-    """The peak resident memory of the process over a ``with`` block, and its rise.
-
-    On entry the kernel's peak (``VmHWM``) is reset through ``/proc/self/clear_refs`` where
-    the kernel allows it; a thread also samples ``VmRSS`` every ``interval`` seconds, so the
-    peak is known where the reset is refused. ``peak`` is the larger of the two, ``rise``
-    the peak minus the resident memory at entry (bytes).
-    """
-
-    def __init__(self, interval: float = 0.02):
-        self.interval = interval
-        self.start = self.peak = 0
-        self.hwm_reset = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @staticmethod
-    def _status(key: str) -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-        return 0
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, self._status("VmRSS"))
-
-    def __enter__(self) -> PeakMemory:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            self.hwm_reset = True
-        except OSError:
-            self.hwm_reset = False
-        self.start = self.peak = self._status("VmRSS")
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.peak = max(self.peak, self._status("VmRSS"))
-        if self.hwm_reset:
-            self.peak = max(self.peak, self._status("VmHWM"))
-
-    @property
-    def rise(self) -> int:
-        """Peak minus the resident memory at entry (bytes)."""
-        return self.peak - self.start
 
 
 # -- counting reads ------------------------------------------------------------------------

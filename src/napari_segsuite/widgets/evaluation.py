@@ -17,13 +17,6 @@ hand:
 Classes of each layer (instance and panoptic) come from its ``class_id`` feature, else from
 its label divisor; prediction scores from a ``score`` feature. The false positives and the
 misses can be shown as layers; the table exports to CSV.
-
-Large labels (zarr, dask or multiscale layers, e.g. labels on disk, or more than
-:data:`CHUNKED_PIXELS` pixels) are compared window by window
-(:func:`napari_segsuite.core.metrics.pair_counts_job`: their joint histogram, summed over
-2048-pixel windows of level 0, with progress and Cancel), on every plane or only on the plane
-the viewer shows (*Compare*); nothing the size of the layers is held, so the error layers are
-not drawn for them (the message says so).
 """
 
 from __future__ import annotations
@@ -46,22 +39,6 @@ SHOWN_COLUMNS = ("class_name", "n_gt", "n_pred", "tp", "fp", "fn", "precision", 
                  "ap50", "ap", "pq", "sq", "rq", "iou", "dice")
 SEMANTIC_COLUMNS = ("class_name", "gt_label", "pred_label", "iou", "dice", "gt_pixels", "pred_pixels")
 NO_LABEL = -1
-#: The "Compare" choices.
-ALL_PLANES, CURRENT_PLANE = "all planes", "current plane"
-#: In-memory labels with more pixels than this are compared window by window too.
-CHUNKED_PIXELS = 64_000_000
-
-
-def _is_large(layer) -> bool:
-    from napari_segsuite.layers import full_resolution, is_lazy
-
-    return is_lazy(layer) or int(np.prod(full_resolution(layer).shape, dtype=np.int64)) > CHUNKED_PIXELS
-
-
-def _label_divisor(layer) -> int | None:
-    meta = getattr(layer, "metadata", {}).get("segsuite", {})
-    divisor = meta.get("label_divisor") or (meta.get("parameters") or {}).get("label_divisor")
-    return int(divisor) if divisor else None
 
 
 def _label_column(features) -> str | None:
@@ -99,10 +76,12 @@ def layer_classes(layer) -> tuple[dict | None, dict | None, dict]:
         if "score" in feats.columns:
             ok = feats["score"].notna()
             scores = dict(zip(ids[ok].tolist(), feats["score"][ok].astype(float).tolist(), strict=True))
-    divisor = _label_divisor(layer)
-    if classes is None and divisor and not _is_large(layer):
-        data = np.asarray(layer.data)
-        classes = {int(i): int(i) // divisor for i in np.unique(data) if i}
+    if classes is None:
+        meta = getattr(layer, "metadata", {}).get("segsuite", {})
+        divisor = meta.get("label_divisor") or (meta.get("parameters") or {}).get("label_divisor")
+        if divisor:
+            data = np.asarray(layer.data)
+            classes = {int(i): int(i) // int(divisor) for i in np.unique(data) if i}
     return classes, scores, names
 
 
@@ -147,8 +126,6 @@ class EvaluationWidget(Dock):
         self.gt_layer = ComboBox(label="Ground truth", choices=self._labels_choices, nullable=True)
         self.mode = ComboBox(label="Mode", choices=list(MODES), value=AUTO,
                              tooltip="auto: from the prediction's provenance and features")
-        self.compare = ComboBox(label="Compare", choices=[ALL_PLANES, CURRENT_PLANE], value=ALL_PLANES,
-                                tooltip="Every plane of the layers, or only the plane the viewer shows")
         self.mode_note = Label(value="")
         self.evaluate_button = self.job_panel.add_action("Evaluate")
         self.eval_summary = Label(value="")
@@ -166,7 +143,7 @@ class EvaluationWidget(Dock):
         self.error_layers = CheckBox(text="Show false positives and misses as layers", value=True)
         self.csv_path = FileEdit(label="CSV file", mode="w", filter="*.csv", value="evaluation.csv")
         self.export_button = PushButton(text="Export CSV", enabled=False)
-        self.inputs = form(self.pred_layer, self.gt_layer, self.mode, self.compare)
+        self.inputs = form(self.pred_layer, self.gt_layer, self.mode)
         self.results.extend([self.eval_summary, self.eval_table])
         self.body.extend([self.inputs, self.mode_note, self.job_panel.controls, self.results])
         self.semantic_group = self.add_group("Semantic: background and ignore labels", [
@@ -238,33 +215,14 @@ class EvaluationWidget(Dock):
         self.pred_layer.value = layer
 
     # -- evaluating -------------------------------------------------------------------------
-    def _layers(self):
-        pred_layer, gt_layer = self.pred_layer.value, self.gt_layer.value
-        if pred_layer is None or gt_layer is None:
-            raise InputError("Choose a prediction and a ground-truth Labels layer to evaluate.")
-        return pred_layer, gt_layer
-
-    def _planes(self, pred_layer, shape: tuple[int, ...]) -> list[tuple[int, ...]] | None:
-        """The leading-axes indices to compare: None (all planes) or the plane the viewer shows."""
-        if self.compare.value != CURRENT_PLANE or len(shape) == 2:
-            return None
-        from napari_segsuite.layers import plane_selection
-
-        sel = plane_selection(self.viewer, pred_layer)
-        if tuple(sel.axes) != (len(shape) - 2, len(shape) - 1):
-            raise InputError("Comparing the current plane needs the layers' last two axes displayed; reset the "
-                             "displayed axes, or compare all planes.")
-        return [tuple(int(i) for i in sel.labels_index[:-2])]
-
     def _read(self):
         from napari_segsuite.core.metrics import check_label_image, check_same_shape
 
-        pred_layer, gt_layer = self._layers()
+        pred_layer, gt_layer = self.pred_layer.value, self.gt_layer.value
+        if pred_layer is None or gt_layer is None:
+            raise InputError("Choose a prediction and a ground-truth Labels layer to evaluate.")
         pred = check_label_image(np.asarray(pred_layer.data), f"labels of '{pred_layer.name}'")
         gt = check_label_image(np.asarray(gt_layer.data), f"labels of '{gt_layer.name}'")
-        planes = self._planes(pred_layer, pred.shape)
-        if planes is not None and pred.shape == gt.shape:
-            pred, gt = pred[planes[0]], gt[planes[0]]
         try:
             check_same_shape(pred, gt)
         except InputError as exc:
@@ -272,19 +230,18 @@ class EvaluationWidget(Dock):
         return pred_layer, gt_layer, pred, gt
 
     def make_evaluation_job(self):
-        """Read both layers (GUI thread); return the job and the result handler.
-
-        Large or lazy layers go window by window (:meth:`make_chunked_job`).
-        """
+        """Read both layers (GUI thread); return the job and the result handler."""
         from napari_segsuite.core.metrics import evaluate, semantic_evaluation
 
-        pred_layer, gt_layer = self._layers()
-        if _is_large(pred_layer) or _is_large(gt_layer):
-            return self.make_chunked_job(pred_layer, gt_layer)
         pred_layer, gt_layer, pred, gt = self._read()
         mode = self.resolved_mode()
         if mode == SEMANTIC:
-            kwargs = self._semantic_kwargs(pred_layer, gt_layer)
+            def optional(v):
+                return None if int(v) == NO_LABEL else int(v)
+
+            kwargs = {"pred_background": int(self.pred_background.value),
+                      "gt_background": int(self.gt_background.value), "gt_ignore": optional(self.gt_ignore.value),
+                      "pred_names": layer_class_names(pred_layer), "gt_names": layer_class_names(gt_layer)}
 
             def job():
                 yield Progress(0, 1, "Evaluating (semantic)")
@@ -292,7 +249,13 @@ class EvaluationWidget(Dock):
 
             return job, lambda report: self.show_semantic_result(report, pred_layer, gt_layer)
 
-        pred_classes, gt_classes, pred_scores, names = self._instance_inputs(pred_layer, gt_layer)
+        pred_classes, pred_scores, names = layer_classes(pred_layer)
+        gt_classes, _, gt_names = layer_classes(gt_layer)
+        names = {**gt_names, **names}
+        if self.ignore_classes.value or (pred_classes is None) != (gt_classes is None):
+            # asked for, or one side has classes and the other not: compare class-agnostically
+            pred_classes = gt_classes = None
+            names = {}
         show_errors = bool(self.error_layers.value)
 
         def job():
@@ -302,87 +265,6 @@ class EvaluationWidget(Dock):
 
         def on_result(result) -> None:
             self.show_evaluation_result(result, mode, pred_layer, gt_layer, pred, gt, show_errors)
-
-        return job, on_result
-
-    def _semantic_kwargs(self, pred_layer, gt_layer) -> dict:
-        def optional(v):
-            return None if int(v) == NO_LABEL else int(v)
-
-        return {"pred_background": int(self.pred_background.value),
-                "gt_background": int(self.gt_background.value), "gt_ignore": optional(self.gt_ignore.value),
-                "pred_names": layer_class_names(pred_layer), "gt_names": layer_class_names(gt_layer)}
-
-    def _instance_inputs(self, pred_layer, gt_layer):
-        pred_classes, pred_scores, names = layer_classes(pred_layer)
-        gt_classes, _, gt_names = layer_classes(gt_layer)
-        names = {**gt_names, **names}
-        if self.ignore_classes.value or (pred_classes is None) != (gt_classes is None):
-            # asked for, or one side has classes and the other not: compare class-agnostically
-            pred_classes = gt_classes = None
-            names = {}
-        return pred_classes, gt_classes, pred_scores, names
-
-    def make_chunked_job(self, pred_layer, gt_layer):
-        """The evaluation of large or lazy layers: level 0 of both, read window by window.
-
-        The job sums the joint histogram of the two label images over 2048-pixel windows
-        (every plane, or the plane the viewer shows), then scores it; no array the size of
-        the layers is made, and the error layers are not drawn.
-        """
-        from napari_segsuite.core.metrics import (
-            evaluate_overlap,
-            overlap_from_pairs,
-            pair_counts_job,
-            semantic_evaluation_from_pairs,
-        )
-        from napari_segsuite.layers import full_resolution
-
-        pred, gt = full_resolution(pred_layer), full_resolution(gt_layer)
-        if tuple(pred.shape) != tuple(gt.shape):
-            raise InputError(f"'{pred_layer.name}' has shape {tuple(pred.shape)} but '{gt_layer.name}' has "
-                             f"{tuple(gt.shape)}; compare label images of the same size.")
-        planes = self._planes(pred_layer, tuple(pred.shape))
-        mode = self.resolved_mode()
-        where = "the current plane" if planes is not None else "all planes"
-        if mode == SEMANTIC:
-            kwargs = self._semantic_kwargs(pred_layer, gt_layer)
-        else:
-            pred_classes, gt_classes, pred_scores, names = self._instance_inputs(pred_layer, gt_layer)
-            divisors = (_label_divisor(pred_layer) if pred_classes is None else None,
-                        _label_divisor(gt_layer) if gt_classes is None else None)
-
-        def job():
-            counts = pair_counts_job(pred, gt, planes=planes)
-            while True:
-                try:
-                    done, total = next(counts)
-                except StopIteration as stop:
-                    pairs = stop.value
-                    break
-                yield Progress(done, total, f"Evaluating ({mode}, {where}): window {done}/{total}")
-            if mode == SEMANTIC:
-                return semantic_evaluation_from_pairs(*pairs, **kwargs)
-            p_cls, g_cls = pred_classes, gt_classes
-            if divisors[0]:
-                p_cls = {int(i): int(i) // divisors[0] for i in np.unique(pairs[0]) if i}
-            if divisors[1]:
-                g_cls = {int(i): int(i) // divisors[1] for i in np.unique(pairs[1]) if i}
-            if self_ignore_classes or (p_cls is None) != (g_cls is None):
-                p_cls = g_cls = None
-            return evaluate_overlap(overlap_from_pairs(*pairs), pred_classes=p_cls, gt_classes=g_cls,
-                                    pred_scores=pred_scores, class_names=names if p_cls is not None else {})
-
-        self_ignore_classes = bool(self.ignore_classes.value)
-        note = (f" Compared {where} window by window (large labels); the error layers are not drawn for "
-                "labels this large.")
-
-        def on_result(result) -> None:
-            if mode == SEMANTIC:
-                self.show_semantic_result(result, pred_layer, gt_layer)
-            else:
-                self.show_evaluation_result(result, mode, pred_layer, gt_layer, None, None, False)
-            self.message.value += note
 
         return job, on_result
 
