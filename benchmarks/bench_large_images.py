@@ -165,19 +165,27 @@ def _row(case: str, out: dict) -> dict:
     return row
 
 
+#: ``SEGSUITE_BENCH_LARGE_CASES=whole`` runs only the whole-plane rows (``docks,whole`` by default: all).
+CASES = os.environ.get("SEGSUITE_BENCH_LARGE_CASES", "docks,whole").split(",")
+#: Sides of the whole-plane rows (``SEGSUITE_BENCH_LARGE_SIDES=8000,16000,32000`` adds a 32k slide).
+SIDES = [int(s) for s in os.environ.get("SEGSUITE_BENCH_LARGE_SIDES", "8000,16000").split(",")]
+
+
 @benchmark("large_images")
 def large_images(repeats: int) -> list[dict]:
     """Docks on the 40k slide (field of view, 4k region), whole planes in chunks, the API."""
-    slide = _slide(SLIDE if not SMOKE else "/tmp/segsuite-large/slide6k.zarr", SIDE)
     rows = []
+    for side in ((2500, 4000) if SMOKE else SIDES) if "whole" in CASES else ():
+        path = _slide(f"/tmp/segsuite-large/slide{side // 1000}k.zarr", side)
+        out = run_python(VIEWER.format(slide=path, task="semantic", case="whole", region=0, tile=0))
+        rows.append(_row(f"dock semantic, whole {side} x {side} plane in chunks", out))
+    if "docks" not in CASES:
+        return rows
+    slide = _slide(SLIDE if not SMOKE else "/tmp/segsuite-large/slide6k.zarr", SIDE)
     for task in ("semantic", "instance"):
         for case in ("fov", "region"):
             out = run_python(VIEWER.format(slide=slide, task=task, case=case, region=REGION, tile=512))
             rows.append(_row(f"dock {task}, {case if case == 'fov' else f'{REGION} x {REGION} region'}", out))
         out = run_python(API.format(slide=slide, task=task, region=REGION))
         rows.append(_row(f"api {task}, {REGION} x {REGION} region", out))
-    for side in ((2500, 4000) if SMOKE else (8000, 16000)):
-        path = _slide(f"/tmp/segsuite-large/slide{side // 1000}k.zarr", side)
-        out = run_python(VIEWER.format(slide=path, task="semantic", case="whole", region=0, tile=0))
-        rows.append(_row(f"dock semantic, whole {side} x {side} plane in chunks", out))
     return rows
