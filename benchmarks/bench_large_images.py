@@ -34,10 +34,25 @@ Measured 2026-12-01 on the 2-core dev VM under heavy load from other sessions (l
 | dock semantic, whole 8000 x 8000 plane | 79.2 | 64 | 1.24 | 1890 | 480 |
 | dock semantic, whole 16000 x 16000 plane | 232.7 | 256 | 0.91 | 2455 | 1034 |
 
-The whole-plane peak is not flat: its rise doubled for 4x the pixels (the cause is not found
-yet). The instance rise is the tiny YOLO's ``max_det=100`` full-chunk masks per 2048-pixel chunk.
-The API's semantic call reads its 512-pixel tiles straight from the 1024-pixel zarr chunks
-(each chunk decompressed for every tile that touches it); the dock reads a 2048-pixel chunk once.
+The API's semantic row is not slower than the dock on the same pixels: run in one process
+(no viewer) on a 2000 x 2000 region of the slide, the dock's path (``segment_region_job``, tiles
+of 512) took 21.9 s and ``api.segment_semantic`` (tiles of 512) 13.8 s (second repeat, load
+about 7); the 8.9 vs 1.7 s/Mpx above are separate processes at different times under load
+22-26 (compare rows within one quiet run).
+
+Whole plane in chunks, after chunked segmentation hands freed memory back after every chunk
+(``core.threads.release_freed_memory``), 2026-12-02, load average about 7,
+``SEGSUITE_BENCH_LARGE_CASES=whole benchmarks/run.py large_images --repeats 1`` under Xvfb:
+
+| case | seconds | Mpx | s/Mpx | peak MB | rise MB |
+|---|---|---|---|---|---|
+| dock semantic, whole 8000 x 8000 plane | 53.1 | 64 | 0.83 | 1720 | 304 |
+| dock semantic, whole 16000 x 16000 plane | 129.8 | 256 | 0.51 | 1730 | 312 |
+
+The rise is flat: it was 480 and 1034 MB above, because glibc's dynamic mmap threshold moved
+each chunk's large freed blocks into heaps that were kept (the same runs without a viewer:
+452 and 821 MB before, 322 and 323 MB after; with ``MALLOC_MMAP_THRESHOLD_=131072`` and no
+change, 253 and 254 MB).
 
 ``SEGSUITE_BENCH_SMOKE=1`` uses a 6,000-pixel slide and 2,000-pixel regions to check that the
 benchmark runs; its figures mean nothing.
