@@ -147,6 +147,7 @@ class DatasetExportWidget(Container):
         ])
         self.jobs = JobRunner(on_progress=self._on_progress, on_done=self._on_done)
         self.jobs.napari_progress = False
+        self.jobs.stop_with(self.native)  # closing the dock cancels the export
         self.last_result = None
         self.export_button.changed.connect(self.export)
         self.cancel_button.changed.connect(self.jobs.cancel)

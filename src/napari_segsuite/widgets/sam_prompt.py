@@ -133,8 +133,9 @@ class SamPromptWidget(SegmentationWidget):
     def _on_parent_change(self, docked: bool) -> None:
         if docked and not self._closed and not getattr(self, "_bound_keys", None):
             self._bind_keys()
-        elif not docked:
+        elif not docked:  # closed: the keys go back, a preview being computed is not shown
             self._release_keys()
+            self.prompts.drop_pending()
 
     def _release_keys(self) -> None:
         """Give the viewer back the keys this dock bound (the earlier bindings, if any)."""

@@ -473,6 +473,13 @@ class PromptSection(SamSection):
         """Whether a preview is being computed or waits to be shown."""
         return self.dock.jobs.busy or self._in_flight > 0 or self._timer.isActive() or self._pending
 
+    def drop_pending(self) -> None:
+        """Show no preview asked for until now (the dock left the window); the prompts stay."""
+        with contextlib.suppress(RuntimeError):
+            self._timer.stop()
+        self._pending = False
+        self.preview.new_prompts()
+
     def job_done(self) -> None:
         """A dock job ended: a preview asked for meanwhile is computed now."""
         if self._pending:

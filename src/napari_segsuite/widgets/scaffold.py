@@ -438,6 +438,8 @@ class JobPanel:
         self._extra_done = on_done
         self._disabled: list = []
         self.jobs = JobRunner(on_progress=self.on_progress, on_done=self.on_done)
+        # closing the dock that shows these controls ends the panel's job and drops its result
+        self.jobs.stop_with(self.controls.native)
         self.cancel_button.changed.connect(self.jobs.cancel)
         if self.owns_image:
             events = viewer.layers.events

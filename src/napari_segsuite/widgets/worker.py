@@ -11,12 +11,15 @@ next yield, before any layer is touched (layers are written only in the
 user as a napari notification with its message, and the ``on_done`` callback
 re-enables the widget.
 
-Shutdown: closing a dock (its ``native`` widget destroyed, see
-:meth:`JobRunner.stop_with`) or quitting the application
-(``QApplication.aboutToQuit``) cancels every running job, so no job outlives
-the window that shows it; work without yield points of its own (model loading)
-runs through :func:`napari_segsuite.core.threads.call_in_background`, so the
-cancel takes effect at once.
+Shutdown: closing a dock (napari's ``remove_dock_widget``, which the dock's
+close button calls, or its widget destroyed; see :meth:`JobRunner.stop_with`)
+or quitting the application (``QApplication.aboutToQuit``) cancels every
+running job and drops its result, so no job outlives the window that shows it
+and none writes into the layers after its dock is gone; work without yield
+points of its own (model loading) runs through
+:func:`napari_segsuite.core.threads.call_in_background`, so the cancel takes
+effect at once. Hiding a dock (its title bar's hide button) cancels nothing:
+the dock stays in the window's menu and shows the job's outcome when reopened.
 """
 
 from __future__ import annotations
@@ -98,6 +101,10 @@ class JobRunner:
         self.job_ended.set()
         self._submitted = False
         self._stop_job = threading.Event()
+        #: the Qt widget the jobs belong to (:meth:`stop_with`)
+        self._widget = None
+        #: set by :meth:`detach`: the running job's result is dropped whenever it arrives
+        self._drop_result = False
         _RUNNERS.add(self)
 
     @property
@@ -125,7 +132,9 @@ class JobRunner:
         if self.closed:
             raise RuntimeError("This widget was closed; no new job can start.")
         _hook_application_quit()
+        self._watch_dock()
         self.last_error = None
+        self._drop_result = False
 
         self.job_ended = threading.Event()
         self._submitted = False
@@ -229,9 +238,31 @@ class JobRunner:
                 self._pbar.close()
                 self._pbar = None
 
+    def detach(self) -> None:
+        """Cancel the running job because its dock left the window; its result is dropped.
+
+        Unlike :meth:`cancel`, the result is dropped even when the job has already
+        returned and its result waits to be written; unlike :meth:`shutdown`, the runner
+        can start jobs again (a script may dock the same widget again). The job ends as
+        a Cancel does (``on_done("aborted")``), with a notification that says so.
+        """
+        if self.worker is None or self.closed:
+            return
+        self._drop_result = True
+        self.cancel()
+
     def stop_with(self, qwidget) -> None:
-        """Shut the jobs down when ``qwidget`` (a dock's native widget) is destroyed."""
+        """Tie the jobs to ``qwidget``: a dock's widget, or a panel's widget inside a dock.
+
+        Destroying ``qwidget`` shuts the runner down for good (:meth:`shutdown`). Taking
+        the dock that holds ``qwidget`` out of the window detaches the running job
+        (:meth:`detach`): napari's ``remove_dock_widget`` (also what the dock's close
+        button calls) takes the dock's widget out of its ``QDockWidget`` and deletes only
+        the ``QDockWidget``, so the widget itself lives on while Python holds it and its
+        ``destroyed`` signal may come late or never. Hiding the dock does neither.
+        """
         ref = weakref.ref(self)
+        self._widget = qwidget
 
         def stop(*_):
             runner = ref()
@@ -239,6 +270,30 @@ class JobRunner:
                 runner.shutdown()
 
         qwidget.destroyed.connect(stop)
+
+    def _watch_dock(self) -> None:
+        """Watch the dock content that holds this runner's widget for leaving its dock."""
+        widget = self._widget
+        if widget is None:
+            return
+        try:
+            content = _dock_content(widget)
+            if content is None or content.property(_WATCHED):
+                return
+            content.setProperty(_WATCHED, True)
+            _ParentWatch(content)
+        except RuntimeError:  # the widget was deleted
+            return
+
+    def owned_by(self, content) -> bool:
+        """Whether this runner's widget is ``content`` or inside it."""
+        widget = self._widget
+        if widget is None:
+            return False
+        try:
+            return widget is content or content.isAncestorOf(widget)
+        except RuntimeError:
+            return False
 
     def wait(self, timeout: float, what: str = "The job") -> None:
         """Process Qt events until the job has ended (headless runs and smoke checks).
@@ -290,6 +345,9 @@ class JobRunner:
         if self.closed:  # the dock or viewer closed meanwhile: its layers are not written
             self.worker = None
             return
+        if self._drop_result:  # the dock left the window after the job had returned
+            self._on_aborted()
+            return
         try:
             on_result(value)
         except Exception as exc:  # writing the result failed: tell the user, keep the widget usable
@@ -311,7 +369,12 @@ class JobRunner:
         if self.closed:
             self.worker = None
             return
-        show_info(self.abort_message)
+        if self._drop_result:
+            self._drop_result = False
+            message = self.abort_message
+            show_info("The dock was closed: " + message[:1].lower() + message[1:])
+        else:
+            show_info(self.abort_message)
         self._finish(Outcome.ABORTED)
 
     def _on_error(self, exc: BaseException) -> None:
@@ -324,6 +387,10 @@ class JobRunner:
             log.debug("A job of a closed widget ended with %r", exc)
             self.worker = None
             return
+        if self._drop_result:
+            log.debug("A job of a closed dock ended with %r", exc)
+            self._on_aborted()
+            return
         if isinstance(exc, SegSuiteError):
             log.info("Job failed: %s", exc)
             show_error(str(exc))
@@ -331,3 +398,39 @@ class JobRunner:
             log.error("Job failed", exc_info=exc)
             show_error(f"{type(exc).__name__}: {exc}")
         self._finish(Outcome.ERRORED)
+
+
+#: property set on a dock's content widget once a :class:`_ParentWatch` watches it
+_WATCHED = "segsuite_job_watch"
+
+
+def _dock_content(widget):
+    """The widget a ``QDockWidget`` holds that is ``widget`` or contains it, or None."""
+    from qtpy.QtWidgets import QDockWidget
+
+    while widget is not None:
+        parent = widget.parentWidget()
+        if isinstance(parent, QDockWidget):
+            return widget
+        widget = parent
+    return None
+
+
+def _ParentWatch(content):
+    """Detach the running jobs inside ``content`` when it is taken out of its ``QDockWidget``."""
+    from qtpy.QtCore import QEvent, QObject
+    from qtpy.QtWidgets import QDockWidget
+
+    class Watch(QObject):
+        def eventFilter(self, obj, event):
+            if event.type() == QEvent.Type.ParentChange and not isinstance(obj.parentWidget(), QDockWidget):
+                for runner in [r for r in list(_RUNNERS) if r.busy and r.owned_by(obj)]:
+                    try:
+                        runner.detach()
+                    except Exception:  # an exception in an event filter would abort the process
+                        log.exception("Stopping a job of a closed dock failed")
+            return False
+
+    watch = Watch(content)
+    content.installEventFilter(watch)
+    return watch
