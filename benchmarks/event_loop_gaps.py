@@ -13,6 +13,7 @@ CPU accounting (elsewhere the stacks alone).
 
 from __future__ import annotations
 
+import bisect
 import collections
 import os
 import sys
@@ -176,7 +177,9 @@ class GapMonitor:
                             current.other_stacks[f"{idents.get(ident, ident)}: {text}"] += 1
                 if self.beats[-1] != last_seen:  # the loop beat again: the gap ended
                     after = _all_schedstats()
-                    current.seconds = self.beats[-1] - current.start
+                    # the first beat after the stall ended it (the watchdog may notice a few beats later)
+                    beats = self.beats[:]
+                    current.seconds = beats[bisect.bisect_right(beats, current.start)] - current.start
                     g0, g1 = before.get(self._gui_tid, (0, 0)), after.get(self._gui_tid, (0, 0))
                     current.gui_run_s, current.gui_wait_cpu_s = g1[0] - g0[0], g1[1] - g0[1]
                     names.update(_thread_names())

@@ -189,23 +189,54 @@ def test_committed_objects_can_be_deleted_and_reprompted(make_napari_viewer, tin
     assert dock.commits.undo_steps[-1].text == f"delete of label {shown[-1].label}"
 
 
-def test_the_first_click_on_a_new_plane_encodes_at_once_and_below_the_gui_priority(coins_viewer):
+def test_the_first_click_on_a_new_plane_encodes_after_its_frame_and_below_the_gui_priority(coins_viewer):
     import os
+
+    from qtpy.QtCore import QEvent, QObject
 
     from napari_segsuite.widgets.sam_prompt import DEBOUNCE_MS, job_nice
 
     viewer, image, dock = coins_viewer
+    canvas = viewer.window._qt_viewer.canvas
+    # the highlight markers of the prompt points were drawn (their program linked) before any point
+    markers = canvas.layer_to_visual[dock.points_layer].node.selection_markers
+    assert not markers._program._need_build
+    paints = []
+
+    class Paints(QObject):
+        def eventFilter(self, obj, event):
+            if event.type() == QEvent.Type.Paint:
+                paints.append({"points": len(dock.points_layer.data), "job": dock.jobs.busy,
+                               "debounce": dock.prompts._timer.isActive(), "waits": dock.prompts._paint_watch.armed})
+            return False
+
+    watch = Paints()
+    canvas.native.installEventFilter(watch)
     (r, c), = coin_centres(1)
     click(viewer, image, (r, c))
-    # the plane is not encoded: no debounce before the encoding starts
-    assert dock.prompts._timer.interval() == 0
     wait_until(lambda: bool(dock.preview.objects) and not dock.preview_busy, 60, "the preview")
+    canvas.native.removeEventFilter(watch)
+    # the canvas drew the click before the encoder started, and no debounce delayed the encoding
+    first = next(p for p in paints if p["points"] == 1)
+    assert first == {"points": 1, "job": False, "debounce": False, "waits": True}
+    assert not markers._program._need_build  # nothing was linked again at the click
     job_thread = dock.jobs._job_thread.thread
     gui = os.getpriority(os.PRIO_PROCESS, 0)  # the GUI thread keeps its priority
     assert os.getpriority(os.PRIO_PROCESS, job_thread.native_id) == min(19, gui + job_nice())
     assert job_nice() == 0 or gui < os.getpriority(os.PRIO_PROCESS, job_thread.native_id)
     click(viewer, image, (r + 5, c))
     # the plane is encoded now: prompt changes are debounced again
-    assert dock.prompts._timer.interval() == DEBOUNCE_MS
+    assert dock.prompts._timer.interval() == DEBOUNCE_MS and not dock.prompts._paint_watch.armed
     wait_until(lambda: len(dock.points_layer.data) == 2 and not dock.preview_busy, 60, "the second preview")
     assert dock.session.encoder_runs == 1
+
+
+def test_a_hidden_canvas_does_not_hold_the_encoding(make_napari_viewer, tiny_sam_path, tmp_path):
+    viewer = make_napari_viewer(show=False)
+    viewer.add_image(np.random.default_rng(6).integers(0, 255, (40, 50), dtype=np.uint8), name="img")
+    dock = _dock(viewer, tiny_sam_path, tmp_path)
+    dock.points_layer.add([20, 25])
+    # no frame will come: the encoding starts from the event loop at once, not after FIRST_PAINT_MAX_MS
+    assert dock.prompts._paint_watch.armed and dock.prompts._paint_watch._timer.interval() == 0
+    wait_until(lambda: dock.jobs.busy or bool(dock.preview.objects), 5, "the encoding to start")
+    wait_until(lambda: bool(dock.preview.objects) and not dock.preview_busy, 60, "the preview")

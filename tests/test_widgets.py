@@ -46,6 +46,33 @@ def test_image_picker_follows_the_layer_list(make_napari_viewer):
     assert [c for c in widget.image.choices if c is not None] == [viewer.layers["b"]]
 
 
+@pytest.mark.parametrize("dock_first", [True, False])
+def test_the_image_box_follows_the_active_layer_and_the_unet_panel_agrees(make_napari_viewer, dock_first):
+    from napari.layers import Labels
+
+    viewer = make_napari_viewer(show=False)
+    other = viewer.add_image(np.zeros((30, 40)), name="other")  # an image of another shape, listed first
+    widget = SemanticWidget(viewer) if dock_first else None
+    viewer.open_sample("napari-segsuite", "coins_strokes")
+    widget = widget or SemanticWidget(viewer)
+    coins = viewer.layers["coins"]
+    # the strokes layer is active: the Image box shows the image it belongs to (its name stem), and the
+    # U-Net panel inside the dock works on the same image
+    assert isinstance(viewer.layers.selection.active, Labels) and viewer.layers.selection.active.name == "coins strokes"
+    assert widget.image.value is coins and widget.selected_image() is coins
+    assert widget.unet.image is widget.image and widget.unet.job_panel.selected_image() is coins
+    viewer.layers.selection.active = other
+    assert widget.image.value is other and widget.unet.job_panel.selected_image() is other
+    # a layer named otherwise belongs to the only image of its shape
+    viewer.add_labels(np.zeros(coins.data.shape, int), name="mask")
+    assert widget.image.value is coins
+    # a layer that belongs to no image keeps the choice; the box is never empty while an image is open
+    viewer.add_labels(np.zeros((7, 7), int), name="unrelated")
+    assert widget.image.value is coins
+    del viewer.layers["coins"]
+    assert widget.image.value is other and widget.unet.job_panel.selected_image() is other
+
+
 def test_model_picker_lists_registry_models_for_the_task(make_napari_viewer):
     viewer = make_napari_viewer(show=False)
     names = {

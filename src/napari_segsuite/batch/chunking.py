@@ -16,7 +16,9 @@ model sees context, and only the core is kept. For instance-like tasks:
 With a task table that has a ``class_id`` column only objects of the same class are merged.
 Semantic tasks (class ids) are stitched without renumbering. Chunks are processed one after
 another in the calling worker (memory: one chunk's prediction plus the output array, which may
-be a zarr array on disk); different images run on different workers.
+be a zarr array on disk); different images run on different workers. After each chunk the
+freed memory is handed back to the system (:func:`napari_segsuite.core.threads.release_freed_memory`),
+so the resident memory does not grow with the number of chunks.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 
 from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.labels import LABEL_DTYPE
+from napari_segsuite.core.threads import release_freed_memory
 from napari_segsuite.core.tiling import Tile, halo_grid
 from napari_segsuite.core.vocabulary import Task
 
@@ -225,6 +228,8 @@ def segment_chunked_job(
         out[r0:r1, c0:c1] = core.astype(LABEL_DTYPE)
         parts.append(_core_rows(core, r0, c0, extras, kind))
         done.add(tile.index)
+        del window, labels, core
+        release_freed_memory()  # the chunk's arrays: back to the system, so memory stays flat
         yield len(done), len(tiles)
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"label": []})
     if kind == Task.SEMANTIC:

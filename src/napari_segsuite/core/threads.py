@@ -233,6 +233,35 @@ def keep_thread_heaps_warm() -> bool:
     return _HEAPS_TUNED
 
 
+_LIBC = None
+
+
+def release_freed_memory() -> bool:
+    """Hand the free pages of every malloc heap back to the system (glibc's ``malloc_trim``).
+
+    glibc keeps memory freed in a heap (and a worker thread's arena) mapped for reuse, and
+    its dynamic mmap threshold moves large blocks (a chunk's float tensors and arrays) from
+    fresh mappings into those heaps after the first ones are freed. A loop over hundreds of
+    chunks of different sizes then leaves the resident memory growing with the number of
+    chunks, although nothing is alive. Called between chunks, this keeps the resident memory
+    at what one chunk needs. A no-op where the C library is not glibc.
+
+    Returns whether memory was handed back.
+    """
+    global _LIBC
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        if _LIBC is None:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+        return bool(_LIBC.malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc
+        _LIBC = False
+        return False
+
+
 _LIVE: weakref.WeakSet = weakref.WeakSet()
 #: threads of :func:`call_in_background` calls still running
 _BACKGROUND: weakref.WeakSet = weakref.WeakSet()

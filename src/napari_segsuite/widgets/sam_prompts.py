@@ -13,8 +13,10 @@ Prompts live in two layers next to the dock's image, created as soon as an image
   "not like this" box is no object of its own.
 
 After each prompt change (debounced) the objects appear in ``<image> [sam preview]``. The
-first prompt on a plane that is not encoded yet encodes it, with progress in the dock; on
-an encoded plane the prompts are decoded on one persistent thread (only the newest
+first prompt on a plane that is not encoded yet encodes it, with progress in the dock (the
+encoding starts once the canvas has drawn that prompt: where OpenGL is software-rendered,
+drawing and the encoder would share the cores, and the click would show late); on an
+encoded plane the prompts are decoded on one persistent thread (only the newest
 request; a result that arrives after newer prompts is dropped). Neighbouring planes can be
 prefetched on a low-priority thread. The candidates of a single object are on buttons
 1/2/3 (**Alt-1/2/3**); the shown one is checked.
@@ -45,11 +47,14 @@ from napari_segsuite.layers import (
 )
 from napari_segsuite.tasks.sam_preview import objects_from_prompts, predict_objects
 from napari_segsuite.tasks.sam_windows import PlaneView
+from napari_segsuite.widgets.canvas_paint import PaintWatch, link_highlight_program
 from napari_segsuite.widgets.sam_sections import SamSection
 from napari_segsuite.widgets.scaffold import form, row
 
 POSITIVE = "positive"
 DEBOUNCE_MS = 120
+#: The longest wait for the canvas to draw a new plane's first prompt before the plane's encoding starts.
+FIRST_PAINT_MAX_MS = 250
 COLORS = {True: "lime", False: "red"}
 #: Mouse buttons and modifiers that add a negative point in one gesture.
 NEGATIVE_GESTURES = "right-click or Ctrl-click"
@@ -113,6 +118,7 @@ class PromptSection(SamSection):
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self.request_preview)
+        self._paint_watch = PaintWatch(self.viewer, self.request_preview, FIRST_PAINT_MAX_MS, parent=dock.native)
         for i, button in enumerate(self.candidate_buttons):
             button.changed.connect(lambda _=None, i=i: self.select_candidate(i))
         self.negative.changed.connect(self._sync_polarity)
@@ -210,6 +216,8 @@ class PromptSection(SamSection):
             self.focus_points()
         elif previous is not None and previous in self.viewer.layers:
             self.viewer.layers.selection.active = previous  # adding layers made the last one active
+        # the first point's highlight is drawn at the click: link its shader program now
+        link_highlight_program(self.viewer, points)
 
     def _detach(self) -> None:
         for layer, slot in ((self.points_layer, self._on_points_changed), (self.boxes_layer, self.schedule_preview)):
@@ -293,17 +301,23 @@ class PromptSection(SamSection):
     def schedule_preview(self, event=None) -> None:
         """Ask for a new preview after the prompts settle (debounced).
 
-        On a plane that is not encoded yet the encoding starts at once: it does not
-        depend on the prompts, and prompts added meanwhile are decoded when it ends.
+        On a plane that is not encoded yet the encoding starts without the debounce, once
+        the canvas has drawn the prompt (at most :data:`FIRST_PAINT_MAX_MS` later): it does
+        not depend on the prompts, and prompts added meanwhile are decoded when it ends.
         """
         self.preview.new_prompts()
         settled = not str(getattr(event, "action", "") or "").endswith(("ing", "ING"))  # not mid-drag
-        self._timer.setInterval(0 if settled and self._plane_needs_encoding() else DEBOUNCE_MS)
+        if settled and self._plane_needs_encoding():
+            self._timer.stop()
+            self._paint_watch.arm()
+            return
+        self._timer.setInterval(DEBOUNCE_MS)
         self._timer.start()
 
     def _on_step(self, event=None) -> None:
         """The slider moved: a preview of the new plane's prompts after the usual debounce (no encode while scrubbing)."""
         self.preview.new_prompts()
+        self._paint_watch.disarm()  # no encoding while scrubbing
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.start()
 
@@ -483,12 +497,14 @@ class PromptSection(SamSection):
     @property
     def busy(self) -> bool:
         """Whether a preview is being computed or waits to be shown."""
-        return self.dock.jobs.busy or self._in_flight > 0 or self._timer.isActive() or self._pending
+        return (self.dock.jobs.busy or self._in_flight > 0 or self._timer.isActive() or self._paint_watch.armed
+                or self._pending)
 
     def drop_pending(self) -> None:
         """Show no preview asked for until now (the dock left the window); the prompts stay."""
         with contextlib.suppress(RuntimeError):
             self._timer.stop()
+        self._paint_watch.disarm()  # nor is a plane encoded for it
         self._pending = False
         self.preview.new_prompts()
 
@@ -726,6 +742,7 @@ class PromptSection(SamSection):
         self._closed = True
         with contextlib.suppress(RuntimeError):  # at exit Qt may have deleted the timer already
             self._timer.stop()
+        self._paint_watch.close()
         self.prompt_thread.close(timeout=10)
         self.prefetch_thread.close(timeout=10)
 

@@ -226,6 +226,11 @@ class UnetTrainingPanel(Container):
         data = full_resolution(image)
         out = []
         if strokes is not None:
+            if not isinstance(strokes.data, np.ndarray):
+                raise InputError(
+                    f"The strokes layer '{strokes.name}' is not in memory (zarr or dask), so its planes with "
+                    "strokes cannot be searched; train on the current plane (Train on: current plane)."
+                )
             has = np.any(np.asarray(strokes.data) != 0, axis=tuple(sel.axes))
             coords = [tuple(int(i) for i in c) for c in np.argwhere(has)]
         else:
@@ -326,6 +331,7 @@ class UnetTrainingPanel(Container):
             raise InputError("Train or load a U-Net first.")
         model = self.model
         image = self._layer(self.image, "an image")
+        self._refuse_large(image)
         check_channels(current_plane(self.viewer, image)[0], model.in_channels)
         todo = self._planes(image, self.predict_on.value)
         keep_proba = bool(self.probability.value)
@@ -345,6 +351,19 @@ class UnetTrainingPanel(Container):
             self._write(image, results)
 
         return job, on_result
+
+    @staticmethod
+    def _refuse_large(image) -> None:
+        """Refuse to predict an image whose labels cannot be held in memory, naming the way that works."""
+        from napari_segsuite.layers import labels_on_disk
+
+        if labels_on_disk(image):
+            raise InputError(
+                f"'{image.name}' is a large image (zarr, dask or multiscale data, or planes over 64 Mpx): this "
+                "panel predicts whole planes into a Labels layer in memory, which does not fit. Save the U-Net, "
+                "pick its folder as the dock's Model (Local file or folder…, Use a folder instead…) and Run with "
+                "a Region (field of view, rectangle or whole plane): the dock runs it in chunks into labels on disk."
+            )
 
     def _write(self, image, results) -> None:
         from napari_segsuite.layers import write_plane
