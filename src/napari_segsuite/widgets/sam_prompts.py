@@ -492,6 +492,7 @@ class PromptSection(SamSection):
         """Show no preview asked for until now (the dock left the window); the prompts stay."""
         with contextlib.suppress(RuntimeError):
             self._timer.stop()
+        self._paint_watch.disarm()  # nor is a plane encoded for it
         self._pending = False
         self.preview.new_prompts()
 

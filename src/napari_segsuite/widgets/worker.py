@@ -261,15 +261,14 @@ class JobRunner:
         the ``QDockWidget``, so the widget itself lives on while Python holds it and its
         ``destroyed`` signal may come late or never. Hiding the dock does neither.
         """
-        ref = weakref.ref(self)
         self._widget = qwidget
+        # A bound method, which PyQt holds weakly: when the garbage collector frees a closed
+        # dock's widgets together with this runner, the slot is not called (a closure would
+        # be, with its variables already cleared, and abort the process).
+        qwidget.destroyed.connect(self._on_widget_destroyed)
 
-        def stop(*_):
-            runner = ref()
-            if runner is not None:
-                runner.shutdown()
-
-        qwidget.destroyed.connect(stop)
+    def _on_widget_destroyed(self, *_) -> None:
+        self.shutdown()
 
     def _watch_dock(self) -> None:
         """Watch the dock content that holds this runner's widget for leaving its dock."""
