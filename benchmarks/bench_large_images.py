@@ -42,12 +42,14 @@ about 7); the 8.9 vs 1.7 s/Mpx above are separate processes at different times u
 
 Whole plane in chunks, after chunked segmentation hands freed memory back after every chunk
 (``core.threads.release_freed_memory``), 2026-12-02, load average about 7,
-``SEGSUITE_BENCH_LARGE_CASES=whole benchmarks/run.py large_images --repeats 1`` under Xvfb:
+``SEGSUITE_BENCH_LARGE_CASES=whole benchmarks/run.py large_images --repeats 1`` under Xvfb (the
+32k row: ``SEGSUITE_BENCH_LARGE_SIDES=32000``, its slide written first):
 
 | case | seconds | Mpx | s/Mpx | peak MB | rise MB |
 |---|---|---|---|---|---|
 | dock semantic, whole 8000 x 8000 plane | 53.1 | 64 | 0.83 | 1720 | 304 |
 | dock semantic, whole 16000 x 16000 plane | 129.8 | 256 | 0.51 | 1730 | 312 |
+| dock semantic, whole 32000 x 32000 plane | 225.3 | 1024 | 0.22 | 1777 | 311 |
 
 The rise is flat: it was 480 and 1034 MB above, because glibc's dynamic mmap threshold moved
 each chunk's large freed blocks into heaps that were kept (the same runs without a viewer:
