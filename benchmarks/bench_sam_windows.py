@@ -83,6 +83,9 @@ def _wait(condition, timeout: float = 900.0) -> None:
 
 
 def _vit_b(folder: Path) -> Path:
+    from napari_segsuite.models.offline import guard_llvm_clash
+
+    guard_llvm_clash()  # built in the viewer's process: no triton beside Mesa's LLVM
     import torch
     from segment_anything import sam_model_registry
 
