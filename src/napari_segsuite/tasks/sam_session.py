@@ -26,6 +26,7 @@ from napari_segsuite.core.errors import InputError
 from napari_segsuite.core.image import image_signature, prepare_rgb_uint8
 from napari_segsuite.core.progress import Progress, run_sync
 from napari_segsuite.core.prompts import as_box, as_boxes, as_mask, as_point_labels, as_points
+from napari_segsuite.core.threads import release_freed_memory
 from napari_segsuite.models.prompt import Embedding, LazyMasks
 
 __all__ = ["Embedding", "EncodingStopped", "LazyMasks", "SamSession"]
@@ -168,6 +169,9 @@ class SamSession:
             pause = (lambda: self._yield_to_prompts(stop)) if background else None
             emb = self.prompt_model.encode(rgb, pause)
             self.encoder_runs += 1
+            # the encoder's activations (GBs for vit_b's global attention) are freed by now; glibc
+            # would keep them in this thread's heap, so the process grew with every new window
+            release_freed_memory()
             self._save_disk(key, emb)
         with self.lock:
             self._cache[key] = emb
