@@ -32,8 +32,10 @@ from pathlib import Path
 
 from run import benchmark
 
-SOAK = textwrap.dedent("""
-    import json, sys, time
+# The SAM dock of the soak and long-prompt scripts: a 1920x1080 viewer on a 512x512 image, the dock
+# with the tiny SAM of argv[2] loaded, its prompt layers made and pixel(row, col) mapping data to the canvas.
+_SAM_DOCK = textwrap.dedent("""
+    import json, os, sys, time
     import numpy as np
     import napari
     from qtpy.QtCore import QPoint, Qt
@@ -41,7 +43,7 @@ SOAK = textwrap.dedent("""
     from qtpy.QtWidgets import QApplication
     from napari_segsuite.widgets.base import LOCAL
     from napari_segsuite.widgets.sam_prompt import SamPromptWidget
-    cycles, sam, folder = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    sam = sys.argv[2]
 
     def rss_mb():
         return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
@@ -60,8 +62,9 @@ SOAK = textwrap.dedent("""
     w = SamPromptWidget(viewer)
     viewer.window.add_dock_widget(w)
     w.models.model.value = LOCAL; w.models.local.value = sam; w.device.value = "cpu"
-    w.autosave_dir.value = folder
-    w.overwrite.value = True
+""")
+
+_SAM_DOCK_READY = textwrap.dedent("""
     w.run()
     process(lambda: not w.jobs.busy, 300)
     points, _ = w.ensure_prompt_layers()
@@ -74,6 +77,13 @@ SOAK = textwrap.dedent("""
         cam = viewer.camera
         return QPoint(round(canvas.width() / 2 + (c - cam.center[-1]) * cam.zoom),
                       round(canvas.height() / 2 + (r - cam.center[-2]) * cam.zoom))
+""")
+
+SOAK = _SAM_DOCK + textwrap.dedent("""
+    cycles, folder = int(sys.argv[1]), sys.argv[3]
+    w.autosave_dir.value = folder
+    w.overwrite.value = True
+""") + _SAM_DOCK_READY + textwrap.dedent("""
 
     latency, reference, rss, lost_clicks = [], [], [], 0
     for k in range(cycles):
@@ -162,46 +172,9 @@ def soak(repeats: int) -> list[dict]:
     }]
 
 
-LONG_PROMPT = textwrap.dedent("""
-    import json, os, sys, time
-    import numpy as np
-    import napari
-    from qtpy.QtCore import QPoint, Qt
-    from qtpy.QtTest import QTest
-    from qtpy.QtWidgets import QApplication
-    from napari_segsuite.widgets.base import LOCAL
-    from napari_segsuite.widgets.sam_prompt import SamPromptWidget
-    clicks, sam, trace = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
-
-    def rss_mb():
-        return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
-
-    def process(until, timeout=120):
-        end = time.monotonic() + timeout
-        while not until():
-            if time.monotonic() > end:
-                raise TimeoutError("no preview")
-            QApplication.processEvents(); time.sleep(0.001)
-
-    viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1920, 1080)
-    rng = np.random.default_rng(0)
-    image = viewer.add_image((rng.random((512, 512)) * 255).astype(np.uint8), name="img")
-    w = SamPromptWidget(viewer)
-    viewer.window.add_dock_widget(w)
-    w.models.model.value = LOCAL; w.models.local.value = sam; w.device.value = "cpu"
-    w.run()
-    process(lambda: not w.jobs.busy, 300)
-    points, _ = w.ensure_prompt_layers()
-    viewer.reset_view()
-    canvas = viewer.window._qt_viewer.canvas.native
-    for _ in range(20):
-        QApplication.processEvents(); time.sleep(0.01)
-
-    def pixel(r, c):
-        cam = viewer.camera
-        return QPoint(round(canvas.width() / 2 + (c - cam.center[-1]) * cam.zoom),
-                      round(canvas.height() / 2 + (r - cam.center[-2]) * cam.zoom))
+LONG_PROMPT = _SAM_DOCK + textwrap.dedent("""
+    clicks, trace = int(sys.argv[1]), sys.argv[3] == "1"
+""") + _SAM_DOCK_READY + textwrap.dedent("""
 
     if trace:
         import tracemalloc
@@ -215,7 +188,7 @@ LONG_PROMPT = textwrap.dedent("""
         t = time.perf_counter()
         button = Qt.MouseButton.LeftButton if k % 4 else Qt.MouseButton.RightButton  # a quarter negative
         QTest.mouseClick(canvas, button, Qt.KeyboardModifier.NoModifier, pixel(r, c))
-        process(lambda: len(points.data) > n and not w.preview_busy and bool(w._objects))
+        process(lambda: len(points.data) > n and not w.preview_busy and bool(w._objects), 120)
         latency.append(time.perf_counter() - t)
         if (k + 1) % 100 == 0:
             rss.append((k + 1, rss_mb()))
