@@ -16,6 +16,7 @@ from napari_segsuite.layers import label_store_of
 from napari_segsuite.models.base import load_model
 from napari_segsuite.tasks.semantic import segment_semantic_job
 from napari_segsuite.testing.canvas import drag, key, wait_until
+from napari_segsuite.testing.docks import local_model_dock, run_dock
 from napari_segsuite.testing.instance_doubles import sharpen_yolo
 from napari_segsuite.testing.large_images import counting_dask, open_slide, write_synthetic_slide
 from napari_segsuite.testing.tiny_models import (
@@ -23,7 +24,7 @@ from napari_segsuite.testing.tiny_models import (
     build_tiny_segformer,
     build_tiny_yolo,
 )
-from napari_segsuite.widgets.base import FIELD_OF_VIEW, LOCAL, RECTANGLE, WHOLE_PLANE
+from napari_segsuite.widgets.base import FIELD_OF_VIEW, RECTANGLE, WHOLE_PLANE
 from napari_segsuite.widgets.instance import InstanceWidget
 from napari_segsuite.widgets.panoptic import PanopticWidget
 from napari_segsuite.widgets.semantic import SemanticWidget
@@ -61,23 +62,11 @@ def viewer_on_slide(make_napari_viewer, slide):
     return viewer, layer, counter, levels
 
 
-def _dock(cls, viewer, layer, path, **options):
-    dock = cls(viewer)
-    dock.models.model.value = LOCAL
-    if path.is_dir():
-        dock.models.local.mode = "d"
-    dock.models.local.value = str(path)
-    dock.device.value = "cpu"
-    dock.image.value = layer
-    for name, value in options.items():
-        getattr(dock, name).value = value
-    return dock
+_dock = local_model_dock
 
 
 def _run(qtbot, dock, timeout=240_000):
-    dock.run()
-    qtbot.waitUntil(lambda: not dock.jobs.busy and dock.run_button.enabled, timeout=timeout)
-    assert dock.jobs.last_error is None, dock.jobs.last_error
+    run_dock(qtbot, dock, timeout)
 
 
 def _look_at(viewer, center, zoom):

@@ -20,6 +20,7 @@ from napari_segsuite.layers import label_store_of
 from napari_segsuite.models.base import load_model
 from napari_segsuite.tasks.semantic import segment_semantic_job
 from napari_segsuite.testing.canvas import _process, drag, wait_until
+from napari_segsuite.testing.docks import local_model_dock, run_dock
 from napari_segsuite.testing.instance_doubles import sharpen_yolo
 from napari_segsuite.testing.large_images import PeakMemory, memory_limit, synthetic_truth_volume
 from napari_segsuite.testing.tiny_models import (
@@ -61,23 +62,11 @@ def viewer_on_volume(make_napari_viewer, volume_beyond_memory):
     return viewer, layer, z
 
 
-def _dock(cls, viewer, layer, path, **options):
-    dock = cls(viewer)
-    dock.models.model.value = LOCAL
-    if path.is_dir():
-        dock.models.local.mode = "d"
-    dock.models.local.value = str(path)
-    dock.device.value = "cpu"
-    dock.image.value = layer
-    for name, value in options.items():
-        getattr(dock, name).value = value
-    return dock
+_dock = local_model_dock
 
 
 def _run(qtbot, dock, timeout=300_000):
-    dock.run()
-    qtbot.waitUntil(lambda: not dock.jobs.busy and dock.run_button.enabled, timeout=timeout)
-    assert dock.jobs.last_error is None, dock.jobs.last_error
+    run_dock(qtbot, dock, timeout)
 
 
 def _warm(qtbot, dock, viewer, z):
