@@ -4,11 +4,17 @@
 thread. While no beat has come for ``threshold_s``, the watchdog samples the GUI thread's
 Python stack (``sys._current_frames``) and reads the Linux scheduler statistics of every
 thread of the process (``/proc/self/task/<tid>/schedstat``: time on a CPU, time waiting
-for one). For each gap it then reports how long the GUI thread ran, how long it waited
-for a CPU (runnable but not scheduled: the cores were busy) and how long it slept
+for one; the X server's main thread too). Between stalls it keeps reading them every
+``sample_s``, and the heartbeat reads the GUI thread's, so a gap's accounting starts where
+the gap started. For each gap it then reports how long the GUI thread ran, how long it
+waited for a CPU (runnable but not scheduled: the cores were busy) and how long it slept
 (waiting for the GIL, a lock, or nothing), with the stack it was seen in most and the
 other threads that ran meanwhile. Used by ``bench_sam_session.py``; Linux only for the
 CPU accounting (elsewhere the stacks alone).
+
+The watchdog's sampling takes the GIL and a CPU share, so it lengthens the gaps it
+describes (a click with no job at all: about 100 ms with it, 72 ms without). The figures
+to quote come from a monitor with ``detail=False``, the heartbeat alone.
 """
 
 from __future__ import annotations
@@ -52,7 +58,43 @@ def _all_schedstats() -> dict[int, tuple[float, float]]:
         tids = [int(t) for t in os.listdir("/proc/self/task")]
     except OSError:
         return {}
-    return {tid: _schedstat(tid) for tid in tids}
+    stats = {tid: _schedstat(tid) for tid in tids}
+    for pid in _x_servers():
+        stats[-pid] = _process_schedstat(pid)
+    return stats
+
+
+_X_SERVERS: list[int] | None = None
+
+
+def _x_servers() -> list[int]:
+    """The process ids of the X servers (Xvfb, Xorg) on this machine: they draw what Qt sends."""
+    global _X_SERVERS
+    if _X_SERVERS is None:
+        found = []
+        try:
+            for pid in os.listdir("/proc"):
+                if pid.isdigit():
+                    try:
+                        with open(f"/proc/{pid}/comm") as f:
+                            if f.read().strip() in ("Xvfb", "Xorg"):
+                                found.append(int(pid))
+                    except OSError:
+                        continue
+        except OSError:
+            pass
+        _X_SERVERS = found
+    return _X_SERVERS
+
+
+def _process_schedstat(pid: int) -> tuple[float, float]:
+    """(seconds on a CPU, seconds waiting for one) of process ``pid``'s main thread."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            run_ns, wait_ns, _ = f.read().split()
+        return int(run_ns) / 1e9, int(wait_ns) / 1e9
+    except (OSError, ValueError):
+        return 0.0, 0.0
 
 
 def _stack_text(frame, depth: int = 6) -> str:
@@ -71,6 +113,7 @@ class Gap:
 
     start: float
     seconds: float
+    offset_s: float = 0.0
     gui_run_s: float = 0.0
     gui_wait_cpu_s: float = 0.0
     stacks: collections.Counter = field(default_factory=collections.Counter)
@@ -86,7 +129,7 @@ class Gap:
     def describe(self, top: int = 3) -> str:
         others = sorted(self.others_run_s.items(), key=lambda kv: -kv[1])[:6]
         lines = [
-            f"gap {1000 * self.seconds:.0f} ms: GUI thread ran {1000 * self.gui_run_s:.0f} ms, "
+            f"gap {1000 * self.seconds:.0f} ms at {self.offset_s:.2f} s: GUI thread ran {1000 * self.gui_run_s:.0f} ms, "
             f"waited for a CPU {1000 * self.gui_wait_cpu_s:.0f} ms, slept {1000 * self.gui_sleep_s:.0f} ms; "
             "other threads ran (waited for a CPU): "
             + ", ".join(f"{n} {1000 * s:.0f} ({1000 * self.others_wait_s.get(n, 0):.0f}) ms" for n, s in others)
@@ -109,12 +152,18 @@ class GapMonitor:
         A stall longer than this is sampled and reported as a :class:`Gap`.
     sample_s : float
         Seconds between two samples of the stacks during a stall.
+    detail : bool
+        Run the watchdog (stacks and CPU accounting of each gap). It takes the GIL and a
+        CPU share while it samples, which lengthens the gaps it describes; without it
+        only the heartbeat runs, and :attr:`largest_s` is the figure to quote.
     """
 
-    def __init__(self, interval_ms: int = 10, threshold_s: float = 0.05, sample_s: float = 0.02):
+    def __init__(self, interval_ms: int = 10, threshold_s: float = 0.05, sample_s: float = 0.02,
+                 detail: bool = True):
         self.interval_ms = interval_ms
         self.sample_s = sample_s
         self.threshold_s = threshold_s
+        self.detail = detail
         self.beats: list[float] = []
         self.gaps: list[Gap] = []
         self._stop = threading.Event()
@@ -125,23 +174,29 @@ class GapMonitor:
 
     def _beat(self) -> None:
         self.beats.append(time.perf_counter())
+        if self.detail:
+            self._gui_stat = _schedstat(self._gui_tid)  # the GUI thread's CPU accounting at its last beat
 
     def __enter__(self) -> GapMonitor:
         from qtpy.QtCore import QTimer
 
         self.beats = [time.perf_counter()]
+        self._t0 = self.beats[0]
+        self._gui_stat = _schedstat(self._gui_tid)
         self._timer = QTimer()
         self._timer.setInterval(self.interval_ms)
         self._timer.timeout.connect(self._beat)
         self._timer.start()
-        self._thread = threading.Thread(target=self._watch, name="gap-watchdog", daemon=True)
-        self._thread.start()
+        if self.detail:
+            self._thread = threading.Thread(target=self._watch, name="gap-watchdog", daemon=True)
+            self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._timer.stop()
         self._stop.set()
-        self._thread.join(5)
+        if self._thread is not None:
+            self._thread.join(5)
 
     @property
     def largest_s(self) -> float:
@@ -152,18 +207,26 @@ class GapMonitor:
 
     def _watch(self) -> None:
         names = _thread_names()
+        for pid in _x_servers():
+            names[-pid] = f"X server {pid}"
+        snapshots: collections.deque = collections.deque(maxlen=16)  # (time, schedstats), for the gap's start
         current: Gap | None = None
         before: dict = {}
         last_seen = None
         while not self._stop.is_set():
             time.sleep(self.sample_s)
+            if current is None:
+                snapshots.append((time.perf_counter(), _all_schedstats()))
             last = self.beats[-1]
             now = time.perf_counter()
             stalled = now - last > self.threshold_s
             if stalled and current is None:
                 idents = {t.ident: t.name for t in threading.enumerate()}
-                current = Gap(start=last, seconds=0.0)
-                before = _all_schedstats()
+                current = Gap(start=last, seconds=0.0, offset_s=last - self._t0)
+                # the other threads as last read before the gap began
+                earlier = [snap for when, snap in snapshots if when <= last]
+                before = earlier[-1] if earlier else (snapshots[0][1] if snapshots else _all_schedstats())
+                before[self._gui_tid] = self._gui_stat  # exact for the GUI thread: read at the last beat
                 last_seen = last
             if current is not None:
                 frames = sys._current_frames()
@@ -182,7 +245,7 @@ class GapMonitor:
                     current.seconds = beats[bisect.bisect_right(beats, current.start)] - current.start
                     g0, g1 = before.get(self._gui_tid, (0, 0)), after.get(self._gui_tid, (0, 0))
                     current.gui_run_s, current.gui_wait_cpu_s = g1[0] - g0[0], g1[1] - g0[1]
-                    names.update(_thread_names())
+                    names.update({k: v for k, v in _thread_names().items() if k not in names})
                     for tid, (run, wait) in after.items():
                         if tid != self._gui_tid and tid in before:
                             ran = run - before[tid][0]
@@ -195,5 +258,7 @@ class GapMonitor:
 
     def report(self, top: int = 5) -> str:
         """The largest gaps, described."""
+        if not self.detail:
+            return "not sampled (detail=False)"
         worst = sorted(self.gaps, key=lambda g: -g.seconds)[:top]
         return "\n".join(g.describe() for g in worst) or "no gap above the threshold"

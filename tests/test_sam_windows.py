@@ -272,7 +272,7 @@ def test_the_prompts_window_is_encoded_while_a_prefetch_waits(tiny_sam_path):
             time.sleep(0.1)  # the prompts' window takes long enough for a free-running prefetch to go on
 
     blocks = s.prompt_model.model.image_encoder.blocks
-    hooks = [b.register_forward_pre_hook(block_starts) for b in blocks]
+    hooks = [b.norm1.register_forward_pre_hook(block_starts) for b in blocks]  # a block's first step
     try:
         prefetch = threading.Thread(target=lambda: run_sync(w.prefetch_job(w.grid[0], n=30)))
         prefetch.start()

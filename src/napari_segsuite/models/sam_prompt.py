@@ -42,16 +42,34 @@ class SamPromptModel(PromptModel):
 
         No shared predictor is touched, so a background prefetch and foreground
         prompts never interfere; ``between_blocks()`` is called before each
-        transformer block and before its attention and MLP halves (a prefetch
-        waits there while prompts are answered; only calls from this thread pause).
+        transformer block's attention and MLP halves (a prefetch waits there while
+        prompts are answered). segment_anything's own blocks run through
+        :func:`~napari_segsuite.models.sam_encoder.run_blocks` (two reused attention
+        buffers, the same features bit for bit); other blocks as the library runs them.
         """
         import torch
+
+        from napari_segsuite.models.sam_encoder import plain_blocks, run_blocks
 
         model = self.model
         image = rgb if model.image_format == "RGB" else rgb[..., ::-1]
         resized = self.transform.apply_image(image)
         tensor = torch.as_tensor(resized, device=model.device).permute(2, 0, 1).contiguous()[None]
         enc = model.image_encoder
+        with torch.no_grad():
+            x = enc.patch_embed(model.preprocess(tensor))
+            if enc.pos_embed is not None:
+                x = x + enc.pos_embed
+            if plain_blocks(enc):
+                x = run_blocks(enc, x, between_blocks)
+            else:
+                x = self._library_blocks(enc, x, between_blocks)
+            features = enc.neck(x.permute(0, 3, 1, 2))
+        return Embedding(features, tuple(image.shape[:2]), tuple(tensor.shape[-2:]))
+
+    @staticmethod
+    def _library_blocks(enc, x, between_blocks=None):
+        """The encoder's blocks as the library runs them, ``between_blocks()`` before each half."""
         hooks = []
         if between_blocks is not None:
             me = threading.get_ident()
@@ -65,19 +83,14 @@ class SamPromptModel(PromptModel):
                     if part is not None:
                         hooks.append(part.register_forward_pre_hook(pause))
         try:
-            with torch.no_grad():
-                x = enc.patch_embed(model.preprocess(tensor))
-                if enc.pos_embed is not None:
-                    x = x + enc.pos_embed
-                for block in enc.blocks:
-                    if between_blocks is not None:
-                        between_blocks()
-                    x = block(x)
-                features = enc.neck(x.permute(0, 3, 1, 2))
+            for block in enc.blocks:
+                if between_blocks is not None:
+                    between_blocks()
+                x = block(x)
         finally:
             for hook in hooks:
                 hook.remove()
-        return Embedding(features, tuple(image.shape[:2]), tuple(tensor.shape[-2:]))
+        return x
 
     def predictor_for(self, emb: Embedding):
         """A ``SamPredictor`` holding ``emb`` (reused while the same embedding is prompted)."""
