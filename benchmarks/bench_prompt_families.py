@@ -30,6 +30,10 @@ machine's (EdgeTAM's encoder alone: 0.6 s quiet); compare the rows of one run.
 pass in all), the first concept again 38.1 s (decoder only). SAM 3 tracker (458.3 M, ViT-L/14
 at 1008 px), ``SEGSUITE_BENCH_FAMILIES=sam3_tracker ... --repeats 1`` (no warm-up, load 11.0):
 270.7 s to the first mask.
+On a quiet machine (2 December 2026, load average 1.5-1.7, the SAM encoder with its reused
+attention buffers), ``SEGSUITE_BENCH_FAMILIES=edgetam,sam2.1_hiera_tiny,sam_vit_b ...
+prompt_families --repeats 2``: EdgeTAM 0.58 s, SAM 2.1 Hiera-tiny 1.88 s, SAM vit_b 6.39 s to
+the first mask (medians of 2), peak resident memory 1,377 / 1,724 / 3,119 MB.
 The machine is shared: report the load average with the numbers and compare
 rows of one run.
 """
