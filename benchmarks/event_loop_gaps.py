@@ -28,14 +28,19 @@ import time
 from dataclasses import dataclass, field
 
 
-def _schedstat(tid: int) -> tuple[float, float]:
-    """(seconds on a CPU, seconds runnable but waiting for one) of thread ``tid``; zeros when unknown."""
+def _read_schedstat(path: str) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for one) from a ``schedstat`` file; zeros when unknown."""
     try:
-        with open(f"/proc/self/task/{tid}/schedstat") as f:
+        with open(path) as f:
             run_ns, wait_ns, _ = f.read().split()
         return int(run_ns) / 1e9, int(wait_ns) / 1e9
     except (OSError, ValueError):
         return 0.0, 0.0
+
+
+def _schedstat(tid: int) -> tuple[float, float]:
+    """The CPU accounting of thread ``tid`` of this process."""
+    return _read_schedstat(f"/proc/self/task/{tid}/schedstat")
 
 
 def _thread_names() -> dict[int, str]:
@@ -60,7 +65,7 @@ def _all_schedstats() -> dict[int, tuple[float, float]]:
         return {}
     stats = {tid: _schedstat(tid) for tid in tids}
     for pid in _x_servers():
-        stats[-pid] = _process_schedstat(pid)
+        stats[-pid] = _read_schedstat(f"/proc/{pid}/schedstat")  # its main thread
     return stats
 
 
@@ -85,16 +90,6 @@ def _x_servers() -> list[int]:
             pass
         _X_SERVERS = found
     return _X_SERVERS
-
-
-def _process_schedstat(pid: int) -> tuple[float, float]:
-    """(seconds on a CPU, seconds waiting for one) of process ``pid``'s main thread."""
-    try:
-        with open(f"/proc/{pid}/schedstat") as f:
-            run_ns, wait_ns, _ = f.read().split()
-        return int(run_ns) / 1e9, int(wait_ns) / 1e9
-    except (OSError, ValueError):
-        return 0.0, 0.0
 
 
 def _stack_text(frame, depth: int = 6) -> str:
