@@ -55,6 +55,17 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def _napari_dask_cache_mb() -> tuple[float, float]:
+    """(MB held, MB allowed) by napari's opportunistic dask cache of the layers' chunks (zeros when off)."""
+    try:
+        from napari.utils._dask_utils import _DASK_CACHE
+
+        cache = _DASK_CACHE.cache
+        return cache.total_bytes / 2**20, cache.available_bytes / 2**20
+    except (ImportError, AttributeError):
+        return 0.0, 0.0
+
+
 def _slide_levels():
     from napari_segsuite.testing.large_images import open_slide, write_synthetic_slide
 
@@ -283,6 +294,7 @@ def _memory_rows(viewer, image, name: str, path: Path, *, commits: int, windows:
         places = [(int(rng.integers(0, (40_000 - size) // step)) * step, int(rng.integers(0, (40_000 - size) // step))
                    * step) for _ in range(windows)]
     rss = {0: _rss_mb()}
+    napari_cache = {0: _napari_dask_cache_mb()[0]}
     runs0 = session.encoder_runs
     start = time.monotonic()
     target = None
@@ -299,10 +311,13 @@ def _memory_rows(viewer, image, name: str, path: Path, *, commits: int, windows:
         target = dock.commits.find_target(image, dock.prompts._sel, create=False)
         if k in marks:
             rss[k] = _rss_mb()
+            napari_cache[k] = _napari_dask_cache_mb()[0]
             print(f"  ... {k} commits, {time.monotonic() - start:.0f} s, RSS {rss[k]:.0f} MB, "
-                  f"cache {len(session._cache)} windows", flush=True)
+                  f"cache {len(session._cache)} windows, napari's dask cache {napari_cache[k]:.0f} MB", flush=True)
     for k, mb in sorted(rss.items()):
         rows.append({"model": name, "measure": f"viewer RSS after {k} commits", "value": mb, "unit": "MB"})
+        rows.append({"model": name, "measure": "  of which napari's dask cache of slide and labels chunks",
+                     "value": napari_cache[k], "unit": "MB"})
     rows += [
         {"model": name, "measure": "  clicks drawn from", "value": f"{windows} windows" if windows else "anywhere",
          "unit": ""},
@@ -314,6 +329,8 @@ def _memory_rows(viewer, image, name: str, path: Path, *, commits: int, windows:
          "value": f"{len(session._cache)} / {session.cached_bytes() / 2**20:.0f}", "unit": ""},
         {"model": name, "measure": "  cache bound: windows / MB",
          "value": f"{session.cache_size} / {session.cache_bytes / 2**20:.0f}", "unit": ""},
+        {"model": name, "measure": "  napari's dask cache bound (a quarter of the machine's memory)",
+         "value": _napari_dask_cache_mb()[1], "unit": "MB"},
     ]
     dock.shutdown()
     return rows
