@@ -240,7 +240,7 @@ class GapMonitor:
                     current.seconds = beats[bisect.bisect_right(beats, current.start)] - current.start
                     g0, g1 = before.get(self._gui_tid, (0, 0)), after.get(self._gui_tid, (0, 0))
                     current.gui_run_s, current.gui_wait_cpu_s = g1[0] - g0[0], g1[1] - g0[1]
-                    names.update({k: v for k, v in _thread_names().items() if k not in names})
+                    names.update(_thread_names())
                     for tid, (run, wait) in after.items():
                         if tid != self._gui_tid and tid in before:
                             ran = run - before[tid][0]

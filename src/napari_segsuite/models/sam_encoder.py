@@ -10,8 +10,9 @@ with vit_b on the 2-core development machine faulted 3.9 million pages and spent
 the kernel and 6.4 s wall.
 
 :func:`run_blocks` runs the same operations in the same order, writing the scores and the
-softmax into two buffers allocated once per encoding (``matmul(out=)``, in-place additions
-of the relative positions, ``_softmax.out``), so every block reuses them. Each element is
+softmax into two buffers that live for one encoding (``matmul(out=)``, in-place additions
+of the relative positions, ``_softmax.out``); each is made at most twice (at a windowed
+block's size, then at a global block's) and every block reuses them. Each element is
 the same sum of the same two terms, and the kernels are the ones the library calls, so the
 features equal ``SamPredictor.set_image``'s bit for bit (``tests/test_sam_encoder.py``
 checks ``torch.equal``). A block of another class (a subclass, another encoder) runs as
@@ -20,6 +21,7 @@ the library wrote it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 
@@ -33,9 +35,7 @@ class AttentionScratch:
         """A tensor of ``shape`` (``like``'s dtype and device) over buffer ``which``."""
         import torch
 
-        n = 1
-        for side in shape:
-            n *= int(side)
+        n = math.prod(int(side) for side in shape)
         buf = self._buffers[which]
         if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
             self._buffers[which] = None  # free the old one before the larger one is made

@@ -69,7 +69,7 @@ class SamPromptModel(PromptModel):
 
     @staticmethod
     def _library_blocks(enc, x, between_blocks=None):
-        """The encoder's blocks as the library runs them, ``between_blocks()`` before each half."""
+        """The encoder's blocks as the library runs them, ``between_blocks()`` before each block and each half."""
         hooks = []
         if between_blocks is not None:
             me = threading.get_ident()
