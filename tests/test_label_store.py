@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -75,7 +77,7 @@ def test_pyramid_writes_every_level_and_undo(tmp_path):
 
 
 _DISK_SCRIPT = textwrap.dedent("""
-    import json, subprocess, sys
+    import json, shutil, subprocess, sys
     import numpy as np
     from pathlib import Path
     from napari_segsuite.core.label_store import LabelStore, LabelStoreError
@@ -102,7 +104,10 @@ _DISK_SCRIPT = textwrap.dedent("""
             states.append("old" if np.array_equal(whole[w], old[w]) else
                           "new" if np.array_equal(whole[w], new[w]) else "mixed")
     out["chunk_states"] = sorted(set(states))
-    out["leftover_temp_files"] = [p.name for p in (root / "full").rglob("*") if p.is_file() and "tmp" in p.name]
+    # zarr writes a chunk to "<key>.<hex>.partial" and renames it
+    out["leftover_temp_files"] = [p.name for p in (root / "full").rglob("*")
+                                  if p.is_file() and not (p.name == "zarr.json" or p.name.isdigit())]
+    shutil.rmtree(root / "full")  # free the space, as the message says
     small = LabelStore.create(root / "ro", [(512, 512)], chunk=256)
     small.write((), Region(0, 256, 0, 256), np.full((256, 256), 5, np.int32))
     subprocess.run(["mount", "-o", "remount,ro", str(root)], check=True)
@@ -135,6 +140,34 @@ def test_full_disk_and_read_only_store_give_clear_messages(tmp_path):
     assert out["chunk_states"] == ["new", "old"] and out["leftover_temp_files"] == []
     assert "read-only" in out["read_only"], out
     assert out["ro_intact"]
+
+
+def test_a_failed_write_raises_after_its_other_chunks_have_landed(tmp_path, monkeypatch):
+    """zarr raises the first failed chunk of an assignment while the others are still being
+    written; the store's error must come only once they have ended, so that a retry or a
+    clean-up right after it is not overtaken by a stale chunk."""
+    import zarr.storage._local as local
+
+    store = LabelStore.create(tmp_path / "s", [(1024, 1024)], chunk=256)
+    real_put = local._put
+
+    def slow_put(path, value, exclusive=False):  # the disk: one chunk fails at once, the rest are slow
+        if path.parts[-3:] == ("c", "0", "0"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        time.sleep(0.3)
+        return real_put(path, value, exclusive=exclusive)
+
+    monkeypatch.setattr(local, "_put", slow_put)
+    with pytest.raises(LabelStoreError, match="is full"):
+        store.write((), Region(0, 1024, 0, 1024), np.full((1024, 1024), 7, np.int32))
+    chunks = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "s" / "0" / "c").rglob("*") if p.is_file())
+    time.sleep(0.6)
+    assert sorted(p.relative_to(tmp_path).as_posix()
+                  for p in (tmp_path / "s" / "0" / "c").rglob("*") if p.is_file()) == chunks
+    assert len(chunks) == 15 and not any(".partial" in c for c in chunks)
+    monkeypatch.setattr(local, "_put", real_put)
+    view = LabelStore.open(tmp_path / "s").read((), Region(0, 1024, 0, 1024))
+    assert (view[:256, :256] == 0).all() and (view[256:, :] == 7).all() and (view[:, 256:] == 7).all()
 
 
 def test_store_in_a_non_empty_folder_is_refused(tmp_path):

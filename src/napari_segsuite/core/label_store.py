@@ -11,7 +11,9 @@ the provenance of what wrote it under ``segsuite``.
   pixel ``(i * f, j * f)``, ``f`` the level's downsampling factor), so a viewer shows the
   result at every zoom. zarr writes each chunk as a whole file through a temporary file and
   a rename, so a chunk on disk is either its old or its new content, never a mix: a failed
-  write (read-only store, full disk) leaves every chunk readable and the store re-openable.
+  write (read-only store, full disk) leaves every chunk readable and the store re-openable,
+  and raises only once none of its chunks is still being written
+  (:func:`napari_segsuite.core.zarr_writes.settle_zarr_writes`).
 - :meth:`LabelStore.writer` gives an array-like over one region of one plane that reads and
   writes level 0 (and writes the coarser levels): the output of chunked segmentation
   (:func:`napari_segsuite.batch.chunking.segment_chunked`).
@@ -35,6 +37,7 @@ import numpy as np
 from napari_segsuite.core.errors import InputError, SegSuiteError
 from napari_segsuite.core.labels import LABEL_DTYPE
 from napari_segsuite.core.regions import Region
+from napari_segsuite.core.zarr_writes import settle_zarr_writes
 
 #: The largest region (pixels) whose last write can be undone (old and new pixels are kept
 #: in memory: 2 x 4 bytes a pixel, 128 MiB at this limit).
@@ -48,6 +51,9 @@ class LabelStoreError(SegSuiteError):
 
 
 def _write_error(exc: BaseException, path: Path) -> LabelStoreError:
+    """The message for a failed write of the store at ``path``, given once the write's other
+    chunk writes have ended."""
+    settle_zarr_writes()
     code = getattr(exc, "errno", None)
     if code == errno.ENOSPC:
         return LabelStoreError(
