@@ -7,11 +7,11 @@ height its scroll area's content asks for, option groups as they start). Then al
 opened one after the other from the Plugins menu in one viewer: the window height, the canvas
 height and whether the docks are tabified are reported.
 
-Measured 2026-12-01 (late evening) on the 2-core dev VM (Xvfb 1920x1080, software OpenGL, load
-average ~24 from other work; heights do not depend on load), default content height in px:
-Semantic 515, Instance 675, Panoptic 522, SAM 792, Evaluate 608 (goal <= 800 each). All five
-opened from the Plugins menu: the window stays 1080 px tall, the canvas keeps its 1031 px (as
-with no dock), 4 of 4 later docks tabified with the first.
+Measured 2026-12-02 on main at c7deedb, on the 2-core dev VM (Xvfb 1920x1080, software OpenGL;
+heights do not depend on load), default content height in px: Semantic 515, Instance 675,
+Panoptic 522, SAM 792, Evaluate 638 (goal <= 800 each). All five opened from the Plugins menu:
+the window stays 1080 px tall, the canvas keeps its 1031 px (as with no dock), 4 of 4 later docks
+tabified with the first. ``tests/test_dock_layout.py`` asserts the same limits.
 
 ``python benchmarks/bench_docks.py --shots docs/`` also saves a screenshot of each dock at its
 default size (``docs/dock_<name>.png``) and of the window with all docks open
