@@ -240,13 +240,18 @@ def first_click_rows(repeats: int, report=None) -> list[dict]:
         click_gap, job_gap = 0.0, 0.0
         for k, (monitor, began) in enumerate(zip(gaps[case], job_starts[case], strict=True)):
             mine, theirs, at = 0.0, 0.0, float("nan")
+            mine_at, theirs_at = (0.0, 0.0), (0.0, 0.0)
             for a, b in itertools.pairwise(monitor.beats):
                 if began is None or b <= began:
-                    mine = max(mine, b - a)
+                    if b - a > mine:
+                        mine, mine_at = b - a, (a, b)
                 elif b - a > theirs:
-                    theirs, at = b - a, a - began
+                    theirs, at, theirs_at = b - a, a - began, (a, b)
             if report is not None:
-                report(f"{case} #{k}: click {1000 * mine:.1f} ms; job {1000 * theirs:.1f} ms at {at:.2f} s")
+                gc_mine, gc_theirs = monitor.gc_within(*mine_at), monitor.gc_within(*theirs_at)
+                report(f"{case} #{k}: click {1000 * mine:.1f} ms (Python's gc {1000 * gc_mine[0]:.1f} ms, "
+                       f"generation {gc_mine[1]}); job {1000 * theirs:.1f} ms at {at:.2f} s (gc "
+                       f"{1000 * gc_theirs[0]:.1f} ms, generation {gc_theirs[1]})")
             click_gap, job_gap = max(click_gap, mine), max(job_gap, theirs)
         return click_gap, job_gap
 

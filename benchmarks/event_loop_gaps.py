@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import gc
 import os
 import sys
 import threading
@@ -166,6 +167,27 @@ class GapMonitor:
         self._gui_tid = threading.get_native_id()
         self._timer = None
         self._thread = None
+        #: Python garbage collections while the monitor ran: (start, end, generation).
+        self.collections: list[tuple[float, float, int]] = []
+        self._gc_started: float | None = None
+
+    def _gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._gc_started is not None:
+            self.collections.append((self._gc_started, time.perf_counter(), int(info.get("generation", -1))))
+            self._gc_started = None
+
+    def gc_within(self, start: float, end: float) -> tuple[float, int]:
+        """Seconds that Python's garbage collector ran between ``start`` and ``end`` (any
+        thread), and the oldest generation it collected there (-1: none)."""
+        seconds, oldest = 0.0, -1
+        for a, b, generation in self.collections:
+            overlap = min(b, end) - max(a, start)
+            if overlap > 0:
+                seconds += overlap
+                oldest = max(oldest, generation)
+        return seconds, oldest
 
     def _beat(self) -> None:
         self.beats.append(time.perf_counter())
@@ -182,6 +204,7 @@ class GapMonitor:
         self._timer.setInterval(self.interval_ms)
         self._timer.timeout.connect(self._beat)
         self._timer.start()
+        gc.callbacks.append(self._gc)
         if self.detail:
             self._thread = threading.Thread(target=self._watch, name="gap-watchdog", daemon=True)
             self._thread.start()
@@ -189,6 +212,8 @@ class GapMonitor:
 
     def __exit__(self, *exc) -> None:
         self._timer.stop()
+        if self._gc in gc.callbacks:
+            gc.callbacks.remove(self._gc)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
