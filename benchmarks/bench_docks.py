@@ -32,15 +32,14 @@ except ImportError:  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from run import benchmark, run_python
 
-#: (short name, display name, app-model command) of every dock in napari.yaml
-DOCKS = [
-    ("semantic", "Semantic Segmentation", "napari-segsuite.make_semantic_widget"),
-    ("instance", "Instance Segmentation", "napari-segsuite.make_instance_widget"),
-    ("panoptic", "Panoptic Segmentation", "napari-segsuite.make_panoptic_widget"),
-    ("sam", "SAM Prompt Segmentation", "napari-segsuite.make_sam_widget"),
-    ("evaluation", "Evaluate Segmentation", "napari-segsuite.make_evaluation_widget"),
-]
-SCREEN = (1920, 1080)
+
+def _docks() -> list[tuple[str, str, str]]:
+    """(short name, display name, app-model command) of every dock in napari.yaml; the short name
+    names its screenshot (``make_sam_widget``: ``sam``)."""
+    from napari_segsuite.testing.docks import manifest_docks
+
+    return [(command.rsplit(".", 1)[-1].removeprefix("make_").removesuffix("_widget"), title, command)
+            for command, title in manifest_docks()]
 
 
 def _settle(app, n: int = 30) -> None:
@@ -48,28 +47,14 @@ def _settle(app, n: int = 30) -> None:
         app.processEvents()
 
 
-def open_from_plugins_menu(viewer, command: str):
-    """Open a dock the way the Plugins menu does; returns the dock's widget."""
-    from napari._app_model import get_app_model
-
-    before = set(viewer.window.dock_widgets)
-    get_app_model().commands.execute_command(command).result()
-    new = [name for name in viewer.window.dock_widgets if name not in before]
-    return viewer.window.dock_widgets[new[0]] if new else None
-
-
 def new_viewer():
     """A 1920x1080 napari window on the coins sample (sample data through the plugin's own contribution)."""
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_segsuite.sample_data import coins
+    from napari_segsuite.testing.docks import coins_on_screen
 
-    viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.showNormal()
-    viewer.window._qt_window.setGeometry(0, 0, *SCREEN)
-    for data, kwargs, kind in coins():
-        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    viewer = coins_on_screen(napari.Viewer(show=True))
     _settle(QApplication.instance())
     return viewer
 
@@ -78,9 +63,12 @@ def measure(shots: str | None = None) -> dict:
     """Heights of every dock alone and of all docks together (in this process)."""
     from qtpy.QtWidgets import QApplication
 
+    from napari_segsuite.testing.docks import open_from_plugins_menu
+
     app = QApplication.instance() or QApplication([])
+    entries = _docks()
     out: dict = {"docks": []}
-    for short, title, command in DOCKS:
+    for short, title, command in entries:
         viewer = new_viewer()
         widget = open_from_plugins_menu(viewer, command)
         _settle(app)
@@ -98,7 +86,7 @@ def measure(shots: str | None = None) -> dict:
     viewer = new_viewer()
     canvas = viewer.window._qt_viewer.canvas.native
     alone = canvas.height()
-    widgets = [open_from_plugins_menu(viewer, command) for _, _, command in DOCKS]
+    widgets = [open_from_plugins_menu(viewer, command) for _, _, command in entries]
     _settle(app, 60)
     window = viewer.window._qt_window
     docks = [w.native.parent() for w in widgets]

@@ -5,53 +5,30 @@ its height."""
 from __future__ import annotations
 
 import pytest
-import yaml
-from qtpy.QtWidgets import QApplication, QScrollArea
+from qtpy.QtWidgets import QScrollArea
 
 from napari_segsuite.testing.canvas import _process
+from napari_segsuite.testing.docks import (
+    SCREEN,
+    coins_on_screen,
+    manifest_docks,
+    open_from_plugins_menu,
+)
 
 pytestmark = pytest.mark.widget
 
-SCREEN = (1920, 1080)
-
-
-def _dock_commands() -> list[tuple[str, str]]:
-    """(command id, display name) of every widget contribution in the plugin's manifest."""
-    from importlib.resources import files
-
-    manifest = yaml.safe_load(files("napari_segsuite").joinpath("napari.yaml").read_text())
-    return [(w["command"], w["display_name"]) for w in manifest["contributions"]["widgets"]]
-
 
 def _viewer(make_napari_viewer):
-    from napari_segsuite.sample_data import coins
-
-    viewer = make_napari_viewer(show=True)
-    window = viewer.window._qt_window
-    window.showNormal()
-    window.setGeometry(0, 0, *SCREEN)
-    for data, kwargs, kind in coins():
-        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    viewer = coins_on_screen(make_napari_viewer(show=True))
     _process(0.3)
     return viewer
 
 
-def _open_from_plugins_menu(viewer, command: str):
-    """Run the app-model command that the Plugins menu entry runs; the dock's widget."""
-    from napari._app_model import get_app_model
-
-    before = set(viewer.window.dock_widgets)
-    get_app_model().commands.execute_command(command).result()
-    new = [name for name in viewer.window.dock_widgets if name not in before]
-    assert len(new) == 1, new
-    return viewer.window.dock_widgets[new[0]]
-
-
-@pytest.mark.parametrize(("command", "name"), _dock_commands(), ids=[n for _, n in _dock_commands()])
+@pytest.mark.parametrize(("command", "name"), manifest_docks(), ids=[n for _, n in manifest_docks()])
 def test_each_dock_starts_at_most_800_px_and_scrolls_when_opened(make_napari_viewer, command, name):
     viewer = _viewer(make_napari_viewer)
     window = viewer.window._qt_window
-    widget = _open_from_plugins_menu(viewer, command)
+    widget = open_from_plugins_menu(viewer, command)
     _process(0.3)
     default = widget.content_height()
     assert 100 < default <= 800, (name, default)
@@ -67,15 +44,14 @@ def test_each_dock_starts_at_most_800_px_and_scrolls_when_opened(make_napari_vie
     assert widget.native.parent().height() <= window.height()
     assert (widget.scroll_area.verticalScrollBar().maximum() > 0) == (opened > viewport), (name, opened, viewport)
 
+
 def test_all_docks_from_the_plugins_menu_are_tabified_and_the_canvas_keeps_its_height(make_napari_viewer):
     viewer = _viewer(make_napari_viewer)
     window = viewer.window._qt_window
     canvas = viewer.window._qt_viewer.canvas.native
     alone = canvas.height()
-    widgets = [_open_from_plugins_menu(viewer, command) for command, _ in _dock_commands()]
-    for _ in range(3):
-        _process(0.2)
-        QApplication.processEvents()
+    widgets = [open_from_plugins_menu(viewer, command) for command, _ in manifest_docks()]
+    _process(0.6)
     docks = [w.native.parent() for w in widgets]
     assert window.height() <= SCREEN[1]
     assert canvas.height() >= alone - 2, (canvas.height(), alone)

@@ -160,10 +160,12 @@ def test_a_failed_write_raises_after_its_other_chunks_have_landed(tmp_path, monk
     monkeypatch.setattr(local, "_put", slow_put)
     with pytest.raises(LabelStoreError, match="is full"):
         store.write((), Region(0, 1024, 0, 1024), np.full((1024, 1024), 7, np.int32))
-    chunks = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "s" / "0" / "c").rglob("*") if p.is_file())
+    def on_disk():
+        return sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "s" / "0" / "c").rglob("*") if p.is_file())
+
+    chunks = on_disk()
     time.sleep(0.6)
-    assert sorted(p.relative_to(tmp_path).as_posix()
-                  for p in (tmp_path / "s" / "0" / "c").rglob("*") if p.is_file()) == chunks
+    assert on_disk() == chunks
     assert len(chunks) == 15 and not any(".partial" in c for c in chunks)
     monkeypatch.setattr(local, "_put", real_put)
     view = LabelStore.open(tmp_path / "s").read((), Region(0, 1024, 0, 1024))
