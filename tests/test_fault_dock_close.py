@@ -12,6 +12,7 @@ with its title bar's hide button cancels nothing: the job finishes and its resul
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import numpy as np
@@ -295,9 +296,15 @@ def test_removing_the_sam_dock_drops_a_preview_being_decoded(make_napari_viewer,
     first = widget.preview.objects
     assert first, widget.message.value
     points = viewer.layers["A [sam points]"]
+    # the prompt thread is held, so the next point's decode is surely still pending when the dock
+    # goes (a tiny SAM decodes in milliseconds: polling for it in flight could miss it)
+    running, release = threading.Event(), threading.Event()
+    widget.prompts.prompt_thread.submit(lambda: (running.set(), release.wait(30)))
+    assert running.wait(10)
     points.add([10, 50])  # the plane is encoded: the prompt thread decodes this one
     qtbot.waitUntil(lambda: widget.prompts._in_flight > 0, timeout=5000)
     before = _layers(viewer)
+    release.set()  # the decode runs from now on; the dock is removed before its result can be shown
     viewer.window.remove_dock_widget(qt_dock)
     qtbot.waitUntil(lambda: widget.prompts._in_flight == 0, timeout=30_000)
     QApplication.processEvents()
